@@ -1,0 +1,293 @@
+"""The estimator interface shared by every method, the registry, and save/load.
+
+Conventions (close to scikit-learn): keyword-only constructor arguments that are plain values,
+``fit(task)`` returns ``self``, fitted state ends in ``_``, ``logits``/``predict``/
+``predict_proba``/``score`` on raw (un-normalised) query features, and ``save``/``load`` with
+safetensors plus a JSON config, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator, ClassifierMixin
+from torch import Tensor
+
+from fewclip._version import __version__
+from fewclip.task import Task, check_features
+
+__all__ = [
+    "CONFIG_FILE",
+    "STATE_FILE",
+    "Method",
+    "NotFittedError",
+    "available",
+    "create",
+    "get",
+    "load",
+    "register",
+]
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.safetensors"
+_FORMAT = "fewclip-method/1"
+
+_REGISTRY: dict[str, type[Method]] = {}
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+
+M = TypeVar("M", bound="Method")
+
+
+class NotFittedError(RuntimeError):
+    """A method was used before ``fit`` (or ``load``)."""
+
+
+def register(name: str) -> Any:
+    """Class decorator: register a method under ``name`` (e.g. ``"tip-adapter"``)."""
+
+    def wrap(cls: type[M]) -> type[M]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method name {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available() -> list[str]:
+    """Names of every registered method, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Method]:
+    """The method class registered under ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown method {name!r}; available methods: {', '.join(available())}"
+        ) from None
+
+
+def create(name: str, **params: Any) -> Method:
+    """An unfitted instance of the method ``name`` with the given hyper-parameters."""
+    return get(name)(**params)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    cfg_path = path / CONFIG_FILE
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80" or head == b"PK":
+            raise ValueError(
+                f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
+                f"Expected a folder with {CONFIG_FILE} and {STATE_FILE} written by Method.save"
+            )
+        raise ValueError(
+            f"{path}: expected a method folder with {CONFIG_FILE} and {STATE_FILE}, found a file"
+        )
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG_FILE} found; expected a folder from save()")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+        raise ValueError(f"{cfg_path}: not a fewclip method config (expected format {_FORMAT!r})")
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> Method:
+    """Load any saved method; the folder's config names the method class."""
+    p = Path(path)
+    cfg = _read_config(p)
+    return get(cfg["method"])._from_saved(p, cfg)
+
+
+def _atomic_write_dir(target: Path, write: Any) -> None:
+    """Write a folder's files into a temporary sibling, then rename it into place.
+
+    A reader sees either the old folder or the complete new one, never a half-written one.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Method(BaseEstimator, ClassifierMixin):  # type: ignore[misc]
+    """Base class of every few-shot method.
+
+    Subclasses implement ``_fit(task)`` and ``_logits(x_normalised)`` and list their fitted
+    tensors in ``_state_tensors`` and JSON-able fitted values in ``_state_values``.
+    ``logits`` L2-normalises the raw query features before calling ``_logits``; methods that
+    need raw features (CLIP-Adapter) override ``logits``.
+    """
+
+    name: ClassVar[str] = "base"
+    _state_tensors: ClassVar[tuple[str, ...]] = ()
+    _state_values: ClassVar[tuple[str, ...]] = ()
+
+    # -- scikit-learn style API -------------------------------------------------------------
+    def fit(self: M, task: Task) -> M:
+        """Fit on ``task`` and return ``self``."""
+        if not isinstance(task, Task):
+            raise TypeError(
+                f"task: expected a fewclip.Task, found {type(task).__name__}; build one with "
+                "fewclip.Task(classnames, text_weights, support=FeatureSet(...))"
+            )
+        self.classnames_ = list(task.classnames)
+        self.classes_ = list(range(task.n_classes))
+        self.n_features_in_ = task.dim
+        self._fit(task)
+        return self
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Class scores (N, C) for raw query features ``x`` (N, D)."""
+        x = self._check_query(x)
+        return self._logits(torch.nn.functional.normalize(x, dim=-1))
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted class ids (N,)."""
+        return self.logits(x).argmax(dim=1)
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Softmax of the logits (N, C)."""
+        return self.logits(x).float().softmax(dim=1)
+
+    def score(self, x: Tensor, y: Tensor, sample_weight: Any = None) -> float:
+        """Top-1 accuracy in [0, 1]."""
+        if sample_weight is not None:
+            raise ValueError("sample_weight: not supported, expected None")
+        pred = self.predict(x)
+        y = torch.as_tensor(y, device=pred.device)
+        if y.shape != pred.shape:
+            raise ValueError(f"y: expected shape {tuple(pred.shape)}, found {tuple(y.shape)}")
+        return float((pred == y).float().mean()) if len(y) else 0.0
+
+    # -- for subclasses ---------------------------------------------------------------------
+    def _fit(self, task: Task) -> None:
+        raise NotImplementedError
+
+    def _logits(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        dtype = getattr(self, "dtype", "float32")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, found {dtype!r}")
+        return _DTYPES[dtype]
+
+    @property
+    def _device(self) -> torch.device:
+        return torch.device(getattr(self, "device", "cpu"))
+
+    def _to(self, x: Tensor) -> Tensor:
+        """``x`` in the method's compute dtype and device."""
+        return x.to(device=self._device, dtype=self._dtype)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classnames_"):
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted yet; call fit(task) or load(path) first"
+            )
+
+    def _check_query(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        x = check_features("x", x, dim=self.n_features_in_)
+        return self._to(x)
+
+    # -- persistence ------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Tensor]:
+        """Fitted tensors that are not plain attributes (e.g. a module's state dict)."""
+        return {}
+
+    def _load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        """Inverse of ``_extra_state``; called after plain attributes are restored."""
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted method to the folder ``path`` (atomic): config JSON + safetensors."""
+        self._check_fitted()
+        tensors = {k: getattr(self, k).detach().contiguous().cpu() for k in self._state_tensors}
+        tensors.update({k: v.detach().contiguous().cpu() for k, v in self._extra_state().items()})
+        values = {k: getattr(self, k) for k in self._state_values}
+        cfg = {
+            "format": _FORMAT,
+            "method": self.name,
+            "fewclip_version": __version__,
+            "params": self.get_params(deep=False),
+            "classnames": self.classnames_,
+            "n_features_in": self.n_features_in_,
+            "state_values": values,
+        }
+
+        def write(tmp: Path) -> None:
+            save_file(tensors, str(tmp / STATE_FILE), metadata={"method": self.name})
+            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=_json_default))
+
+        target = Path(path)
+        _atomic_write_dir(target, write)
+        return target
+
+    @classmethod
+    def load(cls: type[M], path: str | os.PathLike[str]) -> M:
+        """Load a method saved by ``save``; refuses a folder holding another method."""
+        p = Path(path)
+        cfg = _read_config(p)
+        if cls is not Method and cfg["method"] != cls.name:
+            raise ValueError(
+                f"{p}: holds a {cfg['method']!r} method, expected {cls.name!r}; "
+                "use fewclip.methods.load(path) to load whatever it holds"
+            )
+        method = get(cfg["method"])._from_saved(p, cfg)
+        return method  # type: ignore[return-value]
+
+    @classmethod
+    def _from_saved(cls, path: Path, cfg: dict[str, Any]) -> Method:
+        params = {k: _tuples(v) for k, v in cfg["params"].items()}
+        method = cls(**params)
+        tensors = load_file(str(path / STATE_FILE))
+        missing = [k for k in cls._state_tensors if k not in tensors]
+        if missing:
+            raise ValueError(f"{path / STATE_FILE}: missing fitted tensors {missing}")
+        method.classnames_ = list(cfg["classnames"])
+        method.classes_ = list(range(len(method.classnames_)))
+        method.n_features_in_ = int(cfg["n_features_in"])
+        for k in cls._state_tensors:
+            setattr(method, k, tensors.pop(k).to(method._device))
+        for k, v in cfg.get("state_values", {}).items():
+            setattr(method, k, _tuples(v))
+        method._load_extra_state({k: v.to(method._device) for k, v in tensors.items()})
+        return method
+
+
+def _tuples(v: Any) -> Any:
+    """JSON turns tuples into lists; constructor parameters that were tuples come back as such."""
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, tuple):
+        return list(o)
+    if isinstance(o, Tensor):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

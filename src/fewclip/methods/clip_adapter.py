@@ -1,0 +1,237 @@
+"""CLIP-Adapter (Gao et al., 2021): a bottleneck MLP with a residual blend on frozen features.
+
+Adapter ``A(f) = ReLU(W₂·ReLU(W₁·f))`` with bias-free ``W₁: D → D/r`` and ``W₂: D/r → D``.
+Visual branch (the paper's default and the released code): ``f' = ρ·A_v(f) + (1 − ρ)·f`` on the
+**raw** image embedding, then L2-normalise; text branch ``W' = ρ_t·A_t(W) + (1 − ρ_t)·W``;
+logits ``scale·f'·W'ᵀ`` after normalising both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from fewclip.functional import l2_normalize
+from fewclip.methods.base import Method, register
+from fewclip.task import Task
+
+__all__ = ["Adapter", "CLIPAdapter", "RatioNet"]
+
+_BRANCHES = ("visual", "text", "both")
+
+
+class Adapter(nn.Module):
+    """Bias-free ``Linear(D, D/r) → ReLU → Linear(D/r, D) → ReLU`` (the released adapter)."""
+
+    def __init__(self, dim: int, reduction: int):
+        super().__init__()
+        hidden = max(1, dim // reduction)
+        self.fc = nn.Sequential(
+            nn.Linear(dim, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, dim, bias=False),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+
+class RatioNet(nn.Module):
+    """Hypernetwork for the learnable-ratio variant: class text embeddings → (ρ_v, ρ_t).
+
+    The paper only says a small network predicts the residual ratios from the dataset's text
+    embeddings; we read that as an MLP over the mean of the L2-normalised class text
+    embeddings, ``σ(W₂·ReLU(W₁·mean(W)) + b)``, trained jointly with the adapters. The output
+    layer starts at zero weight with bias ``logit(ρ₀)``, so training begins at the configured
+    ratios.
+    """
+
+    def __init__(self, dim: int, hidden: int, init_ratios: tuple[float, float]):
+        super().__init__()
+        self.hidden = nn.Linear(dim, hidden)
+        self.out = nn.Linear(hidden, 2)
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.logit(torch.tensor(init_ratios).clamp(1e-4, 1 - 1e-4)))
+
+    def forward(self, text_weights: Tensor) -> Tensor:
+        summary = text_weights.mean(dim=0)
+        return torch.sigmoid(self.out(torch.relu(self.hidden(summary))))
+
+
+@register("clip-adapter")
+class CLIPAdapter(Method):
+    """CLIP-Adapter on cached features.
+
+    Args:
+        ratio: visual residual ratio ρ (0.2 in the released code; ≈0.6 suits fine-grained data).
+        text_ratio: text residual ratio ρ_t (used by the ``text`` and ``both`` branches).
+        branch: ``"visual"`` (default), ``"text"`` or ``"both"``.
+        reduction: bottleneck reduction r (hidden width D/r; 4 in the paper).
+        learn_ratio: predict (ρ, ρ_t) with a small hypernetwork over the class text embeddings
+            (``RatioNet``) instead of fixing them.
+        epochs, lr, momentum, weight_decay, batch_size: SGD settings of CoOp's ``rn50.yaml``
+            (lr 2e-3, momentum 0.9, weight decay 5e-4, batch 32, 200 epochs), cosine schedule
+            stepped per epoch after ``warmup_epochs`` at constant ``warmup_lr`` (Dassl).
+        scale: logit scale (CLIP's exp(logit_scale) ≈ 100).
+        seed: seed of initialisation, shuffling and view draws.
+        dtype, device: compute precision and device.
+        progress: show a progress bar over epochs.
+
+    Each epoch draws one stored augmented view per support image instead of re-running the
+    image encoder. The last epoch's weights are kept (as Dassl's default final model).
+    """
+
+    _state_values = ("ratio_", "text_ratio_")
+
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.2,
+        text_ratio: float = 0.2,
+        branch: str = "visual",
+        reduction: int = 4,
+        learn_ratio: bool = False,
+        epochs: int = 200,
+        lr: float = 2e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        batch_size: int = 32,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+        scale: float = 100.0,
+        seed: int = 1,
+        dtype: str = "float32",
+        device: str = "cpu",
+        progress: bool = False,
+    ):
+        self.ratio = ratio
+        self.text_ratio = text_ratio
+        self.branch = branch
+        self.reduction = reduction
+        self.learn_ratio = learn_ratio
+        self.epochs = epochs
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
+        self.scale = scale
+        self.seed = seed
+        self.dtype = dtype
+        self.device = device
+        self.progress = progress
+
+    # -- modules ----------------------------------------------------------------------------
+    def _validate(self) -> None:
+        if self.branch not in _BRANCHES:
+            raise ValueError(f"branch: expected one of {_BRANCHES}, found {self.branch!r}")
+        for name in ("ratio", "text_ratio"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: expected a value in [0, 1], found {v}")
+        if self.reduction < 1:
+            raise ValueError(f"reduction: expected a positive integer, found {self.reduction}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs/batch_size: expected epochs >= 0 and batch_size >= 1, found "
+                f"{self.epochs} and {self.batch_size}"
+            )
+
+    def _build(self, dim: int) -> None:
+        torch.manual_seed(self.seed)
+        modules: dict[str, nn.Module] = {}
+        if self.branch in ("visual", "both"):
+            modules["visual"] = Adapter(dim, self.reduction)
+        if self.branch in ("text", "both"):
+            modules["text"] = Adapter(dim, self.reduction)
+        if self.learn_ratio:
+            modules["ratio"] = RatioNet(dim, max(8, dim // 16), (self.ratio, self.text_ratio))
+        self.modules_ = nn.ModuleDict(modules).to(device=self._device, dtype=self._dtype)
+        self.modules_.eval()
+
+    def _ratios(self) -> tuple[Tensor | float, Tensor | float]:
+        if "ratio" in self.modules_:
+            r = self.modules_["ratio"](self.text_weights_)
+            return r[0], r[1]
+        return self.ratio, self.text_ratio
+
+    def _adapted_text(self, text_ratio: Tensor | float) -> Tensor:
+        w = self.text_weights_
+        if "text" in self.modules_:
+            w = text_ratio * self.modules_["text"](w) + (1 - text_ratio) * w
+        return l2_normalize(w)
+
+    def _forward(self, raw: Tensor) -> Tensor:
+        ratio, text_ratio = self._ratios()
+        f = raw
+        if "visual" in self.modules_:
+            f = ratio * self.modules_["visual"](raw) + (1 - ratio) * raw
+        return self.scale * (l2_normalize(f) @ self._adapted_text(text_ratio).T)
+
+    # -- fitting ----------------------------------------------------------------------------
+    def _lr_at(self, epoch: int) -> float:
+        """Dassl: constant warm-up, then cosine annealing over all epochs, stepped per epoch."""
+        if epoch < self.warmup_epochs:
+            return self.warmup_lr
+        return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / self.epochs))
+
+    def _fit(self, task: Task) -> None:
+        self._validate()
+        self.text_weights_ = l2_normalize(self._to(task.text_weights))
+        self._build(task.dim)
+        if self.epochs > 0 and any(True for _ in self.modules_.parameters()):
+            self._train(task)
+        with torch.no_grad():
+            r, rt = self._ratios()
+        self.ratio_, self.text_ratio_ = float(r), float(rt)
+
+    def _train(self, task: Task) -> None:
+        bank = task.support.view_bank()
+        n_views, n = bank.shape[0], bank.shape[1]
+        targets = task.support.labels.to(self._device)
+        optim = torch.optim.SGD(
+            self.modules_.parameters(),
+            lr=self._lr_at(0),
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+        g = torch.Generator().manual_seed(self.seed)
+        self.modules_.train()
+        for epoch in tqdm(range(self.epochs), desc="clip-adapter", disable=not self.progress):
+            for group in optim.param_groups:
+                group["lr"] = self._lr_at(epoch)
+            order = torch.randperm(n, generator=g)
+            view_of = torch.randint(n_views, (n,), generator=g)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                logits = self._forward(self._to(bank[view_of[idx], idx]))
+                loss = nn.functional.cross_entropy(logits.float(), targets[idx])
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+        self.modules_.eval()
+
+    # -- inference --------------------------------------------------------------------------
+    def logits(self, x: Tensor) -> Tensor:
+        """Class scores for raw query features: the adapter acts on the un-normalised embedding."""
+        x = self._check_query(x)
+        with torch.no_grad():
+            return self._forward(x)
+
+    # -- persistence ------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Tensor]:
+        state = {f"modules.{k}": v for k, v in self.modules_.state_dict().items()}
+        state["text_weights_"] = self.text_weights_
+        return state
+
+    def _load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        self.text_weights_ = tensors["text_weights_"]
+        self._build(self.n_features_in_)
+        modules = {k[len("modules.") :]: v for k, v in tensors.items() if k.startswith("modules.")}
+        self.modules_.load_state_dict(modules)

@@ -1,0 +1,134 @@
+"""Linear-probe CLIP (Radford et al., 2021): logistic regression on L2-normalised features.
+
+Multinomial logistic regression with an unpenalised intercept, minimising scikit-learn's
+objective ``½‖W‖² + C·Σᵢ CE(W·xᵢ + b, yᵢ)`` with full-batch L-BFGS. The inverse regularisation
+strength ``C`` is swept on the validation set when there is one (the CLIP paper sweeps λ = 1/C
+on validation), warm-starting each fit from the previous one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fewclip.functional import l2_normalize
+from fewclip.methods.base import Method, register
+from fewclip.task import Task
+
+__all__ = ["LinearProbe", "fit_logistic_regression"]
+
+
+def fit_logistic_regression(
+    x: Tensor,
+    y: Tensor,
+    n_classes: int,
+    *,
+    C: float,
+    init: tuple[Tensor, Tensor] | None = None,
+    max_iter: int = 500,
+    tol: float = 1e-6,
+) -> tuple[Tensor, Tensor]:
+    """Minimise ``½‖W‖² + C·Σᵢ CE(W·xᵢ + b, yᵢ)``; returns ``(W (C, D), b (C,))``.
+
+    The objective is divided by ``C·N`` for conditioning (same minimiser). L-BFGS with a
+    strong-Wolfe line search; stops when the gradient's largest entry falls below ``tol`` or
+    after ``max_iter`` iterations.
+    """
+    if C <= 0:
+        raise ValueError(f"C: expected a positive inverse regularisation strength, found {C}")
+    n, d = x.shape
+    w0, b0 = init if init is not None else (x.new_zeros(n_classes, d), x.new_zeros(n_classes))
+    w = w0.clone().requires_grad_(True)
+    b = b0.clone().requires_grad_(True)
+    optim = torch.optim.LBFGS(
+        [w, b],
+        lr=1,
+        max_iter=max_iter,
+        tolerance_grad=tol,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    penalty = 1.0 / (2.0 * C * n)
+
+    def closure() -> Tensor:
+        optim.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + penalty * (w * w).sum()
+        loss.backward()
+        return loss
+
+    optim.step(closure)
+    return w.detach(), b.detach()
+
+
+@register("linear-probe")
+class LinearProbe(Method):
+    """Linear probe on L2-normalised image features.
+
+    Args:
+        C: inverse L2 strength; ``None`` sweeps ``Cs`` on ``task.val`` (first best wins) and
+            falls back to ``default_C`` without a validation set.
+        Cs: the sweep, ascending (warm starts follow it).
+        default_C: C used when there is nothing to sweep on.
+        use_views: also train on the stored augmented views (as extra samples); the CLIP paper's
+            probe uses the plain features only.
+        max_iter: L-BFGS iteration cap per fit.
+        dtype, device: compute precision and device.
+    """
+
+    _state_tensors = ("coef_", "intercept_")
+    _state_values = ("C_", "val_accuracy_")
+
+    def __init__(
+        self,
+        *,
+        C: float | None = None,
+        Cs: Sequence[float] = (0.1, 0.316, 1.0, 3.16, 10.0, 31.6, 100.0, 316.0, 1000.0),
+        default_C: float = 10.0,
+        use_views: bool = False,
+        max_iter: int = 500,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ):
+        self.C = C
+        self.Cs = Cs
+        self.default_C = default_C
+        self.use_views = use_views
+        self.max_iter = max_iter
+        self.dtype = dtype
+        self.device = device
+
+    def _train_set(self, task: Task) -> tuple[Tensor, Tensor]:
+        s = task.support
+        x, y = self._to(s.features), s.labels.to(self._device)
+        if self.use_views and s.views is not None:
+            x = torch.cat([x, *self._to(s.views)])
+            y = y.repeat(1 + s.n_views)
+        return l2_normalize(x), y
+
+    def _fit(self, task: Task) -> None:
+        x, y = self._train_set(task)
+        c = task.n_classes
+        self.val_accuracy_: float | None = None
+        if self.C is not None or task.val is None:
+            self.C_ = float(self.C if self.C is not None else self.default_C)
+            self.coef_, self.intercept_ = fit_logistic_regression(
+                x, y, c, C=self.C_, max_iter=self.max_iter
+            )
+            return
+        xv = l2_normalize(self._to(task.val.features))
+        yv = task.val.labels.to(self._device)
+        best = -1.0
+        init = None
+        for cval in sorted(self.Cs):
+            w, b = fit_logistic_regression(x, y, c, C=cval, init=init, max_iter=self.max_iter)
+            init = (w, b)
+            acc = float(((xv @ w.T + b).argmax(1) == yv).double().mean()) * 100.0
+            if acc > best:
+                best, self.C_, self.coef_, self.intercept_ = acc, float(cval), w, b
+        self.val_accuracy_ = best
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return x @ self.coef_.T + self.intercept_
