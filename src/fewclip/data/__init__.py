@@ -1,0 +1,138 @@
+"""The image world's data layer: datasets, prompts and few-shot draws.
+
+- Benchmarks (CoOp ``$DATA`` layout): ``load_benchmark(name, root)``, ``benchmark_names()``,
+  ``check(root, name)``.
+- Your own images: ``load_folder(root)``, ``load_manifest(path)``, ``load_hf(dataset)``;
+  ``load(source, root=None)`` picks the right one.
+- Prompts: ``get_prompts``, ``load_prompts``, ``PromptSet`` (see ``fewclip.data.prompts``).
+- Few-shot draws: ``sample_few_shot``, ``sample_coop`` (the references, exactly) and the
+  checked ``draw_*`` variants; ``write_split``/``read_split`` record every draw.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fewclip.data.benchmarks import (
+    BENCHMARKS,
+    IMAGENET_A_WNIDS,
+    IMAGENET_CLASSNAMES,
+    IMAGENET_R_WNIDS,
+    IMAGENET_WNIDS,
+    BenchmarkSpec,
+    benchmark_names,
+    get_spec,
+    load_benchmark,
+    read_coop_split,
+)
+from fewclip.data.check import CheckReport, check
+from fewclip.data.fewshot import (
+    NotEnoughImagesError,
+    check_shots,
+    draw_coop,
+    draw_fewshot_val,
+    draw_support,
+    group_by_label,
+    sample_coop,
+    sample_few_shot,
+    sample_fewshot_val,
+)
+from fewclip.data.folder import load_folder, load_hf, load_manifest, stratified_split
+from fewclip.data.prompts import (
+    DATASET_TEMPLATES,
+    IMAGENET_TEMPLATES_7,
+    OPENAI_IMAGENET_TEMPLATES,
+    PromptError,
+    PromptSet,
+    get_prompts,
+    load_prompts,
+)
+from fewclip.data.splits import SPLIT_FORMAT, read_split, resolve_split, write_split
+from fewclip.data.types import (
+    Dataset,
+    DatasetError,
+    ImageList,
+    MissingDataError,
+    safe_relpath,
+)
+
+__all__ = [
+    "BENCHMARKS",
+    "DATASET_TEMPLATES",
+    "IMAGENET_A_WNIDS",
+    "IMAGENET_CLASSNAMES",
+    "IMAGENET_R_WNIDS",
+    "IMAGENET_TEMPLATES_7",
+    "IMAGENET_WNIDS",
+    "OPENAI_IMAGENET_TEMPLATES",
+    "SPLIT_FORMAT",
+    "BenchmarkSpec",
+    "CheckReport",
+    "Dataset",
+    "DatasetError",
+    "ImageList",
+    "MissingDataError",
+    "NotEnoughImagesError",
+    "PromptError",
+    "PromptSet",
+    "benchmark_names",
+    "check",
+    "check_shots",
+    "draw_coop",
+    "draw_fewshot_val",
+    "draw_support",
+    "get_prompts",
+    "get_spec",
+    "group_by_label",
+    "load",
+    "load_benchmark",
+    "load_folder",
+    "load_hf",
+    "load_manifest",
+    "load_prompts",
+    "read_coop_split",
+    "read_split",
+    "resolve_split",
+    "safe_relpath",
+    "sample_coop",
+    "sample_few_shot",
+    "sample_fewshot_val",
+    "stratified_split",
+    "write_split",
+]
+
+
+def load(
+    source: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, **kwargs: Any
+) -> Dataset:
+    """Load a dataset from a benchmark name, an image folder or a manifest.
+
+    - a benchmark name or alias (``"caltech101"``, ``"fgvc"``, ...) with ``root`` = ``$DATA``
+      (default: the ``FEWCLIP_DATA`` or ``DATA`` environment variable);
+    - a folder → ``load_folder``; a ``.csv``/``.tsv``/``.jsonl`` file → ``load_manifest``.
+
+    Extra keyword arguments go to the chosen reader.
+    """
+    s = os.fspath(source)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return load_folder(p, **kwargs)
+    if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
+        return load_manifest(p, **kwargs)
+    try:
+        get_spec(s)
+    except KeyError:
+        raise FileNotFoundError(
+            f"{s!r} is neither a benchmark name ({', '.join(benchmark_names())}), an image "
+            "folder, nor a .csv/.jsonl manifest"
+        ) from None
+    if root is None:
+        root = os.environ.get("FEWCLIP_DATA") or os.environ.get("DATA")
+        if not root:
+            raise ValueError(
+                f"load({s!r}): pass root=<$DATA folder> or set FEWCLIP_DATA to the folder that "
+                "holds the benchmark folders"
+            )
+    return load_benchmark(s, root, **kwargs)
