@@ -43,7 +43,7 @@ def check_features(name: str, x: object, *, dim: int | None = None, ndim: int = 
 
 
 def check_labels(name: str, y: object, *, n: int, n_classes: int | None = None) -> Tensor:
-    """Validate integer class labels of length ``n`` in ``[0, n_classes)`` and return them (int64)."""
+    """Validate integer class ids of length ``n`` in ``[0, n_classes)``; returns them as int64."""
     if not isinstance(y, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of class ids, found {type(y).__name__}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -76,7 +77,7 @@ class TipAdapter(Method):
     """
 
     _state_tensors = ("keys_", "key_labels_", "text_weights_")
-    _state_values = ("alpha_", "beta_", "val_accuracy_")
+    _state_values: ClassVar[tuple[str, ...]] = ("alpha_", "beta_", "val_accuracy_")
 
     def __init__(
         self,
@@ -168,7 +169,7 @@ class TipAdapterF(TipAdapter):
         progress: show a progress bar over epochs.
     """
 
-    _state_values = ("alpha_", "beta_", "val_accuracy_", "best_epoch_")
+    _state_values: ClassVar[tuple[str, ...]] = ("alpha_", "beta_", "val_accuracy_", "best_epoch_")
 
     def __init__(
         self,

@@ -1,0 +1,159 @@
+"""Every registered method: fit, save → load round trip, sklearn conventions, bad input."""
+
+import pickle
+
+import pytest
+import torch
+from sklearn.base import clone
+
+from fewclip import methods
+from fewclip.task import FeatureSet, Task
+
+FAST = {
+    "tip-adapter": {"search_step": (10, 5)},
+    "tip-adapter-f": {"epochs": 2, "search_step": (10, 5)},
+    "clip-adapter": {"epochs": 3},
+    "linear-probe": {"Cs": (1.0, 10.0)},
+}
+
+
+def fast(name, **extra):
+    return methods.create(name, **{**FAST.get(name, {}), **extra})
+
+
+def test_registry_lists_the_core_methods():
+    assert {"zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f"} <= set(
+        methods.available()
+    )
+
+
+def test_unknown_method_name():
+    with pytest.raises(KeyError, match="unknown method 'tip-adaptor'.*tip-adapter"):
+        methods.create("tip-adaptor")
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_fit_predict_shapes(name, task, queries):
+    m = fast(name)
+    assert m.fit(task) is m
+    assert m.logits(queries).shape == (9, task.n_classes)
+    assert m.predict(queries).shape == (9,)
+    p = m.predict_proba(queries)
+    torch.testing.assert_close(p.sum(1), torch.ones(9))
+    assert 0.0 <= m.score(task.support.features, task.support.labels) <= 1.0
+    assert m.classnames_ == task.classnames
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_save_load_identical_logits(name, task, queries, tmp_path):
+    m = fast(name).fit(task)
+    m.save(tmp_path / "m")
+    for loaded in (methods.load(tmp_path / "m"), type(m).load(tmp_path / "m")):
+        assert type(loaded) is type(m)
+        assert torch.equal(loaded.logits(queries), m.logits(queries))
+        assert loaded.get_params() == m.get_params()
+    m.save(tmp_path / "m")  # overwriting an existing folder works
+    assert torch.equal(methods.load(tmp_path / "m").logits(queries), m.logits(queries))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_sklearn_clone_and_get_params(name):
+    m = fast(name)
+    params = m.get_params()
+    c = clone(m)
+    assert c is not m and c.get_params() == params
+    c.set_params(device="cpu")
+    assert "dtype" in params and "device" in params
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_not_fitted(name, queries):
+    with pytest.raises(methods.NotFittedError, match="not fitted"):
+        methods.create(name).logits(queries)
+
+
+def test_loading_another_method_is_refused(task, tmp_path):
+    methods.create("zero-shot").fit(task).save(tmp_path / "zs")
+    with pytest.raises(ValueError, match="holds a 'zero-shot' method, expected 'tip-adapter'"):
+        methods.TipAdapter.load(tmp_path / "zs")
+
+
+def test_pickle_is_refused(task, tmp_path):
+    f = tmp_path / "model.pt"
+    f.write_bytes(pickle.dumps({"keys": [1, 2, 3]}))
+    with pytest.raises(ValueError, match="pickle"):
+        methods.load(f)
+    torch.save({"w": torch.zeros(2)}, tmp_path / "zip.pt")
+    with pytest.raises(ValueError, match="pickle"):
+        methods.load(tmp_path / "zip.pt")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        methods.load(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        methods.load(tmp_path)
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_bad_queries(name, task):
+    m = fast(name).fit(task)
+    with pytest.raises(ValueError, match="x: expected feature dimension 16, found 8"):
+        m.logits(torch.randn(3, 8))
+    with pytest.raises(ValueError, match="x: expected 2 dimensions"):
+        m.logits(torch.randn(16))
+    bad = torch.randn(3, 16)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="x: expected finite values, found 1 NaN/inf"):
+        m.logits(bad)
+    with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
+        m.logits(torch.ones(3, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="y: expected shape"):
+        m.score(torch.randn(3, 16), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_fit_requires_a_task(name, task):
+    with pytest.raises(TypeError, match="task: expected a fewclip.Task"):
+        methods.create(name).fit(task.support.features)
+
+
+def test_task_validation():
+    w = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    x, y = torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match="support: feature dimension 7 does not match"):
+        Task(["a", "b", "c"], w, FeatureSet(torch.randn(6, 7), y))
+    with pytest.raises(ValueError, match="text_weights: expected one row per class"):
+        Task(["a", "b"], w, FeatureSet(x, y))
+    with pytest.raises(ValueError, match=r"class ids must lie in \[0, 3\), found range \[0, 5\]"):
+        Task(["a", "b", "c"], w, FeatureSet(x, torch.tensor([0, 0, 1, 1, 2, 5])))
+    with pytest.raises(ValueError, match="1 classes have none: 'c'"):
+        Task(["a", "b", "c"], w, FeatureSet(x, torch.tensor([0, 0, 1, 1, 1, 0])))
+    with pytest.raises(ValueError, match="features: expected finite values"):
+        FeatureSet(x.masked_fill(x > 1, float("inf")), y)
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        FeatureSet(x, y[:5])
+    with pytest.raises(TypeError, match="labels: expected integer class ids"):
+        FeatureSet(x, y.float())
+    with pytest.raises(ValueError, match="views: expected 6 images per view"):
+        FeatureSet(x, y, torch.randn(2, 5, 8))
+    with pytest.raises(ValueError, match="views: expected feature dimension 8"):
+        FeatureSet(x, y, torch.randn(2, 6, 9))
+    with pytest.raises(ValueError, match="val: feature dimension 9"):
+        Task(["a", "b", "c"], w, FeatureSet(x, y), FeatureSet(torch.randn(2, 9), y[:2]))
+    with pytest.raises(ValueError, match="classnames: expected at least one class"):
+        Task([], w, FeatureSet(x, y))
+
+
+def test_bad_hyper_parameters(task):
+    with pytest.raises(ValueError, match="branch: expected one of"):
+        methods.create("clip-adapter", branch="audio").fit(task)
+    with pytest.raises(ValueError, match="ratio: expected a value in"):
+        methods.create("clip-adapter", ratio=1.5).fit(task)
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        methods.create("zero-shot", dtype="int8").fit(task)
+    with pytest.raises(ValueError, match="epochs: expected a non-negative integer"):
+        methods.create("tip-adapter-f", epochs=-1).fit(task)
+    with pytest.raises(ValueError, match="prototypes: expected a positive integer"):
+        methods.create("tip-adapter", prototypes=0).fit(task)
+    with pytest.raises(ValueError, match="C: expected a positive"):
+        methods.create("linear-probe", C=0.0).fit(task)

@@ -1,0 +1,163 @@
+"""The functional core against independent float64 computations and the literal reference loop."""
+
+import pytest
+import torch
+
+from fewclip import functional as F
+
+
+def _unit(x):
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def _reference_search(x, y, keys, labels, w, scale_, step):
+    """Tip-Adapter's search_hp, literally: β outer, α inner, dense one-hot values, strict >."""
+    betas = [i * (scale_[0] - 0.1) / step[0] + 0.1 for i in range(step[0])]
+    alphas = [i * (scale_[1] - 0.1) / step[1] + 0.1 for i in range(step[1])]
+    values = torch.nn.functional.one_hot(labels, w.shape[0]).to(x.dtype)
+    best_acc, best_beta, best_alpha = 0.0, 0.0, 0.0
+    for beta in betas:
+        for alpha in alphas:
+            affinity = x @ keys.T
+            cache_logits = ((-1) * (beta - beta * affinity)).exp() @ values
+            clip_logits = 100.0 * x @ w.T
+            logits = clip_logits + cache_logits * alpha
+            acc = 100.0 * float((logits.argmax(1) == y).sum()) / len(y)
+            if acc > best_acc:
+                best_acc, best_beta, best_alpha = acc, beta, alpha
+    return best_beta, best_alpha, best_acc
+
+
+def test_text_classifier_matches_loop():
+    torch.manual_seed(0)
+    emb = torch.randn(5, 3, 8, dtype=torch.float64)
+    expected = []
+    for c in range(5):
+        prompts = [emb[c, t] / emb[c, t].norm() for t in range(3)]
+        mean = sum(prompts) / 3
+        expected.append(mean / mean.norm())
+    torch.testing.assert_close(F.text_classifier(emb), torch.stack(expected))
+    with pytest.raises(ValueError, match="prompt_embeddings"):
+        F.text_classifier(emb[0])
+
+
+def test_cache_keys_average_raw_views_before_normalising():
+    torch.manual_seed(0)
+    views = torch.randn(4, 6, 8, dtype=torch.float64) * torch.rand(4, 6, 1, dtype=torch.float64)
+    mean = views.sum(0) / 4
+    torch.testing.assert_close(F.cache_keys(views), mean / mean.norm(dim=1, keepdim=True))
+    # not the same as averaging normalised views
+    assert not torch.allclose(F.cache_keys(views), _unit(_unit(views).mean(0)))
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+def test_class_sum_equals_onehot_matmul(blocked):
+    torch.manual_seed(0)
+    c, per = 4, 3
+    labels = torch.arange(c).repeat_interleave(per)
+    if not blocked:
+        labels = labels[torch.randperm(len(labels))]
+    values = torch.rand(5, len(labels), dtype=torch.float64)
+    onehot = torch.nn.functional.one_hot(labels, c).double()
+    torch.testing.assert_close(F.class_sum(values, labels, c), values @ onehot)
+
+
+def test_class_sum_uneven_classes():
+    labels = torch.tensor([2, 0, 0, 1, 2, 2])
+    values = torch.arange(12, dtype=torch.float64).reshape(2, 6)
+    assert F.class_sum(values, labels, 4).tolist() == [[3.0, 3.0, 9.0, 0.0], [15.0, 9.0, 27.0, 0.0]]
+
+
+def test_tip_logits_against_float64_formula():
+    torch.manual_seed(1)
+    n, k, c, d = 7, 12, 4, 16
+    x = _unit(torch.randn(n, d, dtype=torch.float64))
+    keys = _unit(torch.randn(k, d, dtype=torch.float64))
+    labels = torch.randint(0, c, (k,))
+    w = _unit(torch.randn(c, d, dtype=torch.float64))
+    alpha, beta = 1.7, 5.5
+    expected = torch.zeros(n, c, dtype=torch.float64)
+    for i in range(n):
+        for j in range(c):
+            cache = sum(
+                float(torch.exp(-beta * (1 - x[i] @ keys[m]))) for m in range(k) if labels[m] == j
+            )
+            expected[i, j] = 100.0 * float(x[i] @ w[j]) + alpha * cache
+    got = F.tip_logits(x, keys, labels, w, alpha=alpha, beta=beta)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(
+        F.tip_logits(x, keys, labels, w, alpha=0.0, beta=beta), 100 * x @ w.T
+    )
+
+
+def test_reference_grid_is_the_reference_list():
+    assert F.reference_grid(7, 200) == [i * (7 - 0.1) / 200 + 0.1 for i in range(200)]
+    assert F.reference_grid(3, 20)[:3] == pytest.approx([0.1, 0.245, 0.39])
+    assert max(F.reference_grid(3, 20)) < 3
+    with pytest.raises(ValueError, match="search_step"):
+        F.reference_grid(3, 0)
+
+
+def test_first_best_keeps_first_of_ties():
+    scores = torch.tensor([[1, 3, 3], [3, 2, 0]])
+    assert F.first_best(scores) == (0, 1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_count_correct_over_alpha_equals_brute_force(seed):
+    torch.manual_seed(seed)
+    n, c = 50, 6
+    base = torch.randn(n, c, dtype=torch.float64) * 3
+    extra = torch.rand(n, c, dtype=torch.float64) * 4
+    labels = torch.randint(0, c, (n,))
+    alphas = torch.linspace(0.1, 5, 40, dtype=torch.float64)
+    brute = torch.stack([((base + a * extra).argmax(1) == labels).sum() for a in alphas])
+    assert F.count_correct_over_alpha(base, extra, labels, alphas).tolist() == brute.tolist()
+    # a batch dimension (one per β) gives the same counts row by row
+    batched = F.count_correct_over_alpha(base, torch.stack([extra, 2 * extra]), labels, alphas)
+    assert batched[0].tolist() == brute.tolist()
+
+
+def _world(seed, n_val, c=5, shots=4, d=12, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    means = _unit(torch.randn(c, d, generator=g, dtype=dtype))
+    labels = torch.arange(c).repeat_interleave(shots)
+    keys = _unit(means[labels] + 0.6 * torch.randn(len(labels), d, generator=g, dtype=dtype))
+    y = torch.randint(0, c, (n_val,), generator=g)
+    x = _unit(means[y] + 0.6 * torch.randn(n_val, d, generator=g, dtype=dtype))
+    w = _unit(means + 0.9 * torch.randn(c, d, generator=g, dtype=dtype))
+    return x, y, keys, labels, w
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("n_val", [2, 3, 5, 40])
+def test_search_tip_selects_the_reference_point(seed, n_val):
+    x, y, keys, labels, w = _world(seed, n_val)
+    scale_, step = (7.0, 3.0), (12, 6)
+    ref = _reference_search(x, y, keys, labels, w, scale_, step)
+    # tiny chunk budget: many outer chunks and one-row blocks
+    got = F.search_tip(x, y, keys, labels, w, search_scale=scale_, search_step=step, chunk_bytes=64)
+    if ref[2] == 0.0:
+        # the reference never beats its initial 0 and returns (0, 0); we return the first point
+        assert got == (0.1, 0.1, 0.0)
+    else:
+        assert got == ref
+    assert F.search_tip(x, y, keys, labels, w, search_scale=scale_, search_step=step) == got
+
+
+def test_search_tip_unsorted_labels_and_reference_grid():
+    x, y, keys, labels, w = _world(3, 30, c=4, shots=3)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    ref = _reference_search(x, y, keys[perm], labels[perm], w, (7, 3), (200, 20))
+    assert F.search_tip(x, y, keys[perm], labels[perm], w) == ref
+
+
+def test_search_tip_keeps_dtype_and_accepts_float32():
+    x, y, keys, labels, w = _world(0, 20, dtype=torch.float32)
+    beta, alpha, acc = F.search_tip(x, y, keys, labels, w, search_step=(10, 5))
+    assert 0 <= acc <= 100 and beta >= 0.1 and alpha >= 0.1
+    with pytest.raises(ValueError, match="x_val"):
+        F.search_tip(x[:0], y[:0], keys, labels, w)
+    with pytest.raises(ValueError, match="search_scale"):
+        F.search_tip(x, y, keys, labels, w, search_scale=(7,))
