@@ -25,6 +25,7 @@ __all__ = [
     "text_classifier",
     "tip_affinity",
     "tip_cache_logits",
+    "tip_grid_counts",
     "tip_logits",
 ]
 
@@ -185,6 +186,56 @@ def _chunk_rows(n_keys: int, itemsize: int, budget_bytes: int) -> int:
     return max(1, budget_bytes // max(1, n_keys * itemsize))
 
 
+def tip_grid_counts(
+    x_val: Tensor,
+    y_val: Tensor,
+    keys: Tensor,
+    labels: Tensor,
+    text_weights: Tensor,
+    betas: Sequence[float],
+    alphas: Sequence[float],
+    *,
+    scale: float = 100.0,
+    chunk_bytes: int = 256 * 2**20,
+) -> Tensor:
+    """Number of correctly classified validation rows at every (β, α) of a grid → (nβ, nα) int64.
+
+    The affinity ``x_val·keysᵀ`` is computed once per chunk of validation rows (each chunk's
+    temporaries stay within ``chunk_bytes``), ``exp(−β(1 − A))`` once per β over cache-sized
+    blocks of rows, the one-hot product as a class-wise sum over keys, and all α at once
+    through ``count_correct_over_alpha``. ``x_val`` must be L2-normalised; dtype and device are
+    kept.
+    """
+    n, c = x_val.shape[0], text_weights.shape[0]
+    alpha_t = torch.tensor(list(alphas), dtype=x_val.dtype, device=x_val.device)
+    beta_t = torch.tensor(list(betas), dtype=x_val.dtype, device=x_val.device)
+    n_beta = len(beta_t)
+    counts = torch.zeros(n_beta, len(alpha_t), dtype=torch.long, device=x_val.device)
+    sum_by_class = _class_summer(labels, c)
+    itemsize = x_val.element_size()
+    outer = _chunk_rows(keys.shape[0], itemsize, chunk_bytes)
+    inner = _chunk_rows(keys.shape[0], itemsize, _BLOCK_BYTES)
+    group = max(1, min(n_beta, _BLOCK_BYTES // max(1, min(inner, n) * c * itemsize)))
+    for start in range(0, n, outer):
+        xs, ys = x_val[start : start + outer], y_val[start : start + outer]
+        zs = scale * (xs @ text_weights.T)
+        shifted = xs @ keys.T - 1.0  # A − 1, reused for every β
+        buf = torch.empty(min(inner, len(xs)), keys.shape[0], dtype=xs.dtype, device=xs.device)
+        cache = torch.empty(group, min(inner, len(xs)), c, dtype=xs.dtype, device=xs.device)
+        # β innermost over a cache-sized block of rows, so exp(β(A − 1)) and its class sums stay
+        # in cache; the α counts run on a group of β at once.
+        for b0 in range(0, len(xs), inner):
+            sb, zb, yb = shifted[b0 : b0 + inner], zs[b0 : b0 + inner], ys[b0 : b0 + inner]
+            eb = buf[: len(sb)]
+            for g0 in range(0, n_beta, group):
+                gb = cache[: min(group, n_beta - g0), : len(sb)]
+                for j in range(gb.shape[0]):
+                    torch.mul(sb, beta_t[g0 + j], out=eb).exp_()
+                    gb[j] = sum_by_class(eb)
+                counts[g0 : g0 + gb.shape[0]] += count_correct_over_alpha(zb, gb, yb, alpha_t)
+    return counts
+
+
 def search_tip(
     x_val: Tensor,
     y_val: Tensor,
@@ -201,47 +252,29 @@ def search_tip(
 
     Grid: ``β_i = 0.1 + i·(S_β − 0.1)/n_β`` and ``α_j`` likewise (``reference_grid``); β is the
     outer loop, α the inner one, and strict ``>`` keeps the first best point. Returns
-    ``(beta, alpha, accuracy)`` with accuracy in percent on ``(x_val, y_val)``.
-
-    Computed the fast way: the affinity ``x_val·keysᵀ`` once per chunk of validation rows (each
-    chunk's temporaries stay within ``chunk_bytes``), ``exp(−β(1 − A))`` once per β, the one-hot
-    product as a class-wise sum over keys, and all α at once through
-    ``count_correct_over_alpha``. ``x_val`` must be L2-normalised; dtype and device are kept.
+    ``(beta, alpha, accuracy)`` with accuracy in percent on ``(x_val, y_val)``. The counts come
+    from ``tip_grid_counts`` (affinity once, exp once per β, all α at once). Where no grid point
+    classifies any row correctly the reference returns (0, 0); this returns the first point.
     """
     if len(search_scale) != 2 or len(search_step) != 2:
         raise ValueError(
             "search_scale and search_step: expected two entries each (beta, alpha), found "
             f"{tuple(search_scale)} and {tuple(search_step)}"
         )
+    if x_val.shape[0] == 0:
+        raise ValueError("x_val: expected at least one validation row, found 0")
     betas = reference_grid(float(search_scale[0]), int(search_step[0]))
     alphas = reference_grid(float(search_scale[1]), int(search_step[1]))
-    n, c = x_val.shape[0], text_weights.shape[0]
-    if n == 0:
-        raise ValueError("x_val: expected at least one validation row, found 0")
-    alpha_t = torch.tensor(alphas, dtype=x_val.dtype, device=x_val.device)
-    beta_t = torch.tensor(betas, dtype=x_val.dtype, device=x_val.device)
-    counts = torch.zeros(len(betas), len(alphas), dtype=torch.long, device=x_val.device)
-    sum_by_class = _class_summer(labels, c)
-    itemsize = x_val.element_size()
-    outer = _chunk_rows(keys.shape[0], itemsize, chunk_bytes)
-    inner = _chunk_rows(keys.shape[0], itemsize, _BLOCK_BYTES)
-    group = max(1, min(len(betas), _BLOCK_BYTES // max(1, min(inner, n) * c * itemsize)))
-    for start in range(0, n, outer):
-        xs, ys = x_val[start : start + outer], y_val[start : start + outer]
-        zs = scale * (xs @ text_weights.T)
-        shifted = xs @ keys.T - 1.0  # A − 1, reused for every β
-        buf = torch.empty(min(inner, len(xs)), keys.shape[0], dtype=xs.dtype, device=xs.device)
-        cache = torch.empty(group, min(inner, len(xs)), c, dtype=xs.dtype, device=xs.device)
-        # β innermost over a cache-sized block of rows, so exp(β(A − 1)) and its class sums stay
-        # in cache; the α counts run on a group of β at once.
-        for b0 in range(0, len(xs), inner):
-            sb, zb, yb = shifted[b0 : b0 + inner], zs[b0 : b0 + inner], ys[b0 : b0 + inner]
-            eb = buf[: len(sb)]
-            for g0 in range(0, len(betas), group):
-                gb = cache[: min(group, len(betas) - g0), : len(sb)]
-                for j in range(gb.shape[0]):
-                    torch.mul(sb, beta_t[g0 + j], out=eb).exp_()
-                    gb[j] = sum_by_class(eb)
-                counts[g0 : g0 + gb.shape[0]] += count_correct_over_alpha(zb, gb, yb, alpha_t)
+    counts = tip_grid_counts(
+        x_val,
+        y_val,
+        keys,
+        labels,
+        text_weights,
+        betas,
+        alphas,
+        scale=scale,
+        chunk_bytes=chunk_bytes,
+    )
     bi, ai = first_best(counts)
-    return betas[bi], alphas[ai], 100.0 * int(counts[bi, ai]) / n
+    return betas[bi], alphas[ai], 100.0 * int(counts[bi, ai]) / x_val.shape[0]
