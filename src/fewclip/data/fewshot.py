@@ -181,7 +181,7 @@ def check_shots(
         # repeat relaxes the support part only: validation images must be distinct and unused.
         ok = n >= shots + reserve if reserve else (n >= shots or repeat)
         if not ok:
-            short.append(f"{_name(y, classnames)} has {n}")
+            short.append(f"{_name(y, classnames)} has {n} images")
     if short:
         what = f"{shots} shots" + (f" + {reserve} validation images" if reserve else "")
         raise NotEnoughImagesError(

@@ -56,8 +56,8 @@ def stratified_split(
 
     Classes are visited in ascending label order; each class's indices are shuffled with one
     ``random.Random(seed)`` and cut into ``round(n·train_fraction)`` train,
-    ``round(n·val_fraction)`` val and the rest test. A class that would get no training image or
-    no test image is an error naming it.
+    ``round(n·val_fraction)`` val and the rest test (one val image fewer when that would leave no
+    test image). A class that would still get no training or no test image is an error naming it.
     """
     if not (0 < train_fraction < 1 and 0 <= val_fraction < 1 and train_fraction + val_fraction < 1):
         raise ValueError(
@@ -74,6 +74,8 @@ def stratified_split(
         n = len(items)
         n_train = round(n * train_fraction)
         n_val = round(n * val_fraction)
+        if n - n_train - n_val < 1 and n_val > 0:
+            n_val -= 1  # small class: keep a test image rather than a validation image
         if n_train < 1 or n - n_train - n_val < 1:
             cname = classnames[y] if classnames is not None else str(y)
             raise DatasetError(
