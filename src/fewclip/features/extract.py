@@ -1,0 +1,462 @@
+"""Batched image-feature extraction with seeded augmented views and an on-disk cache.
+
+:func:`extract` decodes every image once per pass and produces, in the same pass, the plain
+features (the model's evaluation transform) and any number of augmented views (the training
+transform, seeded per ``(seed, view, image index)`` so a view never depends on the batch size,
+the number of workers or which other views are computed). Features are **raw** (un-normalised).
+
+With a :class:`~fewclip.features.store.FeatureStore`, each (view, split) is one entry; a second
+call with the same inputs is served from the store without running the model, an interrupted
+call resumes from its finished shards, and damaged shards are rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from fewclip._version import __version__
+from fewclip.backbones.base import Backbone
+from fewclip.features.store import STORE_FORMAT, EntryWriter, FeatureStore, entry_key
+from fewclip.imageio import (
+    BadImage,
+    BadImageError,
+    ImageDecodeError,
+    ImageSource,
+    decode_image,
+    describe_source,
+)
+from fewclip.task import FeatureSet
+
+__all__ = ["PLAIN", "ExtractResult", "dataset_fingerprint", "extract", "image_key_record"]
+
+PLAIN = -1
+"""View index of the plain (evaluation-transform) features; augmented views are 0..V-1."""
+
+# Test hook: called as _after_shard(view, shard) after each shard is written (see tests).
+_after_shard: Callable[[int, int], None] | None = None
+
+
+@dataclass
+class ExtractResult:
+    """What :func:`extract` returns.
+
+    Attributes:
+        features: (N, D) raw plain features, or ``None`` with ``plain=False``.
+        views: (V, N, D) raw features of the V augmented views, or ``None`` when ``views=0``.
+        labels: (N,) labels if given.
+        index: (N,) positions in the input of the rows returned (all positions unless
+            ``skip_bad=True`` dropped bad images).
+        bad_files: images that could not be decoded, with their input positions in
+            ``bad_index``; never silently dropped.
+        keys: store key of each view (``"plain"``, ``"view0"``, ...), empty without a store.
+        n_encoded: number of images run through the model by this call (0 when every entry
+            came from the store).
+    """
+
+    features: Tensor | None
+    views: Tensor | None
+    labels: Tensor | None
+    index: Tensor
+    bad_files: list[BadImage] = field(default_factory=list)
+    bad_index: list[int] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+    n_encoded: int = 0
+
+    def feature_set(self) -> FeatureSet:
+        """The result as a :class:`fewclip.task.FeatureSet` (needs labels and plain features)."""
+        if self.labels is None:
+            raise ValueError("labels: pass labels= to extract() to build a FeatureSet")
+        if self.features is None:
+            raise ValueError("features: extract() was called with plain=False")
+        return FeatureSet(self.features, self.labels, self.views)
+
+
+def _view_name(view: int) -> str:
+    return "plain" if view == PLAIN else f"view{view}"
+
+
+def dataset_fingerprint(images: Sequence[ImageSource], *, dataset_id: str | None = None) -> str:
+    """SHA-256 identifying an ordered list of images.
+
+    Paths contribute their absolute path, size and modification time (a file edited in place
+    gets a new fingerprint); in-memory images and bytes contribute a hash of their content.
+    With ``dataset_id`` (e.g. a dataset name and version you vouch for) paths contribute only
+    their string as given, so a copied or moved dataset keeps its cache.
+    """
+    h = hashlib.sha256(f"n={len(images)};id={dataset_id}\n".encode())
+    for src in images:
+        if isinstance(src, Image.Image):
+            h.update(f"pil:{src.mode}:{src.size}:".encode())
+            h.update(hashlib.sha256(src.tobytes()).digest())
+        elif isinstance(src, (bytes, bytearray)):
+            h.update(b"bytes:" + hashlib.sha256(bytes(src)).digest())
+        else:
+            p = os.fspath(src)
+            if dataset_id is not None:
+                h.update(f"path:{p}".encode())
+            else:
+                ap = os.path.abspath(p)
+                try:
+                    st = os.stat(ap)
+                    h.update(f"path:{ap}:{st.st_size}:{st.st_mtime_ns}".encode())
+                except OSError:
+                    h.update(f"path:{ap}:missing".encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def image_key_record(
+    backbone: Backbone,
+    *,
+    view: int,
+    seed: int,
+    dataset: str,
+    n: int,
+    split: str,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """The key record of one image-feature entry (everything that changes its content)."""
+    view_rec: dict[str, Any]
+    if view == PLAIN:
+        view_rec = {"type": "plain"}
+    else:
+        view_rec = {
+            "type": "augment",
+            "index": int(view),
+            "seed": int(seed),
+            "augment": backbone.augment.to_dict(),
+        }
+    return {
+        "kind": "image",
+        "format": STORE_FORMAT,
+        "fewclip_version": __version__,
+        "backbone": backbone.id,
+        "preprocess": backbone.preprocess.to_dict(),
+        "precision": backbone.compute_precision,
+        "view": view_rec,
+        "dataset": dataset,
+        "n": int(n),
+        "split": split,
+        "dtype": str(dtype).replace("torch.", ""),
+        "decode": {"background": [255, 255, 255], "exif_transpose": True},
+    }
+
+
+class _ViewDataset(Dataset[tuple[int, Tensor, bool, str]]):
+    """Item i → (i, (k, 3, H, W) tensors of the k views needed for i's shard, ok, reason)."""
+
+    def __init__(
+        self,
+        images: Sequence[ImageSource],
+        backbone: Backbone,
+        views_of_shard: dict[int, list[int]],
+        shard_size: int,
+        seed: int,
+    ) -> None:
+        self.images = images
+        self.eval_transform = backbone.eval_transform
+        self.train_transform = backbone.train_transform
+        self.views_of_shard = views_of_shard
+        self.shard_size = shard_size
+        self.seed = seed
+        self.size = backbone.preprocess.size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor, bool, str]:
+        from fewclip.backbones.transforms import view_generator
+
+        views = self.views_of_shard[i // self.shard_size]
+        try:
+            img = decode_image(self.images[i])
+            out: list[Tensor] = []
+            for v in views:
+                if v == PLAIN:
+                    out.append(self.eval_transform(img))
+                else:
+                    out.append(self.train_transform(img, view_generator(self.seed, v, i)))
+            return i, torch.stack(out), True, ""
+        except ImageDecodeError as e:
+            reason = e.reason
+        except Exception as e:  # a transform failing on an odd image is reported, not fatal
+            reason = f"could not be transformed ({type(e).__name__}: {e})"
+        return i, torch.zeros(len(views), 3, *self.size), False, reason
+
+
+def _batches(
+    views_of_shard: dict[int, list[int]], n: int, shard_size: int, batch_size: int
+) -> list[list[int]]:
+    """Image-index batches that never cross a shard, sized so a model batch ≈ batch_size."""
+    out: list[list[int]] = []
+    for s in sorted(views_of_shard):
+        per = max(1, batch_size // max(1, len(views_of_shard[s])))
+        start, stop = s * shard_size, min(n, (s + 1) * shard_size)
+        out.extend(list(range(b, min(stop, b + per))) for b in range(start, stop, per))
+    return out
+
+
+class _MemorySink:
+    """Stand-in for an EntryWriter when no store is used."""
+
+    def __init__(self, n_rows: int, shard_size: int) -> None:
+        self.n_rows = n_rows
+        self.shard_size = shard_size
+        self.shards: dict[int, Tensor] = {}
+        self.bad: dict[int, list[tuple[int, BadImage]]] = {}
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_rows // self.shard_size) if self.n_rows else 0
+
+    def write_shard(self, i: int, features: Tensor, bad: Sequence[tuple[int, BadImage]]) -> None:
+        self.shards[i] = features.detach().to("cpu")
+        self.bad[i] = list(bad)
+
+
+def _progress(enabled: bool | None, total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False)
+
+
+def extract(
+    backbone: Backbone,
+    images: Sequence[ImageSource],
+    *,
+    labels: Tensor | Sequence[int] | None = None,
+    views: int = 0,
+    seed: int = 0,
+    plain: bool = True,
+    store: FeatureStore | str | os.PathLike | None = None,
+    split: str = "data",
+    dataset_id: str | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    skip_bad: bool = False,
+    dtype: torch.dtype = torch.float32,
+    shard_size: int = 4096,
+    progress: bool | None = None,
+    verify: bool = False,
+) -> ExtractResult:
+    """Extract raw image features: plain features and ``views`` seeded augmented views.
+
+    Args:
+        backbone: a loaded :class:`~fewclip.backbones.Backbone`.
+        images: image paths (or encoded bytes, or PIL images), in dataset order.
+        labels: optional (N,) class ids, returned with the features (not used for extraction).
+        views: number V of augmented views (the backbone's training transform).
+        seed: seed of the augmented views; view ``v`` of image ``i`` depends only on
+            ``(seed, v, i)`` and the image.
+        plain: also extract the plain (evaluation-transform) features.
+        store: a :class:`FeatureStore` or its folder; ``None`` keeps everything in memory.
+        split: split name recorded in the store key (``"train"``, ``"test"``, ...).
+        dataset_id: optional identity of the dataset (see :func:`dataset_fingerprint`).
+        batch_size: images per model call (views of an image count separately).
+        num_workers: DataLoader worker processes for decoding and transforms.
+        skip_bad: drop undecodable images from the result (they are listed in ``bad_files``
+            and recorded in the store); when False such images raise :class:`BadImageError`
+            listing every one, after the whole pass.
+        dtype: storage dtype (float32 default; float16/bfloat16 halve the disk space).
+        shard_size: rows per shard file (the granularity of resuming).
+        progress: show a progress bar (default: only when stderr is a terminal).
+        verify: re-hash every stored shard before trusting a complete entry (default: check
+            sizes and headers only).
+
+    Returns:
+        :class:`ExtractResult` with ``features`` (N, D), ``views`` (V, N, D) (float ``dtype``,
+        CPU), ``labels``, ``index``, ``bad_files``.
+    """
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone: expected a fewclip Backbone, found {type(backbone).__name__}")
+    if isinstance(images, (str, os.PathLike)):
+        raise TypeError("images: expected a sequence of images, found a single path")
+    images = list(images)
+    n = len(images)
+    if views < 0:
+        raise ValueError(f"views: expected a non-negative number of views, found {views}")
+    if not plain and views == 0:
+        raise ValueError("plain=False and views=0: nothing to extract")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, found {batch_size}")
+    y = None
+    if labels is not None:
+        y = torch.as_tensor(labels)
+        if y.shape != (n,):
+            raise ValueError(f"labels: expected shape ({n},), found {tuple(y.shape)}")
+    if isinstance(store, (str, os.PathLike)):
+        store = FeatureStore(store)
+
+    view_ids = ([PLAIN] if plain else []) + list(range(views))
+    keys: dict[int, str] = {}
+    records: dict[int, dict[str, Any]] = {}
+    if store is not None:
+        fp = dataset_fingerprint(images, dataset_id=dataset_id)
+        for v in view_ids:
+            records[v] = image_key_record(
+                backbone, view=v, seed=seed, dataset=fp, n=n, split=split, dtype=dtype
+            )
+            keys[v] = entry_key(records[v])
+
+    lock = store.lock(list(keys.values())) if store is not None else contextlib.nullcontext()
+    with lock:
+        sinks: dict[int, EntryWriter | _MemorySink] = {}
+        todo: dict[int, list[int]] = {}  # shard -> views to compute
+        for v in view_ids:
+            if store is None:
+                sinks[v] = _MemorySink(n, shard_size)
+                for s in range(sinks[v].n_shards):
+                    todo.setdefault(s, []).append(v)
+                continue
+            meta = {"backbone": backbone.describe(), "source": "fewclip.features.extract"}
+            if store.has(keys[v]) and not (verify and store.verify(keys[v], full=True)):
+                continue
+            w = store.writer(
+                keys[v],
+                records[v],
+                n_rows=n,
+                dim=backbone.embed_dim,
+                dtype=dtype,
+                shard_size=_existing_shard_size(store, keys[v], shard_size),
+                meta=meta,
+            )
+            w.invalidate()
+            sinks[v] = w
+            for s in range(w.n_shards):
+                if not w.shard_ok(s):
+                    todo.setdefault(s, []).append(v)
+        n_encoded = _run(backbone, images, sinks, todo, seed, batch_size, num_workers, progress)
+        for sink in sinks.values():
+            if isinstance(sink, EntryWriter):
+                sink.finalize()
+
+    # Gather results and bad files.
+    bad: dict[int, BadImage] = {}
+    tensors: dict[int, Tensor] = {}
+    for v in view_ids:
+        if store is None:
+            sink = sinks[v]
+            assert isinstance(sink, _MemorySink)
+            parts = [sink.shards[s] for s in range(sink.n_shards)]
+            tensors[v] = torch.cat(parts).to(dtype) if parts else torch.empty(0, backbone.embed_dim)
+            for lst in sink.bad.values():
+                bad.update(dict(lst))
+        else:
+            info = store.info(keys[v])
+            tensors[v] = store.load(keys[v])
+            bad.update(dict(info.bad_files))
+    bad_index = sorted(bad)
+    bad_files = [bad[i] for i in bad_index]
+    if bad_files and not skip_bad:
+        raise BadImageError(bad_files, total=n)
+    keep = torch.ones(n, dtype=torch.bool)
+    if bad_index:
+        keep[torch.tensor(bad_index)] = False
+    index = torch.nonzero(keep).flatten()
+    sel = (lambda t: t[index]) if bad_index else (lambda t: t)
+    features = sel(tensors[PLAIN]) if plain else None
+    view_tensor = torch.stack([sel(tensors[v]) for v in range(views)]) if views else None
+    return ExtractResult(
+        features=features,
+        views=view_tensor,
+        labels=None if y is None else sel(y),
+        index=index,
+        bad_files=bad_files,
+        bad_index=bad_index,
+        keys={_view_name(v): k for v, k in keys.items()},
+        n_encoded=n_encoded,
+    )
+
+
+def _existing_shard_size(store: FeatureStore, key: str, default: int) -> int:
+    """The shard size of a partially written entry (so its shards are reused), else default."""
+    from fewclip.features.store import _read_header
+
+    shard0 = store.entry_dir(key) / "shards" / "00000.safetensors"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        meta = _read_header(shard0)[0]["__metadata__"]
+        rows = int(meta["stop"]) - int(meta["start"])
+        if rows > 0:
+            return rows
+    return default
+
+
+def _run(
+    backbone: Backbone,
+    images: Sequence[ImageSource],
+    sinks: dict[int, EntryWriter | _MemorySink],
+    todo: dict[int, list[int]],
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+    progress: bool | None,
+) -> int:
+    """Encode the shards in ``todo`` and write them to their sinks; returns images encoded."""
+    if not todo:
+        return 0
+    some = next(iter(sinks.values()))
+    shard_size = some.shard_size
+    n = len(images)
+    todo = {s: sorted(vs, key=lambda v: (v != PLAIN, v)) for s, vs in sorted(todo.items())}
+    dataset = _ViewDataset(images, backbone, todo, shard_size, seed)
+    batches = _batches(todo, n, shard_size, batch_size)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        pin_memory=backbone.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    total = sum(min(n, (s + 1) * shard_size) - s * shard_size for s in todo)
+    buffers: dict[int, list[Tensor]] = {}
+    bad: list[tuple[int, BadImage]] = []
+    current = -1
+    encoded = 0
+    with _progress(progress, total, f"extract {backbone.name}") as bar:
+        for idx, x, ok, reasons in _iter(loader):
+            s = int(idx[0]) // shard_size
+            if s != current:
+                buffers = {v: [] for v in todo[s]}
+                bad = []
+                current = s
+            k = x.shape[1]
+            feats = torch.zeros(x.shape[0], k, backbone.embed_dim)
+            if bool(ok.any()):
+                good = x[ok].flatten(0, 1)
+                out = backbone.encode_images(good).to("cpu")
+                feats[ok] = out.view(-1, k, backbone.embed_dim)
+                encoded += int(ok.sum())
+            for j in torch.nonzero(~ok).flatten().tolist():
+                i = int(idx[j])
+                bad.append((i, BadImage(describe_source(images[i]), reasons[j])))
+            for c, v in enumerate(todo[s]):
+                buffers[v].append(feats[:, c])
+            bar.update(x.shape[0])
+            start, stop = s * shard_size, min(n, (s + 1) * shard_size)
+            if int(idx[-1]) == stop - 1:
+                for v in todo[s]:
+                    shard = torch.cat(buffers[v])
+                    assert shard.shape[0] == stop - start
+                    sinks[v].write_shard(s, shard, bad)
+                    if _after_shard is not None:
+                        _after_shard(v, s)
+    return encoded
+
+
+def _iter(loader: DataLoader[Any]) -> Iterator[tuple[Tensor, Tensor, Tensor, list[str]]]:
+    for idx, x, ok, reasons in loader:
+        yield idx, x, ok, list(reasons)

@@ -1,0 +1,563 @@
+"""A content-addressed feature store on disk: safetensors shards plus a JSON record.
+
+Layout::
+
+    <root>/
+      entries/<key[:2]>/<key>/
+        record.json                 # written last: the key record, shard list, bad files
+        shards/00000.safetensors    # rows [0, shard_size), tensor "features" (rows, D)
+        shards/00001.safetensors    # ...
+      locks/<key>.lock              # advisory lock held while an entry is being written
+
+An entry holds one (N, D) tensor: the raw features of one view (plain or one augmented view) of
+one split of one dataset under one backbone, or the raw prompt embeddings of a set of prompts.
+Its key is the SHA-256 of a JSON *key record* listing everything that changes the content
+(backbone id, preprocessing, view and augmentation, dataset fingerprint, split, dtype,
+precision, fewclip version); ``record.json`` stores that record so entries can be listed and
+inspected without loading any tensor.
+
+Guarantees:
+
+- every file is written to a temporary name and renamed into place (``os.replace``);
+- each shard carries its key, row range and a SHA-256 of its data in the safetensors header, so
+  an interrupted extraction resumes from the finished shards and a truncated or corrupt shard is
+  detected (and rebuilt by :func:`fewclip.features.extract`);
+- writers take an exclusive lock per entry (``fcntl.flock``; released by the OS if the process
+  dies), so two processes extracting the same entry end with one valid entry;
+- reading an entry touches only its own files, and shards can be memory-mapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fewclip._version import __version__
+from fewclip.backbones.base import fingerprint
+from fewclip.imageio import BadImage
+
+try:  # POSIX advisory locks; elsewhere writes stay atomic but are not serialised.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "STORE_FORMAT",
+    "CorruptEntryError",
+    "EntryInfo",
+    "EntryWriter",
+    "FeatureStore",
+    "entry_key",
+]
+
+STORE_FORMAT = 1
+_TENSOR = "features"
+_DTYPES: dict[str, torch.dtype] = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+}
+_ST_NAME = {v: k for k, v in _DTYPES.items()}
+_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "F64": np.float64}
+
+
+class CorruptEntryError(RuntimeError):
+    """A stored entry is incomplete, truncated or corrupt. Running the extraction again
+    rebuilds the damaged shards."""
+
+
+def entry_key(record: dict[str, Any]) -> str:
+    """The store key of a key record: 32 hex characters of its canonical SHA-256."""
+    return fingerprint(record)[:32]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """Parse a safetensors header; returns (header dict, data offset). Raises ValueError."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("file shorter than the 8-byte safetensors header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100_000_000):
+            raise ValueError(f"header length {n} exceeds the file size {size}")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header, 8 + n
+
+
+def _data_sha256(t: Tensor) -> str:
+    data = t.detach().contiguous()
+    if data.dtype == torch.bfloat16:
+        data = data.view(torch.int16)
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What ``record.json`` says about a complete entry (no tensor is loaded).
+
+    Attributes:
+        key: the entry key.
+        path: the entry folder.
+        record: the key record (what the key was computed from).
+        n_rows, dim, dtype: shape and dtype of the stored tensor.
+        n_shards, nbytes: number of shard files and their total size.
+        bad_files: images that could not be decoded (their rows hold zeros), with row indices.
+        meta: free-form information (backbone name and description, ...), not part of the key.
+        created: UTC timestamp of completion.
+    """
+
+    key: str
+    path: Path
+    record: dict[str, Any]
+    n_rows: int
+    dim: int
+    dtype: str
+    n_shards: int
+    nbytes: int
+    bad_files: list[tuple[int, BadImage]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def kind(self) -> str:
+        return str(self.record.get("kind", ""))
+
+
+class FeatureStore:
+    """A folder of feature entries (see the module docstring for layout and guarantees).
+
+    >>> store = FeatureStore("~/.cache/fewclip/features")   # doctest: +SKIP
+    >>> [e.record["split"] for e in store.entries(kind="image")]   # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(os.path.expanduser(os.fspath(root)))
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.root)!r})"
+
+    # --- paths ---------------------------------------------------------------------------
+    def entry_dir(self, key: str) -> Path:
+        if len(key) < 8 or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"key: expected a hex entry key, found {key!r}")
+        return self.root / "entries" / key[:2] / key
+
+    def _record_path(self, key: str) -> Path:
+        return self.entry_dir(key) / "record.json"
+
+    # --- listing and inspection ------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Keys of all complete entries (those with a ``record.json``)."""
+        base = self.root / "entries"
+        if not base.is_dir():
+            return []
+        return sorted(p.parent.name for p in base.glob("*/*/record.json"))
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is complete and passes the quick check (sizes and headers)."""
+        try:
+            return not self.verify(key, full=False)
+        except (KeyError, ValueError):
+            return False
+
+    def info(self, key: str) -> EntryInfo:
+        """The :class:`EntryInfo` of a complete entry. Raises ``KeyError`` if there is none."""
+        path = self._record_path(key)
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise KeyError(f"key: no complete entry {key!r} in {self.root}") from None
+        except (OSError, ValueError) as e:
+            raise CorruptEntryError(f"entry {key}: unreadable record {path}: {e}") from None
+        bad = [(int(b["index"]), BadImage(b["path"], b["reason"])) for b in rec["bad_files"]]
+        return EntryInfo(
+            key=key,
+            path=path.parent,
+            record=rec["record"],
+            n_rows=int(rec["n_rows"]),
+            dim=int(rec["dim"]),
+            dtype=str(rec["dtype"]),
+            n_shards=len(rec["shards"]),
+            nbytes=sum(int(s["bytes"]) for s in rec["shards"]),
+            bad_files=bad,
+            meta=rec.get("meta", {}),
+            created=rec.get("created", ""),
+        )
+
+    def entries(self, **match: Any) -> list[EntryInfo]:
+        """All complete entries whose key record matches every ``field=value`` given, e.g.
+        ``entries(kind="image", split="train", backbone=bb.id)``. Reads only records."""
+        out = []
+        for key in self.keys():
+            try:
+                info = self.info(key)
+            except (KeyError, CorruptEntryError):
+                continue
+            if all(info.record.get(k) == v for k, v in match.items()):
+                out.append(info)
+        return out
+
+    def size_bytes(self) -> int:
+        """Total size of all files under the store root."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def verify(self, key: str, *, full: bool = True) -> list[str]:
+        """Problems with a complete entry (empty when it is sound).
+
+        The quick check (``full=False``) compares every shard's size and header with the
+        record; the full check also recomputes each shard's SHA-256.
+        Raises ``KeyError`` when there is no complete entry.
+        """
+        rec_path = self._record_path(key)
+        try:
+            rec = json.loads(rec_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise KeyError(f"key: no complete entry {key!r} in {self.root}") from None
+        except (OSError, ValueError) as e:
+            return [f"record {rec_path}: unreadable ({e})"]
+        problems = []
+        for i, s in enumerate(rec["shards"]):
+            path = rec_path.parent / s["file"]
+            problem = _check_shard(
+                path,
+                key=key,
+                shard=i,
+                rows=int(s["stop"]) - int(s["start"]),
+                dim=int(rec["dim"]),
+                dtype=str(rec["dtype"]),
+                nbytes=int(s["bytes"]),
+                sha256=s["sha256"] if full else None,
+            )
+            if problem:
+                problems.append(f"shard {i} ({path}): {problem}")
+        return problems
+
+    # --- reading -----------------------------------------------------------------------------
+    def load(
+        self, key: str, *, rows: Sequence[int] | Tensor | None = None, mmap: bool = True
+    ) -> Tensor:
+        """The stored (N, D) tensor of ``key``, or only ``rows`` of it (in the given order).
+
+        With ``mmap=True`` shards are memory-mapped: a single-shard entry is returned without
+        copying, and ``rows`` reads only the rows asked for. Raises ``KeyError`` for a missing
+        entry and :class:`CorruptEntryError` when a shard fails the quick check.
+        """
+        info = self.info(key)
+        problems = self.verify(key, full=False)
+        if problems:
+            raise CorruptEntryError(
+                f"entry {key} in {self.root} is damaged: "
+                + "; ".join(problems)
+                + ". Run the extraction again to rebuild it."
+            )
+        rec = json.loads(self._record_path(key).read_text(encoding="utf-8"))
+        shards = [(int(s["start"]), int(s["stop"]), info.path / s["file"]) for s in rec["shards"]]
+        if rows is None:
+            parts = [_read_shard(p, mmap=mmap) for _, _, p in shards]
+            if not parts:
+                return torch.empty(0, info.dim, dtype=_DTYPES[info.dtype])
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        idx = torch.as_tensor(rows, dtype=torch.long).flatten()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= info.n_rows):
+            raise IndexError(
+                f"rows: expected indices in [0, {info.n_rows}), found range "
+                f"[{int(idx.min())}, {int(idx.max())}]"
+            )
+        out = torch.empty(idx.numel(), info.dim, dtype=_DTYPES[info.dtype])
+        for start, stop, path in shards:
+            sel = torch.nonzero((idx >= start) & (idx < stop)).flatten()
+            if sel.numel():
+                out[sel] = _read_shard(path, mmap=mmap)[idx[sel] - start]
+        return out
+
+    def iter_shards(self, key: str, *, mmap: bool = True) -> Iterator[tuple[int, Tensor]]:
+        """Yield ``(first row, tensor)`` per shard, memory-mapped, for out-of-core processing."""
+        info = self.info(key)
+        rec = json.loads(self._record_path(key).read_text(encoding="utf-8"))
+        for s in rec["shards"]:
+            yield int(s["start"]), _read_shard(info.path / s["file"], mmap=mmap)
+
+    # --- deleting ---------------------------------------------------------------------------
+    def delete(self, key: str) -> None:
+        """Delete an entry (complete or partial). Raises ``KeyError`` if nothing exists."""
+        path = self.entry_dir(key)
+        if not path.exists():
+            raise KeyError(f"key: no entry {key!r} in {self.root}")
+        with self.lock([key]):
+            trash = self.root / "trash" / f"{key}.{os.getpid()}"
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # --- writing -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, keys: Sequence[str]) -> Iterator[None]:
+        """Hold the exclusive write lock of every key (acquired in sorted order)."""
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            for key in sorted(set(keys)):
+                f = stack.enter_context(open(lock_dir / f"{key}.lock", "a+b"))
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                stack.callback(fcntl.flock, f.fileno(), fcntl.LOCK_UN)
+            yield
+
+    def writer(
+        self,
+        key: str,
+        record: dict[str, Any],
+        *,
+        n_rows: int,
+        dim: int,
+        dtype: torch.dtype = torch.float32,
+        shard_size: int = 4096,
+        meta: dict[str, Any] | None = None,
+    ) -> EntryWriter:
+        """A writer for ``key`` (call while holding :meth:`lock`)."""
+        if entry_key(record) != key:
+            raise ValueError(f"key: {key!r} is not the key of the given record")
+        return EntryWriter(self, key, record, n_rows, dim, dtype, shard_size, meta or {})
+
+
+def _check_shard(
+    path: Path,
+    *,
+    key: str,
+    shard: int,
+    rows: int,
+    dim: int,
+    dtype: str,
+    nbytes: int | None = None,
+    sha256: str | None = None,
+) -> str | None:
+    """None if the shard file is sound, else what is wrong with it."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if nbytes is not None and size != nbytes:
+        return f"size {size} bytes, expected {nbytes} (truncated or overwritten)"
+    try:
+        header, offset = _read_header(path)
+        meta = header.get("__metadata__", {})
+        t = header[_TENSOR]
+        begin, end = t["data_offsets"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable safetensors header ({e})"
+    if meta.get("key") != key or meta.get("shard") != str(shard):
+        return "belongs to another entry or shard"
+    if t.get("dtype") != dtype or t.get("shape") != [rows, dim]:
+        return f"holds {t.get('dtype')} {t.get('shape')}, expected {dtype} {[rows, dim]}"
+    if offset + end != size or begin != 0:
+        return f"size {size} bytes, expected {offset + end} (truncated)"
+    if sha256 is not None or nbytes is None:
+        try:
+            data = _read_shard(path, mmap=True)
+        except (OSError, ValueError) as e:
+            return f"unreadable data ({e})"
+        if _data_sha256(data) != (sha256 or meta.get("sha256")):
+            return "checksum mismatch (corrupt data)"
+    return None
+
+
+def _read_shard(path: Path, *, mmap: bool) -> Tensor:
+    header, offset = _read_header(path)
+    t = header[_TENSOR]
+    st_dtype = t["dtype"]
+    shape = tuple(int(s) for s in t["shape"])
+    begin, end = t["data_offsets"]
+    np_dtype = _NP[st_dtype]
+    if int(np.prod(shape)) * np.dtype(np_dtype).itemsize != end - begin:
+        raise ValueError(f"{path}: data size does not match shape {shape}")
+    arr: np.ndarray
+    if mmap and end > begin:
+        arr = np.memmap(path, dtype=np_dtype, mode="c", offset=offset + begin, shape=shape)
+    else:
+        with open(path, "rb") as f:
+            f.seek(offset + begin)
+            buf = f.read(end - begin)
+        if len(buf) != end - begin:
+            raise ValueError(f"{path}: truncated data")
+        arr = np.frombuffer(bytearray(buf), dtype=np_dtype).reshape(shape)
+    out = torch.from_numpy(arr)
+    return out.view(torch.bfloat16) if st_dtype == "BF16" else out
+
+
+class EntryWriter:
+    """Writes the shards of one entry, then its record. Obtain with :meth:`FeatureStore.writer`."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        key: str,
+        record: dict[str, Any],
+        n_rows: int,
+        dim: int,
+        dtype: torch.dtype,
+        shard_size: int,
+        meta: dict[str, Any],
+    ) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size: expected a positive integer, found {shard_size}")
+        if dtype not in _ST_NAME:
+            raise ValueError(f"dtype: expected one of {list(_ST_NAME)}, found {dtype}")
+        self.store = store
+        self.key = key
+        self.record = record
+        self.n_rows = int(n_rows)
+        self.dim = int(dim)
+        self.dtype = dtype
+        self.shard_size = int(shard_size)
+        self.meta = meta
+        self.dir = store.entry_dir(key)
+        self.shard_dir = self.dir / "shards"
+        self._cleanup_tmp()
+
+    def _cleanup_tmp(self) -> None:
+        # Only the lock holder writes here, so any temporary file is a leftover of a killed run.
+        if self.shard_dir.is_dir():
+            for tmp in self.shard_dir.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    @property
+    def n_shards(self) -> int:
+        return max(1, -(-self.n_rows // self.shard_size)) if self.n_rows else 0
+
+    def shard_range(self, i: int) -> tuple[int, int]:
+        start = i * self.shard_size
+        return start, min(self.n_rows, start + self.shard_size)
+
+    def shard_path(self, i: int) -> Path:
+        return self.shard_dir / f"{i:05d}.safetensors"
+
+    def is_complete(self) -> bool:
+        """The entry has a record and every shard passes the quick check."""
+        return self.store.has(self.key)
+
+    def shard_ok(self, i: int) -> bool:
+        """Shard ``i`` exists, belongs to this entry, has the right shape and checksum."""
+        start, stop = self.shard_range(i)
+        return (
+            _check_shard(
+                self.shard_path(i),
+                key=self.key,
+                shard=i,
+                rows=stop - start,
+                dim=self.dim,
+                dtype=_ST_NAME[self.dtype],
+            )
+            is None
+        )
+
+    def write_shard(
+        self, i: int, features: Tensor, bad: Sequence[tuple[int, BadImage]] = ()
+    ) -> None:
+        """Atomically write shard ``i`` (its rows' features and the bad images among them)."""
+        from safetensors.torch import save
+
+        start, stop = self.shard_range(i)
+        if tuple(features.shape) != (stop - start, self.dim):
+            raise ValueError(
+                f"features: expected shape {(stop - start, self.dim)} for shard {i}, "
+                f"found {tuple(features.shape)}"
+            )
+        data = features.detach().to("cpu", self.dtype).contiguous()
+        meta = {
+            "key": self.key,
+            "shard": str(i),
+            "start": str(start),
+            "stop": str(stop),
+            "sha256": _data_sha256(data),
+            "bad": json.dumps([[j, b.path, b.reason] for j, b in bad]),
+            "format": str(STORE_FORMAT),
+        }
+        _atomic_write_bytes(self.shard_path(i), save({_TENSOR: data}, metadata=meta))
+
+    def shard_bad(self, i: int) -> list[tuple[int, BadImage]]:
+        header, _ = _read_header(self.shard_path(i))
+        raw = json.loads(header.get("__metadata__", {}).get("bad", "[]"))
+        return [(int(j), BadImage(p, r)) for j, p, r in raw]
+
+    def finalize(self) -> EntryInfo:
+        """Write ``record.json`` (after every shard is in place) and return the entry info."""
+        shards = []
+        bad: list[tuple[int, BadImage]] = []
+        for i in range(self.n_shards):
+            path = self.shard_path(i)
+            if not self.shard_ok(i):
+                raise CorruptEntryError(f"entry {self.key}: shard {i} ({path}) is not written")
+            header, _ = _read_header(path)
+            start, stop = self.shard_range(i)
+            shards.append(
+                {
+                    "file": f"shards/{path.name}",
+                    "start": start,
+                    "stop": stop,
+                    "bytes": path.stat().st_size,
+                    "sha256": header["__metadata__"]["sha256"],
+                }
+            )
+            bad.extend(self.shard_bad(i))
+        rec = {
+            "format": STORE_FORMAT,
+            "key": self.key,
+            "record": self.record,
+            "n_rows": self.n_rows,
+            "dim": self.dim,
+            "dtype": _ST_NAME[self.dtype],
+            "shard_size": self.shard_size,
+            "shards": shards,
+            "bad_files": [{"index": j, "path": b.path, "reason": b.reason} for j, b in bad],
+            "meta": self.meta,
+            "created": _now(),
+            "fewclip_version": __version__,
+        }
+        _atomic_write_bytes(
+            self.dir / "record.json", json.dumps(rec, indent=1, sort_keys=True).encode()
+        )
+        return self.store.info(self.key)
+
+    def invalidate(self) -> None:
+        """Remove the record (the entry becomes incomplete; valid shards are kept)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "record.json").unlink()

@@ -1,0 +1,129 @@
+"""Zero-shot text weights from class names and prompt templates.
+
+``text_weights(backbone, classnames, templates)`` builds the (C, D) zero-shot classifier with
+:func:`fewclip.functional.text_classifier` semantics: each prompt ``template.format(name)`` (with
+``_`` in class names turned into spaces) is encoded, every prompt embedding is L2-normalised,
+the C x T embeddings are averaged over the T templates, and the mean is L2-normalised again.
+The raw prompt embeddings can be cached in a :class:`~fewclip.features.FeatureStore`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from fewclip._version import __version__
+from fewclip.backbones.base import Backbone
+from fewclip.features.store import STORE_FORMAT, FeatureStore, entry_key
+from fewclip.functional import text_classifier
+
+__all__ = ["Template", "prompt_embeddings", "prompts", "text_key_record", "text_weights"]
+
+Template = str | Callable[[str], str]
+"""A prompt template: a string with one ``{}`` (``"a photo of a {}."``) or a callable."""
+
+
+def prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[str]:
+    """The C x T prompts, class-major: ``[t(c) for c in classnames for t in templates]``.
+
+    ``_`` in class names becomes a space. Raises ``ValueError`` on empty inputs or a string
+    template without exactly one ``{}``.
+    """
+    if isinstance(classnames, str) or not len(classnames):
+        raise ValueError(f"classnames: expected a non-empty list of names, found {classnames!r}")
+    if isinstance(templates, str) or not len(templates):
+        raise ValueError(f"templates: expected a non-empty list of templates, found {templates!r}")
+    for t in templates:
+        if isinstance(t, str) and t.count("{}") != 1:
+            raise ValueError(
+                f"templates: expected exactly one '{{}}' in each template, found {t!r}"
+            )
+    out = []
+    for name in classnames:
+        clean = str(name).replace("_", " ")
+        for t in templates:
+            out.append(t.format(clean) if isinstance(t, str) else t(clean))
+    return out
+
+
+def text_key_record(backbone: Backbone, texts: Sequence[str]) -> dict[str, object]:
+    """Key record of a cached set of raw prompt embeddings."""
+    digest = hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()
+    return {
+        "kind": "text",
+        "format": STORE_FORMAT,
+        "fewclip_version": __version__,
+        "backbone": backbone.id,
+        "precision": backbone.compute_precision,
+        "prompts": digest,
+        "n": len(texts),
+        "dtype": "float32",
+    }
+
+
+def prompt_embeddings(
+    backbone: Backbone,
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    *,
+    batch_size: int = 256,
+    store: FeatureStore | str | os.PathLike | None = None,
+) -> Tensor:
+    """Raw (un-normalised) prompt embeddings, (C, T, D) float32 on CPU, optionally cached."""
+    texts = prompts(classnames, templates)
+    c, t = len(classnames), len(templates)
+    if store is None:
+        raw = backbone.encode_texts(texts, batch_size=batch_size).to("cpu")
+        return raw.view(c, t, -1)
+    if isinstance(store, (str, os.PathLike)):
+        store = FeatureStore(store)
+    record = text_key_record(backbone, texts)
+    key = entry_key(record)
+    with store.lock([key]):
+        if not store.has(key):
+            raw = backbone.encode_texts(texts, batch_size=batch_size).to("cpu")
+            w = store.writer(
+                key,
+                record,
+                n_rows=len(texts),
+                dim=raw.shape[1],
+                shard_size=max(1, len(texts)),
+                meta={"backbone": backbone.describe(), "prompts": texts[:1000]},
+            )
+            w.invalidate()
+            w.write_shard(0, raw)
+            w.finalize()
+    return store.load(key, mmap=False).view(c, t, -1)
+
+
+def text_weights(
+    backbone: Backbone,
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    *,
+    batch_size: int = 256,
+    store: FeatureStore | str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """Zero-shot text classifier (C, D), float32, rows L2-normalised.
+
+    ``text_classifier(prompt_embeddings(...))``: normalise each prompt embedding, mean over the
+    templates, normalise again (``fewclip.functional.text_classifier``). Equal to open_clip's
+    ``build_zero_shot_classifier(...).T`` for the same model, names and templates.
+
+    Args:
+        backbone: the model whose text encoder is used.
+        classnames: C class names (``_`` becomes a space).
+        templates: T templates, strings with one ``{}`` or callables.
+        batch_size: prompts per text-encoder call.
+        store: cache the raw prompt embeddings in this feature store.
+        device: where the result goes (default: CPU).
+    """
+    raw = prompt_embeddings(backbone, classnames, templates, batch_size=batch_size, store=store)
+    out = text_classifier(raw)
+    return out if device is None else out.to(device)
