@@ -356,7 +356,7 @@ def extract(
                 bad.update(dict(lst))
         else:
             info = store.info(keys[v])
-            tensors[v] = store.load(keys[v])
+            tensors[v] = store.load(keys[v], mmap=False)
             bad.update(dict(info.bad_files))
     bad_index = sorted(bad)
     bad_files = [bad[i] for i in bad_index]

@@ -276,8 +276,10 @@ class FeatureStore:
         """The stored (N, D) tensor of ``key``, or only ``rows`` of it (in the given order).
 
         With ``mmap=True`` shards are memory-mapped: a single-shard entry is returned without
-        copying, and ``rows`` reads only the rows asked for. Raises ``KeyError`` for a missing
-        entry and :class:`CorruptEntryError` when a shard fails the quick check.
+        copying, and ``rows`` reads only the rows asked for. (The store never rewrites a file in
+        place, only replaces it, so a mapped tensor stays valid after a rebuild.) Raises
+        ``KeyError`` for a missing entry and :class:`CorruptEntryError` when a shard fails the
+        quick check.
         """
         info = self.info(key)
         problems = self.verify(key, full=False)
