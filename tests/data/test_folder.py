@@ -138,3 +138,17 @@ def test_hf_dataset(fk: Any) -> None:
     assert ds.train.open(0).size == (8, 8)
     with pytest.raises(DatasetError, match="not mapped"):
         load_hf(datasets.DatasetDict({"train": train, "extra": test}))
+
+
+def test_hf_dataset_from_local_folder(tmp_path: Path, fk: Any) -> None:
+    """A path goes through ``datasets.load_dataset("imagefolder")``: offline, local files only."""
+    pytest.importorskip("datasets")
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("red_fox", "owl"):
+            for i in range(n):
+                fk.write_image(tmp_path / "hf" / split / cls / f"{i}.png")
+    ds = load_hf(tmp_path / "hf")
+    assert ds.classnames == ("owl", "red fox")
+    assert len(ds.train) == 6 and len(ds.test) == 4
+    assert sorted(ds.train.labels) == [0, 0, 0, 1, 1, 1]
+    assert ds.test.open(0).mode == "RGB"
