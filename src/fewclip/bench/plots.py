@@ -1,0 +1,189 @@
+"""Accuracy-vs-shots figures in the papers' style (needs the ``plot`` extra: matplotlib).
+
+``plot_summary(summary, out_stem)`` draws, for each (backbone, protocol) group, one panel per
+dataset plus the average panel: one line per method over a log₂ shots axis (ticks 1, 2, 4, 8,
+16), a band of ± one std over seeds, the zero-shot method as a dashed horizontal line (its
+accuracy does not depend on K), LEAKY results as hollow markers with "LEAKY" in the legend
+and the title. Each figure is written as PNG and SVG, atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from fewclip.bench.results import Group, Stat, Summary, Table, write_atomic
+
+__all__ = ["PLOT_EXTRA_HINT", "plot_group", "plot_summary"]
+
+PLOT_EXTRA_HINT = "plots need matplotlib: pip install 'fewclip[plot]'"
+
+_ZERO_SHOT = "zero-shot"
+
+
+def _require_matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(PLOT_EXTRA_HINT) from None
+    return matplotlib
+
+
+def _panels(group: Group) -> list[tuple[str, Table]]:
+    out = [(name, t) for name, t in group.tables.items()]
+    if group.average is not None and group.average.datasets and len(group.tables) > 1:
+        out.append((f"average ({len(group.average.datasets)} datasets)", group.average))
+    return out
+
+
+def _zero_shot(per: dict[int, Stat]) -> tuple[float, float | None, bool]:
+    """Zero-shot does not depend on K: the mean over its cells (and the largest std)."""
+    stats = list(per.values())
+    mean = sum(s.mean for s in stats) / len(stats)
+    stds = [s.std for s in stats if s.std is not None]
+    return mean, (max(stds) if stds else None), any(s.leaky for s in stats)
+
+
+def plot_group(group: Group, *, methods: list[str] | None = None, ncols: int | None = None) -> Any:
+    """A ``matplotlib.figure.Figure`` for one group (one panel per dataset + average)."""
+    _require_matplotlib()
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    panels = _panels(group)
+    if not panels:
+        raise ValueError(f"group {group.backbone}/{group.protocol}: no tables to plot")
+    n = len(panels)
+    ncols = ncols or min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    order: list[str] = list(methods or [])
+    for _, t in panels:
+        order += [m for m in t.methods if m not in order]
+    cmap = [f"C{i % 10}" for i in range(len(order))]
+    colour = dict(zip(order, cmap, strict=True))
+    for m in order:
+        if m.split(" #")[0] == _ZERO_SHOT:
+            colour[m] = "0.15"  # the baseline: dark grey, dashed
+    markers = "osD^vP*Xh<>p"
+    marker = {m: markers[i % len(markers)] for i, m in enumerate(order)}
+    leaky_any = False
+    for i, (name, t) in enumerate(panels):
+        ax = axes[i // ncols][i % ncols]
+        shots = t.shots
+        for m in t.methods:
+            per = t.cells.get(m, {})
+            if not per:
+                continue
+            if m.split(" #")[0] == _ZERO_SHOT:
+                mean, std, leaky = _zero_shot(per)
+                ax.axhline(mean, color=colour[m], linestyle="--", linewidth=1.4)
+                if std:
+                    ax.axhspan(mean - std, mean + std, color=colour[m], alpha=0.08, linewidth=0)
+                leaky_any |= leaky
+                continue
+            ks = [k for k in shots if k in per]
+            ys = [per[k].mean for k in ks]
+            sd = [per[k].std or 0.0 for k in ks]
+            leaky = any(per[k].leaky for k in ks)
+            leaky_any |= leaky
+            ax.plot(
+                ks,
+                ys,
+                color=colour[m],
+                marker=marker[m],
+                markersize=5,
+                linewidth=1.6,
+                markerfacecolor="none" if leaky else colour[m],
+            )
+            if any(sd):
+                ax.fill_between(
+                    ks,
+                    [y - s for y, s in zip(ys, sd, strict=True)],
+                    [y + s for y, s in zip(ys, sd, strict=True)],
+                    color=colour[m],
+                    alpha=0.15,
+                    linewidth=0,
+                )
+        ax.set_xscale("log", base=2)
+        if shots:
+            ax.set_xticks(shots)
+            ax.set_xticklabels([str(k) for k in shots])
+            ax.minorticks_off()
+            lo, hi = min(shots), max(shots)
+            ax.set_xlim(lo / 2**0.25, hi * 2**0.25)
+        ax.set_title(name + (" (LEAKY)" if t.leaky else ""), fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if i % ncols == 0:
+            ax.set_ylabel("top-1 accuracy (%)", fontsize=9)
+        if i // ncols == nrows - 1 or i + ncols >= n:
+            ax.set_xlabel("shots per class", fontsize=9)
+    for j in range(n, nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    handles = []
+    for m in order:
+        if m.split(" #")[0] == _ZERO_SHOT:
+            handles.append(Line2D([], [], color=colour[m], linestyle="--", label=m))
+        else:
+            handles.append(Line2D([], [], color=colour[m], marker=marker[m], label=m))
+    if leaky_any:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                marker="o",
+                markerfacecolor="none",
+                linestyle="none",
+                label="hollow = LEAKY (oracle-test)",
+            )
+        )
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 6),
+        fontsize=8,
+        frameon=False,
+    )
+    title = f"{group.backbone} — protocol {group.protocol}" + (" — LEAKY" if leaky_any else "")
+    fig.suptitle(title + "  (mean ± std over seeds)", fontsize=11)
+    return fig
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "group"
+
+
+def plot_summary(
+    summary: Summary,
+    out_stem: str | os.PathLike[str],
+    *,
+    methods: list[str] | None = None,
+    formats: tuple[str, ...] = ("png", "svg"),
+    dpi: int = 150,
+) -> list[Path]:
+    """Write ``{out_stem}.png`` and ``.svg`` (one group) or ``{out_stem}-{backbone}-{protocol}``
+    files (several groups), each atomically; returns the paths written.
+
+    Raises ``ImportError`` with the install hint when matplotlib is missing.
+    """
+    _require_matplotlib()
+    stem = Path(out_stem)
+    paths: list[Path] = []
+    many = len(summary.groups) > 1
+    for g in summary.groups:
+        fig = plot_group(g, methods=methods)
+        base = (
+            stem.with_name(f"{stem.name}-{_slug(g.backbone)}-{_slug(g.protocol)}") if many else stem
+        )
+        for fmt in formats:
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=dpi)
+            paths.append(write_atomic(base.with_name(f"{base.name}.{fmt}"), buf.getvalue()))
+    return paths

@@ -1,0 +1,487 @@
+"""Run a benchmark grid cell by cell into an append-only JSONL file that survives interruption.
+
+``run_bench(config, prepare, out)`` walks ``config.cells()`` (dataset → backbone → method →
+shots → seed). For each cell whose hash is not yet in ``out`` it plans the splits, builds the
+task, fits the method and evaluates it through ``fewclip.protocol`` (the one reader of test
+features), then appends one JSON line and fsyncs it. A run killed at any point resumes where it
+stopped: finished cells are skipped by hash, a truncated last line is ignored with a warning
+and never glued to the next row.
+
+``prepare(dataset, backbone)`` is supplied by the caller (the CLI: a feature-store-backed
+source; benchmarks and tests: ``fewclip.bench.synthetic``) and is called lazily, once per
+(dataset, backbone) that still has cells to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor
+
+from fewclip.bench.config import BENCH_FORMAT, BenchConfig, Cell, canonical_json
+from fewclip.bench.results import read_rows
+from fewclip.protocol import FeatureSource, Protocol, build_task, evaluate
+from fewclip.task import FeatureSet
+
+__all__ = ["BenchError", "Prepared", "run_bench", "run_cell", "versions"]
+
+
+class BenchError(RuntimeError):
+    """A benchmark run cannot proceed (output locked by another run, bad ``prepare`` result)."""
+
+
+@dataclass
+class Prepared:
+    """What ``prepare(dataset, backbone)`` returns: everything a cell needs besides the method.
+
+    Attributes:
+        source: the dataset's features (``labels(split)``, ``features(split, index, views=)``;
+            ``train`` with augmented views, ``test``, and ``val`` for protocols that need it).
+        classnames: the C class names, in class-id order.
+        text_weights: (C, D) zero-shot classifier built with the config's prompts.
+        fingerprint: identity of the data behind ``source`` (e.g. the feature store key);
+            recorded in every row, compared with earlier rows of the same dataset.
+        class_index: logit columns to keep at evaluation (ImageNet-A/-R); ``None`` = all.
+        meta: JSON-able facts recorded in every row under ``data``: ``prompts`` (the prompt
+            set actually used), ``n_views``, sizes, paths, ...
+    """
+
+    source: FeatureSource
+    classnames: Sequence[str]
+    text_weights: Tensor
+    fingerprint: str | None = None
+    class_index: Sequence[int] | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+PrepareFn = Callable[[str, str], Prepared]
+
+
+# -- environment --------------------------------------------------------------------------
+def versions() -> dict[str, str | None]:
+    """Versions recorded in every row: fewclip, torch, python, numpy, open_clip (None when not
+    installed)."""
+    from fewclip._version import __version__
+
+    def dist(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "fewclip": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": dist("numpy"),
+        "open_clip": dist("open_clip_torch") or dist("open-clip-torch"),
+    }
+
+
+class _PeakRSS:
+    """Peak resident memory over a block: Linux's VmHWM reset through /proc/self/clear_refs
+    (scope ``"cell"``); elsewhere the process high-water mark (scope ``"process"``)."""
+
+    def __init__(self) -> None:
+        self.scope = "process"
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            if self._hwm_kib() is not None:
+                self.scope = "cell"
+        except OSError:
+            pass
+
+    @staticmethod
+    def _hwm_kib() -> int | None:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def mib(self) -> float:
+        kib = self._hwm_kib() if self.scope == "cell" else None
+        if kib is None:
+            ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return ru / 2**20 if sys.platform == "darwin" else ru / 2**10
+        return kib / 2**10
+
+
+# -- source wrappers ----------------------------------------------------------------------
+class _ViewLimit:
+    """Passes a source through, keeping the first ``n`` augmented views."""
+
+    def __init__(self, source: FeatureSource, n: int, dataset: str) -> None:
+        self._source, self._n, self._dataset = source, n, dataset
+
+    def __getattr__(self, name: str) -> Any:  # splits() and anything else
+        return getattr(self._source, name)
+
+    def labels(self, split: str) -> Any:
+        return self._source.labels(split)
+
+    def features(
+        self, split: str, index: Sequence[int] | None = None, *, views: bool = False
+    ) -> FeatureSet:
+        fs = self._source.features(split, index, views=views)
+        if views and isinstance(fs, FeatureSet) and fs.views is not None:
+            if fs.n_views < self._n:
+                raise BenchError(
+                    f"views={self._n}: the {self._dataset!r} source has only {fs.n_views} "
+                    "augmented views per image; lower views or extract more"
+                )
+            fs = FeatureSet(fs.features, fs.labels, fs.views[: self._n])
+        return fs
+
+
+class _ChunkedLogits:
+    """A fitted model whose ``logits`` run over ``rows`` query rows at a time (bounded memory
+    on 50,000-image test sets; valid for every method whose logits are row-independent).
+    Everything else is the model's own (``name``, ``get_params``, fitted attributes)."""
+
+    def __init__(self, model: Any, rows: int) -> None:
+        self._model, self._rows = model, rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def logits(self, x: Tensor) -> Tensor:
+        if x.shape[0] <= self._rows:
+            return self._model.logits(x)  # type: ignore[no-any-return]
+        with torch.no_grad():
+            parts = [
+                self._model.logits(x[i : i + self._rows]).detach().cpu()
+                for i in range(0, x.shape[0], self._rows)
+            ]
+        return torch.cat(parts)
+
+
+# -- JSONL output -------------------------------------------------------------------------
+class _Appender:
+    """Append-only JSONL writer: one complete line per write, flushed and fsynced; an
+    exclusive advisory lock keeps two runs off the same file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f: IO[bytes] = open(path, "ab")  # noqa: SIM115 (closed in close())
+        try:
+            import fcntl
+
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - non-POSIX
+            pass
+        except OSError:
+            self._f.close()
+            raise BenchError(
+                f"{path}: another fewclip bench run is writing this file; wait for it or "
+                "choose another output"
+            ) from None
+        self._needs_newline = self._ends_without_newline()
+
+    def _ends_without_newline(self) -> bool:
+        size = os.fstat(self._f.fileno()).st_size
+        if size == 0:
+            return False
+        with open(self.path, "rb") as r:
+            r.seek(size - 1)
+            return r.read(1) != b"\n"
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        line = json.dumps(row, ensure_ascii=False, allow_nan=True, sort_keys=False) + "\n"
+        data = line.encode("utf-8")
+        if self._needs_newline:  # a killed run left half a line: end it, never extend it
+            data = b"\n" + data
+            self._needs_newline = False
+        self._f.write(data)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# -- one cell -----------------------------------------------------------------------------
+def _fitted_values(model: Any) -> dict[str, Any]:
+    """Scalar fitted attributes (``alpha_``, ``C_``, ``best_epoch_``, ...)."""
+    out: dict[str, Any] = {}
+    for k, v in sorted(vars(model).items()):
+        if not k.endswith("_") or k.startswith("_"):
+            continue
+        if isinstance(v, (bool, int, str)) or v is None:
+            out[k] = v
+        elif isinstance(v, float):
+            out[k] = v if math.isfinite(v) else repr(v)
+    return out
+
+
+def run_cell(
+    cell: Cell,
+    prepared: Prepared,
+    *,
+    device: str = "cpu",
+    eval_rows: int | None = 8192,
+) -> dict[str, Any]:
+    """Run one cell and return its JSONL row (see ``run_bench`` for the schema).
+
+    The method gets ``cell.params``, plus the cell's ``seed`` and the run's ``device`` when it
+    has such parameters and ``params`` does not set them.
+    """
+    from fewclip import methods
+
+    source: FeatureSource = prepared.source
+    if cell.views is not None:
+        source = _ViewLimit(source, cell.views, cell.dataset)  # type: ignore[assignment]
+    params = dict(cell.params)
+    names = set(methods.get(cell.method)._get_param_names())
+    if "seed" in names:
+        params.setdefault("seed", cell.seed)
+    if "device" in names:
+        params.setdefault("device", device)
+    meta = {
+        "dataset": cell.dataset,
+        "backbone": cell.backbone,
+        "prompts": cell.prompts,
+        "fingerprint": prepared.fingerprint,
+    }
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rss = _PeakRSS()
+    t0 = time.perf_counter()
+    proto = Protocol(cell.protocol, **dict(cell.protocol_options))
+    plan = proto.plan_source(
+        source, shots=cell.shots, seed=cell.seed, classnames=list(prepared.classnames)
+    )
+    task = build_task(
+        plan,
+        source,
+        classnames=list(prepared.classnames),
+        text_weights=prepared.text_weights,
+        meta=meta,
+    )
+    model = methods.create(cell.method, **params)
+    t1 = time.perf_counter()
+    model.fit(task)
+    if cuda:
+        torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    scored = model if eval_rows is None else _ChunkedLogits(model, eval_rows)
+    result = evaluate(scored, source, plan, class_index=prepared.class_index, meta=meta)
+    if cuda:
+        torch.cuda.synchronize()
+    t3 = time.perf_counter()
+    cell_dict = cell.to_dict()
+    return {
+        "format": BENCH_FORMAT,
+        "hash": cell.hash,
+        "cell": cell_dict,
+        "method": cell.method,
+        "dataset": cell.dataset,
+        "backbone": cell.backbone,
+        "shots": cell.shots,
+        "seed": cell.seed,
+        "protocol": result.protocol,
+        "leaky": result.leaky,
+        "mark": result.mark,
+        "accuracy": round(100.0 * result.accuracy, 6),
+        "n_test": result.n,
+        "n_support": task.support.n,
+        "n_val": 0 if task.val is None else task.val.n,
+        "val_split": None if plan.val is None else plan.val.split,
+        "prompts": str(prepared.meta.get("prompts", cell.prompts)),
+        "n_views": task.support.n_views,
+        "params": result.params,
+        "fitted": _fitted_values(model),
+        "dataset_fingerprint": prepared.fingerprint,
+        "data": json.loads(canonical_json(dict(prepared.meta))) if prepared.meta else {},
+        "versions": versions(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "plan_s": round(t1 - t0, 4),
+        "fit_s": round(t2 - t1, 4),
+        "eval_s": round(t3 - t2, 4),
+        "wall_s": round(t3 - t0, 4),
+        "peak_rss_mib": round(rss.mib(), 1),
+        "peak_rss_scope": rss.scope,
+        "cuda_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# -- the grid -----------------------------------------------------------------------------
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg, file=sys.stderr)  # above the progress bar, not through it
+
+
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, disable=not enabled, unit="cell", dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def run_bench(
+    config: BenchConfig,
+    prepare: PrepareFn,
+    out_jsonl: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    quiet: bool = False,
+    on_error: str = "raise",
+    eval_rows: int | None = 8192,
+) -> list[dict[str, Any]]:
+    """Run every cell of ``config`` not yet in ``out_jsonl``; return the rows of all its cells.
+
+    Args:
+        config: the grid.
+        prepare: ``prepare(dataset, backbone) -> Prepared``; called lazily, at most once per
+            (dataset, backbone), only when that pair still has cells to run, and released
+            when its cells are done.
+        out_jsonl: the append-only results file (created with its folder if missing). Cells
+            whose hash it already holds are skipped; a truncated last line (a killed run) is
+            ignored with a warning and the next row starts on a new line.
+        progress: show a tqdm bar over the cells to run.
+        quiet: no bar and no messages (warnings still go through ``warnings``).
+        on_error: ``"raise"`` (default) stops at the first failing cell; ``"skip"`` warns,
+            writes nothing for that cell (a later run retries it) and goes on.
+        eval_rows: test rows scored per ``logits`` call (``None``: all at once).
+
+    Returns:
+        One row per cell of ``config`` that has a result, in ``config.cells()`` order
+        (rows from earlier runs included; cells skipped by ``on_error="skip"`` missing).
+
+    Each row is one JSON object: ``format``, ``hash`` and ``cell`` (the hashed identity:
+    method, dataset, backbone, shots, seed, protocol, protocol_options, params, views,
+    prompts), the same keys flat for convenience, ``leaky``/``mark`` (``"LEAKY"`` under
+    ``oracle-test``), ``accuracy`` (top-1, percent), ``n_test``, ``n_support``, ``n_val``,
+    ``val_split``, ``prompts``, ``n_views``, ``params`` (the method's resolved and selected
+    hyper-parameters, ``EvalResult.params``), ``fitted`` (scalar fitted values),
+    ``dataset_fingerprint``, ``data`` (``Prepared.meta``), ``versions``, ``device``,
+    ``threads``, ``plan_s``/``fit_s``/``eval_s``/``wall_s`` (seconds), ``peak_rss_mib`` with
+    ``peak_rss_scope`` (``"cell"``: high-water mark of this cell; ``"process"``: of the whole
+    process so far), ``cuda_peak_mib`` and ``timestamp`` (UTC, ISO 8601).
+    """
+    if not isinstance(config, BenchConfig):
+        raise TypeError(f"config: expected a BenchConfig, found {type(config).__name__}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error: expected 'raise' or 'skip', found {on_error!r}")
+    if eval_rows is not None and eval_rows < 1:
+        raise ValueError(f"eval_rows: expected a positive integer or None, found {eval_rows}")
+    path = Path(out_jsonl)
+    cells = list(config.cells())
+    writer = _Appender(path)  # lock first, then read: no other run can add rows meanwhile
+    try:
+        existing = read_rows(path) if path.stat().st_size else []
+        done: dict[str, dict[str, Any]] = {}
+        for row in existing:
+            h = row.get("hash")
+            if isinstance(h, str) and h not in done:
+                done[h] = row
+        todo = [c for c in cells if c.hash not in done]
+        n_done = len(cells) - len(todo)
+        if n_done:
+            _say(quiet, f"{path}: {n_done} of {len(cells)} cells already done, skipping them")
+        remaining: dict[tuple[str, str], int] = {}
+        for c in todo:
+            key = (c.dataset, c.backbone)
+            remaining[key] = remaining.get(key, 0) + 1
+        prepared: dict[tuple[str, str], Prepared] = {}
+        failures: list[tuple[Cell, BaseException]] = []
+        with _progress(len(todo), progress and not quiet) as bar:
+            for cell in todo:
+                key = (cell.dataset, cell.backbone)
+                bar.set_postfix_str(
+                    f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} seed={cell.seed}",
+                    refresh=True,
+                )
+                if key not in prepared:
+                    prepared[key] = _prepare(prepare, cell, done.values(), quiet)
+                try:
+                    row = run_cell(cell, prepared[key], device=config.device, eval_rows=eval_rows)
+                except Exception as e:
+                    if on_error == "raise":
+                        raise
+                    failures.append((cell, e))
+                    warnings.warn(
+                        f"cell {cell.method} on {cell.dataset}/{cell.backbone} "
+                        f"K={cell.shots} seed={cell.seed} failed ({type(e).__name__}: {e}); "
+                        "not recorded, a later run retries it",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                else:
+                    writer.append(row)
+                    done[cell.hash] = row
+                remaining[key] -= 1
+                if remaining[key] == 0:
+                    del prepared[key]  # release this dataset's features
+                bar.update(1)
+        ran = len(todo) - len(failures)
+        _say(
+            quiet,
+            f"{path}: ran {ran} cells, skipped {n_done} already done"
+            + (f", {len(failures)} failed (not recorded)" if failures else ""),
+        )
+    finally:
+        writer.close()
+    return [done[c.hash] for c in cells if c.hash in done]
+
+
+def _prepare(prepare: PrepareFn, cell: Cell, rows: Any, quiet: bool) -> Prepared:
+    _say(quiet, f"preparing {cell.dataset} / {cell.backbone}")
+    p = prepare(cell.dataset, cell.backbone)
+    if not isinstance(p, Prepared):
+        raise BenchError(
+            f"prepare({cell.dataset!r}, {cell.backbone!r}) returned {type(p).__name__}; "
+            "expected fewclip.bench.Prepared"
+        )
+    if len(p.classnames) != int(p.text_weights.shape[0]):
+        raise BenchError(
+            f"prepare({cell.dataset!r}, {cell.backbone!r}): {len(p.classnames)} classnames but "
+            f"text_weights has shape {tuple(p.text_weights.shape)}"
+        )
+    if p.fingerprint is not None:
+        seen = {
+            r.get("dataset_fingerprint")
+            for r in rows
+            if r.get("dataset") == cell.dataset
+            and r.get("backbone") == cell.backbone
+            and r.get("dataset_fingerprint") is not None
+        }
+        other = sorted(str(s) for s in seen - {p.fingerprint})
+        if other:
+            warnings.warn(
+                f"{cell.dataset}/{cell.backbone}: the data fingerprint is now {p.fingerprint!r} "
+                f"but earlier rows in this file have {', '.join(other)}; their results come "
+                "from different features (use a new output file to keep them apart)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return p

@@ -1,0 +1,222 @@
+"""Synthetic feature sources with real dataset sizes, for benchmarks and tests of the runner.
+
+``SyntheticSource`` is a ``FeatureSource`` over a ``fewclip.testing.SyntheticWorld`` with the
+split sizes of a benchmark (``PRESETS``: ImageNet's 1.28M training images included). Labels of
+every split exist up front (cheap); features are generated only for the rows a plan asks for,
+each row from its own random stream keyed by (world seed, split, index), so a row has the same
+features whichever request produced it and memory stays bounded by what is requested. Whole-split
+requests (the test set at evaluation) are cached, one entry per split.
+
+``synthetic_prepare(...)`` returns a ``prepare(dataset, backbone)`` callable for ``run_bench``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fewclip.bench.runner import Prepared
+from fewclip.task import FeatureSet
+from fewclip.testing.synthetic import PRESETS, DatasetShape, SyntheticWorld
+
+__all__ = ["ZERO_SHOT_TARGETS", "SyntheticSource", "synthetic_prepare"]
+
+#: Zero-shot RN50 accuracies of Tip-Adapter's ``exp.log`` (fraction), used to calibrate each
+#: synthetic world so that its numbers land in a familiar range.
+ZERO_SHOT_TARGETS: Mapping[str, float] = {
+    "imagenet": 0.6033,
+    "caltech101": 0.8592,
+    "oxford_pets": 0.8583,
+    "stanford_cars": 0.5574,
+    "oxford_flowers": 0.6602,
+    "food101": 0.7732,
+    "fgvc": 0.1710,
+    "sun397": 0.5852,
+    "dtd": 0.4220,
+    "eurosat": 0.3752,
+    "ucf101": 0.6135,
+}
+
+_SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
+
+
+def _counts(total: int, classes: int) -> Tensor:
+    base, extra = divmod(total, classes)
+    return torch.tensor([base + (1 if c < extra else 0) for c in range(classes)])
+
+
+class SyntheticSource:
+    """A lazily generated ``FeatureSource`` with given split sizes.
+
+    Args:
+        world: the feature model (class means, spreads, text weights, dtype).
+        sizes: images per split, e.g. ``{"train": 4128, "val": 1649, "test": 2465}``; a split
+            of size 0 does not exist (ImageNet has no ``val``). Labels are class-sorted, spread
+            as evenly as possible over the classes.
+        n_views: augmented views generated per training image when ``views=True``.
+
+    Row ``i`` of split ``s`` is drawn from a generator seeded by (world seed, s, i): its plain
+    feature is ``norm·(μ_c + spread·ε)`` and view ``v`` is ``norm·(μ_c + spread·ε +
+    view_noise·ε_v)``, as in ``SyntheticWorld.sample``.
+    """
+
+    def __init__(self, world: SyntheticWorld, sizes: Mapping[str, int], *, n_views: int = 10):
+        if n_views < 1:
+            raise ValueError(f"n_views: expected a positive integer, found {n_views}")
+        bad = sorted(set(sizes) - set(_SPLIT_IDS))
+        if bad:
+            raise ValueError(f"sizes: unknown split(s) {bad}; expected some of {list(_SPLIT_IDS)}")
+        self.world, self.n_views = world, n_views
+        self._labels = {
+            s: torch.repeat_interleave(
+                torch.arange(world.n_classes), _counts(int(n), world.n_classes)
+            )
+            for s, n in sizes.items()
+            if int(n) > 0
+        }
+        self._means = world._means  # (C, D) float64, shared with the world's text weights
+        self._cache: dict[str, FeatureSet] = {}
+        self.rows_generated = 0
+
+    def splits(self) -> list[str]:
+        return list(self._labels)
+
+    def labels(self, split: str) -> Tensor:
+        try:
+            return self._labels[split]
+        except KeyError:
+            raise KeyError(
+                f"synthetic source {self.world.name!r} has no {split!r} split "
+                f"(has: {', '.join(self._labels)})"
+            ) from None
+
+    def _rows(self, split: str, index: Sequence[int], views: bool) -> FeatureSet:
+        labels_all = self.labels(split)
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        n, d = len(idx), self.world.dim
+        if n and (int(idx.min()) < 0 or int(idx.max()) >= len(labels_all)):
+            raise IndexError(
+                f"split {split!r}: indices must lie in [0, {len(labels_all)}), found "
+                f"[{int(idx.min())}, {int(idx.max())}]"
+            )
+        labels = labels_all[idx]
+        w = self.world
+        nv = self.n_views if views else 0
+        norm = torch.empty(n, 1, dtype=torch.float64)
+        eps = torch.empty(n, d, dtype=torch.float64)
+        bank = torch.empty(nv, n, d, dtype=torch.float64) if nv else None
+        g = torch.Generator()
+        base = (w.seed * 1_000_003 + _SPLIT_IDS[split] * 7_919) * 2_000_003
+        for j, i in enumerate(idx.tolist()):
+            g.manual_seed((base + i) % 2**63)
+            norm[j] = torch.randn(1, generator=g, dtype=torch.float64)
+            eps[j] = torch.randn(d, generator=g, dtype=torch.float64)
+            if bank is not None:
+                bank[:, j] = torch.randn(nv, d, generator=g, dtype=torch.float64)
+        self.rows_generated += n
+        clean = self._means[labels] + w.spread * eps
+        scale = w.feature_norm * (1 + 0.1 * norm)
+        feats = (clean * scale).to(w.dtype)
+        vbank = None
+        if bank is not None:
+            vbank = ((clean + w.view_noise * bank) * scale).to(w.dtype)
+        return FeatureSet(feats, labels, vbank)
+
+    def features(
+        self, split: str, index: Sequence[int] | None = None, *, views: bool = False
+    ) -> FeatureSet:
+        if index is not None:
+            return self._rows(split, index, views)
+        key = f"{split}:{int(views)}"
+        if key not in self._cache:
+            self._cache[key] = self._rows(split, range(len(self.labels(split))), views)
+        return self._cache[key]
+
+
+def synthetic_prepare(
+    *,
+    shapes: Mapping[str, DatasetShape] | None = None,
+    dim: int | None = None,
+    n_views: int = 10,
+    calibrate: bool = True,
+    seed: int = 0,
+    world_kwargs: Mapping[str, Any] | None = None,
+) -> Callable[[str, str], Prepared]:
+    """A ``prepare(dataset, backbone)`` for ``run_bench`` on synthetic worlds.
+
+    Args:
+        shapes: dataset name → sizes (default ``fewclip.testing.PRESETS``: the 11 benchmarks'
+            real class counts and split sizes).
+        dim: feature dimension (default: the shape's, 1024 = RN50).
+        n_views: stored augmented views per training image.
+        calibrate: tune each world's text noise to the dataset's zero-shot accuracy in
+            ``ZERO_SHOT_TARGETS`` (when listed).
+        seed: base world seed; each (dataset, backbone) gets its own world derived from it.
+        world_kwargs: extra ``SyntheticWorld`` arguments (``sep``, ``spread``, ...).
+
+    The backbone name only changes the world's seed: synthetic features have no backbone.
+    """
+    table = dict(PRESETS if shapes is None else shapes)
+
+    def prepare(dataset: str, backbone: str) -> Prepared:
+        if dataset not in table:
+            raise KeyError(
+                f"dataset {dataset!r}: no synthetic shape; known: {', '.join(sorted(table))}"
+            )
+        shape = table[dataset]
+        digest = hashlib.sha256(f"{seed}/{dataset}/{backbone}".encode()).digest()
+        wseed = int.from_bytes(digest[:4], "little")
+        kwargs = dict(world_kwargs or {})
+        world = SyntheticWorld(
+            shape.classes,
+            dim or shape.dim,
+            test_size=shape.test,
+            val_size=shape.val,
+            seed=wseed,
+            name=dataset,
+            **kwargs,
+        )
+        target = ZERO_SHOT_TARGETS.get(dataset)
+        if calibrate and target is not None:
+            world.calibrate(target, probe=10)
+        source = SyntheticSource(
+            world, {"train": shape.train, "val": shape.val, "test": shape.test}, n_views=n_views
+        )
+        fingerprint = (
+            "synthetic:"
+            + hashlib.sha256(
+                repr(
+                    (
+                        dataset,
+                        backbone,
+                        wseed,
+                        shape,
+                        dim,
+                        n_views,
+                        calibrate,
+                        sorted(kwargs.items()),
+                    )
+                ).encode()
+            ).hexdigest()[:16]
+        )
+        return Prepared(
+            source=source,
+            classnames=world.classnames,
+            text_weights=world.text_weights,
+            fingerprint=fingerprint,
+            meta={
+                "synthetic": True,
+                "prompts": "synthetic",
+                "n_views": n_views,
+                "classes": shape.classes,
+                "sizes": {"train": shape.train, "val": shape.val, "test": shape.test},
+                "dim": dim or shape.dim,
+                "text_noise": world.text_noise,
+            },
+        )
+
+    return prepare
