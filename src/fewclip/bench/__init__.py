@@ -26,6 +26,7 @@ from fewclip.bench.config import (
 from fewclip.bench.results import (
     LEAKY_MARK,
     Summary,
+    format_table,
     format_tables,
     read_rows,
     summarize,
@@ -48,6 +49,7 @@ __all__ = [
     "apply_overrides",
     "canonical_json",
     "cell_hash",
+    "format_table",
     "format_tables",
     "load_config",
     "presets",

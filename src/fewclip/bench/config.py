@@ -15,8 +15,8 @@ Configs come from a YAML file or a packaged preset (``load_config("tip-adapter")
     protocol=oracle-test
     protocol_options.val_shots=2
 
-Values are parsed with ``yaml.safe_load`` (``1`` is an int, ``1.0`` a float, ``true`` a bool,
-``null`` None); an item list is written ``a,b,c`` or ``[a, b, c]``.
+Values are parsed as YAML (safe loader; ``1`` is an int, ``1.0`` and ``1e-3`` are floats,
+``true`` a bool, ``null`` None); an item list is written ``a,b,c`` or ``[a, b, c]``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -59,6 +60,28 @@ DEFAULT_METHODS: tuple[str, ...] = (
 )
 
 _PROTOCOL_OPTIONS = ("val_shots", "repeat", "allow_fewer")
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.1 needs ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -409,8 +432,8 @@ def _parse_value(text: str, where: str) -> Any:
     s = text.strip()
     try:
         if "," in s and not s.startswith(("[", "{", '"', "'")):
-            return [yaml.safe_load(p.strip()) for p in s.split(",") if p.strip()]
-        return yaml.safe_load(s) if s else None
+            return [_yaml_load(p.strip()) for p in s.split(",") if p.strip()]
+        return _yaml_load(s) if s else None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: cannot parse value {text!r} ({e})") from None
 
@@ -476,7 +499,7 @@ def presets() -> list[str]:
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML ({e})") from None
     if data is None:

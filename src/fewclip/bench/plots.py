@@ -65,11 +65,13 @@ def plot_group(group: Group, *, methods: list[str] | None = None, ncols: int | N
     order: list[str] = list(methods or [])
     for _, t in panels:
         order += [m for m in t.methods if m not in order]
-    cmap = [f"C{i % 10}" for i in range(len(order))]
-    colour = dict(zip(order, cmap, strict=True))
-    for m in order:
+    colour: dict[str, str] = {}
+    cycle = 0
+    for m in order:  # the zero-shot baseline is dark grey and dashed; the others cycle
         if m.split(" #")[0] == _ZERO_SHOT:
-            colour[m] = "0.15"  # the baseline: dark grey, dashed
+            colour[m] = "0.15"
+        else:
+            colour[m], cycle = f"C{cycle % 10}", cycle + 1
     markers = "osD^vP*Xh<>p"
     marker = {m: markers[i % len(markers)] for i, m in enumerate(order)}
     leaky_any = False

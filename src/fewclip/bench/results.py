@@ -31,6 +31,7 @@ __all__ = [
     "Stat",
     "Summary",
     "Table",
+    "format_table",
     "format_tables",
     "read_rows",
     "summarize",
@@ -351,6 +352,13 @@ def _render(table: Table, fmt: str, digits: int) -> str:
         for r in [header, *body]
     ]
     return "\n".join([out[0], rule, *out[1:]])
+
+
+def format_table(table: Table, fmt: str = "text", *, digits: int = 2) -> str:
+    """One table (a dataset's or the average) as terminal text or markdown, without title."""
+    if fmt not in ("text", "markdown"):
+        raise ValueError(f"fmt: expected 'text' or 'markdown', found {fmt!r}")
+    return _render(table, fmt, digits)
 
 
 def format_tables(summary: Summary, fmt: str = "text", *, digits: int = 2) -> str:

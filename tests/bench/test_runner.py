@@ -1,0 +1,259 @@
+"""run_bench: row contents, lazy prepare, resume after an interrupt, truncated lines, LEAKY."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from fewclip.bench import (
+    BenchError,
+    Prepared,
+    format_tables,
+    read_rows,
+    run_bench,
+    summarize,
+)
+from fewclip.bench.runner import _Appender
+from fewclip.bench.synthetic import SyntheticSource
+
+from .conftest import SHAPES, CountingPrepare, tiny_config
+
+ROW_KEYS = {
+    "format", "hash", "cell", "method", "dataset", "backbone", "shots", "seed", "protocol",
+    "leaky", "mark", "accuracy", "n_test", "n_support", "n_val", "val_split", "prompts",
+    "n_views", "params", "fitted", "dataset_fingerprint", "data", "versions", "device",
+    "threads", "plan_s", "fit_s", "eval_s", "wall_s", "peak_rss_mib", "peak_rss_scope",
+    "cuda_peak_mib", "timestamp",
+}  # fmt: skip
+
+
+def test_rows_hold_the_cell_result_and_environment(tmp_path, prepare, fit_counter):
+    cfg = tiny_config()
+    out = tmp_path / "r.jsonl"
+    rows = run_bench(cfg, prepare, out, quiet=True)
+    cells = list(cfg.cells())
+    assert len(rows) == len(cells) == 16
+    assert [r["hash"] for r in rows] == [c.hash for c in cells]
+    assert read_rows(out) == rows  # what is returned is what is on disk
+    for r, c in zip(rows, cells, strict=True):
+        assert set(r) == ROW_KEYS
+        assert r["cell"] == json.loads(json.dumps(c.to_dict()))
+        assert (r["method"], r["dataset"], r["shots"], r["seed"]) == (
+            c.method, c.dataset, c.shots, c.seed,
+        )  # fmt: skip
+        assert 0.0 <= r["accuracy"] <= 100.0
+        assert r["n_test"] == SHAPES[c.dataset].test
+        n_classes = SHAPES[c.dataset].classes
+        assert r["n_support"] == c.shots * n_classes
+        assert r["n_val"] == min(c.shots, 4) * n_classes and r["val_split"] == "train"
+        assert r["protocol"] == "fewshot-val" and r["leaky"] is False and r["mark"] == ""
+        assert r["n_views"] == 3 and r["prompts"] == "synthetic"
+        assert r["params"]["seed" if c.method == "tip-adapter" else "scale"] is not None
+        assert set(r["versions"]) >= {"fewclip", "torch", "python", "open_clip"}
+        assert r["wall_s"] >= r["fit_s"] >= 0 and r["peak_rss_mib"] > 0
+        assert r["dataset_fingerprint"].startswith("synthetic:")
+    tip = [r for r in rows if r["method"] == "tip-adapter"]
+    # the cell's seed reaches methods with a seed; selected hyper-parameters are recorded
+    assert all(r["params"]["seed"] == r["seed"] for r in tip)
+    assert all("alpha_" in r["params"] and "beta_" in r["params"] for r in tip)
+    assert all(r["params"]["search_step"] == [10, 5] for r in tip)
+    # prepare: lazily, once per (dataset, backbone)
+    assert prepare.calls == [("alpha", "toy"), ("beta", "toy")]
+    assert len(fit_counter.calls) == 16
+
+
+def test_rerun_runs_nothing_and_never_prepares(tmp_path, prepare, fit_counter):
+    out = tmp_path / "r.jsonl"
+    first = run_bench(tiny_config(), prepare, out, quiet=True)
+    fit_counter.calls.clear()
+    again = CountingPrepare()
+    second = run_bench(tiny_config(), again, out, quiet=True)
+    assert second == first and fit_counter.calls == [] and again.calls == []
+    assert len(out.read_text().splitlines()) == 16
+
+
+def test_growing_the_grid_runs_only_new_cells(tmp_path, prepare, fit_counter):
+    out = tmp_path / "r.jsonl"
+    run_bench(tiny_config(shots=(1,)), prepare, out, quiet=True)
+    assert len(fit_counter.calls) == 8
+    fit_counter.calls.clear()
+    rows = run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
+    assert len(rows) == 16
+    assert {k for _, _, k, _ in fit_counter.calls} == {2} and len(fit_counter.calls) == 8
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, fit_counter):
+    cfg = tiny_config()
+    full = run_bench(cfg, CountingPrepare(), tmp_path / "full.jsonl", quiet=True)
+    fit_counter.calls.clear()
+
+    out = tmp_path / "resumed.jsonl"
+    fit_counter.fail_at = 11  # "killed" while fitting the 11th cell
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(cfg, CountingPrepare(), out, quiet=True)
+    assert len(read_rows(out)) == 10
+    started = list(fit_counter.calls)
+    fit_counter.fail_at = None
+    fit_counter.calls.clear()
+    resumed = run_bench(cfg, CountingPrepare(), out, quiet=True)
+    # no finished cell ran twice: the second run fitted exactly the 6 cells not recorded
+    assert len(fit_counter.calls) == 16 - 10
+    # the 10 recorded cells + the 6 of the second run are the grid, each exactly once (the
+    # 11th, interrupted mid-fit, was never recorded and ran again)
+    assert sorted(started[:10] + fit_counter.calls) == sorted(
+        (c.method, c.dataset, c.shots, c.seed) for c in cfg.cells()
+    )
+    assert started[10] == fit_counter.calls[0]
+    assert [r["hash"] for r in resumed] == [r["hash"] for r in full]
+    assert [r["accuracy"] for r in resumed] == [r["accuracy"] for r in full]
+    assert format_tables(summarize(resumed)) == format_tables(summarize(full))
+
+
+def test_interrupt_in_a_subprocess_then_resume(tmp_path):
+    """A real kill: the child process dies (os._exit) mid-grid; the parent resumes."""
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "k.jsonl"
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(tmp_path.parent)!r})
+        from fewclip.methods.base import Method
+        from fewclip.bench import run_bench
+        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+        from conftest import tiny_config, CountingPrepare
+        original = Method.fit
+        n = [0]
+        def fit(self, task):
+            n[0] += 1
+            if n[0] == 6:
+                os._exit(9)
+            return original(self, task)
+        Method.fit = fit
+        run_bench(tiny_config(), CountingPrepare(), {str(out)!r}, quiet=True)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    assert len(read_rows(out)) == 5
+    rows = run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
+    assert len(rows) == 16 and len(read_rows(out)) == 16
+
+
+def test_truncated_last_line_is_ignored_and_not_glued(tmp_path, prepare, fit_counter):
+    out = tmp_path / "t.jsonl"
+    rows = run_bench(tiny_config(), prepare, out, quiet=True)
+    lines = out.read_bytes().split(b"\n")[:-1]
+    # a run killed mid-write: the last row is half there, without its newline
+    out.write_bytes(b"\n".join(lines[:-1]) + b"\n" + lines[-1][: len(lines[-1]) // 2])
+    with pytest.warns(RuntimeWarning, match="truncated last line"):
+        assert len(read_rows(out)) == 15
+    fit_counter.calls.clear()
+    with pytest.warns(RuntimeWarning, match="truncated last line"):
+        again = run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
+    assert len(fit_counter.calls) == 1  # only the lost cell
+    assert [r["hash"] for r in again] == [r["hash"] for r in rows]
+    raw = out.read_bytes().split(b"\n")
+    assert raw[-1] == b""  # ends with a newline
+    assert raw[15] == lines[-1][: len(lines[-1]) // 2]  # the fragment stays on its own line
+    assert json.loads(raw[16])["hash"] == rows[-1]["hash"]
+    with pytest.warns(RuntimeWarning, match=r"skipped 1 line\(s\) that are not JSON objects"):
+        assert len(read_rows(out)) == 16
+
+
+def test_a_second_writer_is_refused(tmp_path, prepare):
+    out = tmp_path / "l.jsonl"
+    holder = _Appender(out)
+    try:
+        with pytest.raises(BenchError, match="another fewclip bench run"):
+            run_bench(tiny_config(), prepare, out, quiet=True)
+    finally:
+        holder.close()
+
+
+def test_oracle_test_rows_and_tables_are_marked_leaky(tmp_path, prepare):
+    cfg = tiny_config(protocol="oracle-test", methods=("tip-adapter",), seeds=(1,))
+    rows = run_bench(cfg, prepare, tmp_path / "o.jsonl", quiet=True)
+    assert rows and all(r["leaky"] is True and r["mark"] == "LEAKY" for r in rows)
+    assert all(r["val_split"] == "test" and r["protocol"] == "oracle-test" for r in rows)
+    for fmt in ("text", "markdown"):
+        text = format_tables(summarize(rows), fmt)
+        assert "LEAKY" in text and "†" in text
+
+
+def test_failing_cells_raise_or_are_skipped(tmp_path, prepare):
+    cfg = tiny_config(
+        methods=("zero-shot", "tip-adapter-f"), params={"tip-adapter-f": {"epochs": -1}}
+    )
+    with pytest.raises(ValueError, match="epochs"):
+        run_bench(cfg, prepare, tmp_path / "a.jsonl", quiet=True)
+    with pytest.warns(RuntimeWarning, match=r"tip-adapter-f .*failed.*not recorded"):
+        rows = run_bench(cfg, CountingPrepare(), tmp_path / "b.jsonl", quiet=True, on_error="skip")
+    assert {r["method"] for r in rows} == {"zero-shot"} and len(rows) == 8
+
+
+def test_views_are_limited_and_checked(tmp_path, prepare):
+    rows = run_bench(
+        tiny_config(views=2, methods=("tip-adapter",)), prepare, tmp_path / "v.jsonl", quiet=True
+    )
+    assert {r["n_views"] for r in rows} == {2}
+    with pytest.raises(BenchError, match="views=5.*only 3"):
+        run_bench(tiny_config(views=5), CountingPrepare(), tmp_path / "w.jsonl", quiet=True)
+
+
+def test_bad_prepare_results_are_named(tmp_path):
+    with pytest.raises(BenchError, match=r"prepare\('alpha', 'toy'\) returned dict"):
+        run_bench(tiny_config(), lambda d, b: {}, tmp_path / "x.jsonl", quiet=True)
+
+
+def test_changed_data_fingerprint_warns(tmp_path):
+    out = tmp_path / "f.jsonl"
+    cfg1 = tiny_config(shots=(1,))
+    run_bench(cfg1, CountingPrepare(), out, quiet=True)
+    other = CountingPrepare(seed=99)  # different worlds → different fingerprints
+    with pytest.warns(RuntimeWarning, match="fingerprint is now"):
+        run_bench(tiny_config(), other, out, quiet=True)
+
+
+def test_progress_and_messages_respect_quiet(tmp_path, prepare, capsys):
+    run_bench(tiny_config(seeds=(1,)), prepare, tmp_path / "q.jsonl", quiet=True)
+    assert capsys.readouterr().err == ""
+    run_bench(tiny_config(), CountingPrepare(), tmp_path / "q.jsonl", progress=False)
+    err = capsys.readouterr().err
+    assert "4 of 8" not in err and "8 of 16 cells already done" in err and "ran 8 cells" in err
+
+
+def test_synthetic_source_rows_depend_only_on_split_and_index():
+    from fewclip.testing import SyntheticWorld
+
+    world = SyntheticWorld(4, 16, seed=3)
+    src = SyntheticSource(world, {"train": 40, "test": 12}, n_views=2)
+    a = src.features("train", [5, 30, 7])
+    b = src.features("train", [7, 5], views=True)
+    assert torch.equal(a.features[[2, 0]], b.features)
+    assert b.views is not None and b.views.shape == (2, 2, 16)
+    assert torch.equal(a.labels, src.labels("train")[[5, 30, 7]])
+    full = src.features("test")
+    assert full is src.features("test")  # whole-split requests are cached
+    assert torch.equal(full.features[[3]], src.features("test", [3]).features)
+    assert src.splits() == ["train", "test"]
+    with pytest.raises(KeyError, match="no 'val' split"):
+        src.labels("val")
+    with pytest.raises(IndexError, match=r"\[0, 40\)"):
+        src.features("train", [40])
+
+
+def test_prepared_is_a_plain_dataclass():
+    p = Prepared(source=None, classnames=["a"], text_weights=torch.zeros(1, 2))  # type: ignore[arg-type]
+    assert p.meta == {} and p.class_index is None and p.fingerprint is None
+
+
+def test_warnings_do_not_leak_from_a_clean_run(tmp_path, prepare):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_bench(tiny_config(seeds=(1,)), prepare, tmp_path / "c.jsonl", quiet=True)
