@@ -395,14 +395,16 @@ class BenchConfig:
         return out
 
     def cells(self) -> Iterator[Cell]:
-        """Every cell, dataset-major: dataset → backbone → method → shots → seed (so that each
-        dataset/backbone's features are needed during one stretch of the run)."""
+        """Every cell, in run order: dataset → backbone → shots → seed → method. Each
+        dataset/backbone's features are needed during one stretch of the run, the methods of
+        one draw run back to back (a source can reuse the rows it just read), and an
+        interrupted run has every method at the shot counts it reached."""
         for dataset in self.datasets:
             for backbone in self.backbones:
-                for method in self.methods:
-                    params = self.method_params(method, dataset)
-                    for shots in self.shots:
-                        for seed in self.seeds:
+                for shots in self.shots:
+                    for seed in self.seeds:
+                        for method in self.methods:
+                            params = self.method_params(method, dataset)
                             yield Cell(
                                 method=method,
                                 dataset=dataset,

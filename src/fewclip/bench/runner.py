@@ -1,7 +1,7 @@
 """Run a benchmark grid cell by cell into an append-only JSONL file that survives interruption.
 
-``run_bench(config, prepare, out)`` walks ``config.cells()`` (dataset → backbone → method →
-shots → seed). For each cell whose hash is not yet in ``out`` it plans the splits, builds the
+``run_bench(config, prepare, out)`` walks ``config.cells()`` (dataset → backbone → shots →
+seed → method). For each cell whose hash is not yet in ``out`` it plans the splits, builds the
 task, fits the method and evaluates it through ``fewclip.protocol`` (the one reader of test
 features), then appends one JSON line and fsyncs it. A run killed at any point resumes where it
 stopped: finished cells are skipped by hash, a truncated last line is ignored with a warning
