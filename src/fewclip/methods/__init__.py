@@ -14,16 +14,25 @@ from fewclip.methods.base import (
     load,
     register,
 )
+from fewclip.methods.clap import CLAP, ZSLP
 from fewclip.methods.clip_adapter import CLIPAdapter
+from fewclip.methods.gda import GDA
 from fewclip.methods.linear_probe import LinearProbe
+from fewclip.methods.lp_pp import LPPlusPlus
+from fewclip.methods.proker import ProKeR
 from fewclip.methods.tip_adapter import TipAdapter, TipAdapterF
 from fewclip.methods.zero_shot import ZeroShot
 
 __all__ = [
+    "CLAP",
+    "GDA",
+    "ZSLP",
     "CLIPAdapter",
+    "LPPlusPlus",
     "LinearProbe",
     "Method",
     "NotFittedError",
+    "ProKeR",
     "TipAdapter",
     "TipAdapterF",
     "ZeroShot",

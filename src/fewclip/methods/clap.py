@@ -1,0 +1,177 @@
+"""ZS-LP and CLAP (Silva-Rodríguez et al., CVPR 2024): validation-free linear probes.
+
+"A Closer Look at the Few-Shot Adaptation of Large Vision-Language Models". ZS-LP is a cosine
+linear probe whose class prototypes start at the zero-shot text weights; CLAP adds a
+class-adaptive penalty that keeps each prototype close to its text weight, weighted by how
+well zero-shot already classifies that class on the support set. Both use one fixed
+configuration for every task, so they need no validation set (the ``val-free`` protocol).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fewclip.functional import l2_normalize
+from fewclip.methods.base import Method, register
+from fewclip.task import Task
+
+__all__ = ["CLAP", "ZSLP", "clap_penalty_weights"]
+
+
+def clap_penalty_weights(
+    views: Tensor, labels: Tensor, text_weights: Tensor, *, scale: float = 100.0
+) -> Tensor:
+    """CLAP's λ_k: zero-shot confidence in class k on its own support samples.
+
+    ``λ_k = mean_{i: yᵢ=k} softmax(scale·x̂ᵢ·Tᵀ)_k`` over every L2-normalised view x̂ᵢ
+    (views (V, N, D), labels (N,), text_weights (C, D) L2-normalised) → (C,).
+    """
+    c = text_weights.shape[0]
+    total = torch.zeros(c, dtype=text_weights.dtype, device=text_weights.device)
+    for v in range(views.shape[0]):
+        x = l2_normalize(views[v].to(text_weights.dtype))
+        prob = torch.softmax(scale * (x @ text_weights.T), dim=1)
+        total.index_add_(0, labels, prob.gather(1, labels.unsqueeze(1)).squeeze(1))
+    counts = torch.bincount(labels, minlength=c).to(total.dtype) * views.shape[0]
+    return total / counts
+
+
+@register("zs-lp")
+class ZSLP(Method):
+    """Zero-shot-initialised cosine linear probe (ZS-LP, as in Silva-Rodríguez et al., CVPR 2024).
+
+    ``logits = scale·x̂·ŵᵀ`` with L2-normalised features x̂ and prototypes ŵ_k = w_k/‖w_k‖,
+    ``w_k`` initialised at the text weight t_k and trained with cross-entropy. The released
+    configuration, fixed for every task: SGD (lr 0.1, momentum 0.9, no weight decay), batch
+    256, 300 epochs, cosine schedule stepped per epoch after one warm-up epoch at 1e-5, the
+    last epoch kept. Each epoch draws one stored augmented view per support image (the
+    reference samples from 20 cached augmented passes). ``task.val`` is never used.
+
+    Args:
+        epochs, lr, momentum, weight_decay, batch_size, warmup_epochs, warmup_lr: training
+            settings (reference defaults).
+        scale: logit scale (CLIP's exp(logit_scale) = 100).
+        seed: seed of shuffling and view draws.
+        dtype, device: compute precision (float16 trains in float32, then casts) and device.
+        progress: show a progress bar over epochs.
+    """
+
+    _state_tensors: ClassVar[tuple[str, ...]] = ("prototypes_",)
+
+    def __init__(
+        self,
+        *,
+        epochs: int = 300,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        batch_size: int = 256,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+        scale: float = 100.0,
+        seed: int = 1,
+        dtype: str = "float32",
+        device: str = "cpu",
+        progress: bool = False,
+    ):
+        self.epochs = epochs
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
+        self.scale = scale
+        self.seed = seed
+        self.dtype = dtype
+        self.device = device
+        self.progress = progress
+
+    def _work_dtype(self) -> torch.dtype:
+        return torch.float64 if self._dtype == torch.float64 else torch.float32
+
+    def _lr_at(self, epoch: int) -> float:
+        """Dassl: constant warm-up, then cosine annealing over all epochs, stepped per epoch."""
+        if epoch < self.warmup_epochs:
+            return self.warmup_lr
+        return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / self.epochs))
+
+    def _validate(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, found {self.batch_size}")
+        if self.lr < 0:
+            raise ValueError(f"lr: expected a non-negative learning rate, found {self.lr}")
+
+    def _penalty_weights(self, task: Task, text: Tensor) -> Tensor | None:
+        return None
+
+    def _fit(self, task: Task) -> None:
+        self._validate()
+        wd = self._work_dtype()
+        text = l2_normalize(task.text_weights.to(self._device, wd))
+        penalty = self._penalty_weights(task, text)
+        prototypes = self._train(task, text, penalty) if self.epochs > 0 else text.clone()
+        self.prototypes_ = prototypes.to(self._dtype)
+
+    def _train(self, task: Task, text: Tensor, penalty: Tensor | None) -> Tensor:
+        """SGD on ``CE(scale·x̂·ŵᵀ, y) + mean_k λ_k‖w_k − t_k‖²`` (no penalty when λ is None)."""
+        bank = task.support.view_bank()
+        n_views, n = bank.shape[0], bank.shape[1]
+        targets = task.support.labels.to(self._device)
+        w = torch.nn.Parameter(text.clone())
+        optim = torch.optim.SGD(
+            [w], lr=self._lr_at(0), momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        g = torch.Generator().manual_seed(self.seed)
+        for epoch in tqdm(range(self.epochs), desc=self.name, disable=not self.progress):
+            for group in optim.param_groups:
+                group["lr"] = self._lr_at(epoch)
+            order = torch.randperm(n, generator=g)
+            view_of = torch.randint(n_views, (n,), generator=g)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                x = l2_normalize(bank[view_of[idx], idx].to(self._device, text.dtype))
+                logits = self.scale * (x @ l2_normalize(w).T)
+                loss = torch.nn.functional.cross_entropy(logits, targets[idx.to(self._device)])
+                if penalty is not None:
+                    loss = loss + (penalty * (w - text).pow(2).sum(1)).mean()
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+        return w.detach()
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return self.scale * (x @ l2_normalize(self.prototypes_).T)
+
+
+@register("clap")
+class CLAP(ZSLP):
+    """CLAP: ZS-LP with a class-adaptive penalty towards the text weights (CVPR 2024).
+
+    Minimises ``CE(scale·x̂·ŵᵀ, y) + (1/C)·Σ_k λ_k·‖w_k − t_k‖²`` with the ZS-LP training
+    configuration, where ``λ_k = mean_{i: yᵢ=k} softmax(scale·x̂ᵢ·Tᵀ)_k`` is the zero-shot
+    confidence in class k on its own support views (``clap_penalty_weights``): classes that the
+    text already recognises stay close to it. λ is fixed during training (the paper's main
+    variant; the augmented-Lagrangian update is not implemented). No validation set is used.
+
+    Args: as ``ZSLP``.
+    """
+
+    _state_tensors: ClassVar[tuple[str, ...]] = ("prototypes_", "penalty_weights_")
+
+    def _penalty_weights(self, task: Task, text: Tensor) -> Tensor:
+        lam = clap_penalty_weights(
+            task.support.view_bank().to(self._device),
+            task.support.labels.to(self._device),
+            text,
+            scale=self.scale,
+        )
+        self.penalty_weights_ = lam.to(self._dtype)
+        return lam
