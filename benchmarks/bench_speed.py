@@ -35,6 +35,7 @@ from fewclip.bench import (
     BenchConfig,
     Prepared,
     format_table,
+    read_rows,
     run_bench,
     summarize,
     write_reports,
@@ -146,7 +147,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
     ap.add_argument("--no-calibrate", action="store_true", help="skip zero-shot calibration")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: report the cells of this grid already in --out",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine)",
+    )
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     method_list = registry.available() if args.methods.strip() == "all" else _csv(args.methods)
     config = BenchConfig(
@@ -186,7 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     t0 = time.perf_counter()
-    rows = run_bench(config, prepare, args.out, quiet=args.quiet, on_error="skip")
+    if args.report_only:
+        by_hash = {r.get("hash"): r for r in read_rows(args.out)}
+        rows = [by_hash[c.hash] for c in config.cells() if c.hash in by_hash]
+    else:
+        rows = run_bench(config, prepare, args.out, quiet=args.quiet, on_error="skip")
     elapsed = time.perf_counter() - t0
 
     print()
@@ -202,7 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"peak RSS of this process (getrusage): {peak_rss_gib():.2f} GiB")
     missing = config.n_cells - len(rows)
     if missing:
-        print(f"{missing} cell(s) have no result (failed; see the warnings above)", file=sys.stderr)
+        print(
+            f"{missing} cell(s) have no result (not run yet, or failed: see the warnings)",
+            file=sys.stderr,
+        )
 
     summary = summarize(rows, methods=list(config.methods), datasets=list(config.datasets))
     print()

@@ -257,3 +257,14 @@ def test_warnings_do_not_leak_from_a_clean_run(tmp_path, prepare):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_bench(tiny_config(seeds=(1,)), prepare, tmp_path / "c.jsonl", quiet=True)
+
+
+def test_synthetic_prepare_accepts_benchmark_aliases():
+    from fewclip.bench.synthetic import synthetic_prepare
+
+    prep = synthetic_prepare(calibrate=False, dim=8)
+    p = prep("fgvc_aircraft", "RN50")
+    assert len(p.classnames) == 100 and p.source.labels("test").numel() == 3_333
+    assert len(prep("pets", "RN50").classnames) == 37
+    with pytest.raises(KeyError, match="no synthetic shape"):
+        prep("mnist", "RN50")

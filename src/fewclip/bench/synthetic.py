@@ -42,6 +42,9 @@ ZERO_SHOT_TARGETS: Mapping[str, float] = {
     "ucf101": 0.6135,
 }
 
+#: Benchmark names whose synthetic preset is spelled differently.
+_PRESET_NAMES = {"fgvc_aircraft": "fgvc"}
+
 _SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
 
 
@@ -169,12 +172,24 @@ def synthetic_prepare(
     """
     table = dict(PRESETS if shapes is None else shapes)
 
-    def prepare(dataset: str, backbone: str) -> Prepared:
-        if dataset not in table:
+    def resolve(dataset: str) -> str:
+        if dataset in table:
+            return dataset
+        try:  # benchmark aliases and canonical names: pets, fgvc_aircraft, ...
+            from fewclip.data.benchmarks.specs import get_spec
+
+            name = get_spec(dataset).name
+        except KeyError:
+            name = dataset
+        name = _PRESET_NAMES.get(name, name)
+        if name not in table:
             raise KeyError(
                 f"dataset {dataset!r}: no synthetic shape; known: {', '.join(sorted(table))}"
             )
-        shape = table[dataset]
+        return name
+
+    def prepare(dataset: str, backbone: str) -> Prepared:
+        shape = table[resolve(dataset)]
         digest = hashlib.sha256(f"{seed}/{dataset}/{backbone}".encode()).digest()
         wseed = int.from_bytes(digest[:4], "little")
         kwargs = dict(world_kwargs or {})
@@ -187,7 +202,7 @@ def synthetic_prepare(
             name=dataset,
             **kwargs,
         )
-        target = ZERO_SHOT_TARGETS.get(dataset)
+        target = ZERO_SHOT_TARGETS.get(resolve(dataset))
         if calibrate and target is not None:
             world.calibrate(target, probe=10)
         source = SyntheticSource(
