@@ -22,6 +22,8 @@ def test_defaults_roundtrip_through_dict_and_yaml(tmp_path):
     assert cfg.methods == DEFAULT_METHODS
     assert cfg.shots == (1, 2, 4, 8, 16) and cfg.seeds == (1, 2, 3)
     assert BenchConfig.from_dict(cfg.to_dict()) == cfg
+    assert hash(BenchConfig.from_dict(cfg.to_dict())) == hash(cfg)  # usable as a dict key
+    assert len({c: 1 for c in [*cfg.cells(), *cfg.cells()]}) == cfg.n_cells
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg

@@ -174,6 +174,9 @@ class Cell:
         """``cell_hash(self.to_dict())``."""
         return cell_hash(self.to_dict())
 
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
 
 # -- the config ---------------------------------------------------------------------------
 def _registered() -> list[str]:
@@ -334,6 +337,9 @@ class BenchConfig:
                 f"{', '.join(valid)}"
             )
         return p
+
+    def __hash__(self) -> int:
+        return hash(canonical_json(self.to_dict()))
 
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
