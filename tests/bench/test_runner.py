@@ -117,23 +117,25 @@ def test_interrupt_in_a_subprocess_then_resume(tmp_path):
     import subprocess
     import sys
     import textwrap
+    from pathlib import Path
 
     out = tmp_path / "k.jsonl"
     script = textwrap.dedent(
         f"""
         import os, sys
-        sys.path.insert(0, {str(tmp_path.parent)!r})
-        from fewclip.methods.base import Method
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from conftest import CountingPrepare, tiny_config
         from fewclip.bench import run_bench
-        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
-        from conftest import tiny_config, CountingPrepare
-        original = Method.fit
-        n = [0]
+        from fewclip.methods.base import Method
+
+        original, n = Method.fit, [0]
+
         def fit(self, task):
             n[0] += 1
             if n[0] == 6:
-                os._exit(9)
+                os._exit(9)  # no cleanup, no flush: as abrupt as a kill
             return original(self, task)
+
         Method.fit = fit
         run_bench(tiny_config(), CountingPrepare(), {str(out)!r}, quiet=True)
         """
