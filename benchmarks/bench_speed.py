@@ -34,8 +34,8 @@ from fewclip.bench import (
     DEFAULT_METHODS,
     BenchConfig,
     Prepared,
+    completed_rows,
     format_table,
-    read_rows,
     run_bench,
     summarize,
     write_reports,
@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     t0 = time.perf_counter()
     if args.report_only:
-        by_hash = {r.get("hash"): r for r in read_rows(args.out)}
-        rows = [by_hash[c.hash] for c in config.cells() if c.hash in by_hash]
+        rows = completed_rows(config, args.out)
     else:
         rows = run_bench(config, prepare, args.out, quiet=args.quiet, on_error="skip")
     elapsed = time.perf_counter() - t0

@@ -11,6 +11,7 @@ import torch
 from fewclip.bench import (
     BenchError,
     Prepared,
+    completed_rows,
     format_tables,
     read_rows,
     run_bench,
@@ -72,6 +73,9 @@ def test_rerun_runs_nothing_and_never_prepares(tmp_path, prepare, fit_counter):
     again = CountingPrepare()
     second = run_bench(tiny_config(), again, out, quiet=True)
     assert second == first and fit_counter.calls == [] and again.calls == []
+    assert completed_rows(tiny_config(), out) == first
+    assert completed_rows(tiny_config(shots=(2, 4)), out) == [r for r in first if r["shots"] == 2]
+    assert completed_rows(tiny_config(), tmp_path / "none.jsonl") == []
     assert len(out.read_text().splitlines()) == 16
 
 

@@ -34,7 +34,14 @@ from fewclip.bench.results import (
     write_atomic,
     write_reports,
 )
-from fewclip.bench.runner import BenchError, Prepared, run_bench, run_cell, versions
+from fewclip.bench.runner import (
+    BenchError,
+    Prepared,
+    completed_rows,
+    run_bench,
+    run_cell,
+    versions,
+)
 
 __all__ = [
     "BENCH_FORMAT",
@@ -49,6 +56,7 @@ __all__ = [
     "apply_overrides",
     "canonical_json",
     "cell_hash",
+    "completed_rows",
     "format_table",
     "format_tables",
     "load_config",

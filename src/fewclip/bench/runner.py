@@ -38,7 +38,7 @@ from fewclip.bench.results import read_rows
 from fewclip.protocol import FeatureSource, Protocol, build_task, evaluate
 from fewclip.task import FeatureSet
 
-__all__ = ["BenchError", "Prepared", "run_bench", "run_cell", "versions"]
+__all__ = ["BenchError", "Prepared", "completed_rows", "run_bench", "run_cell", "versions"]
 
 
 class BenchError(RuntimeError):
@@ -452,6 +452,21 @@ def run_bench(
     finally:
         writer.close()
     return [done[c.hash] for c in cells if c.hash in done]
+
+
+def completed_rows(config: BenchConfig, out_jsonl: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of ``config``'s cells already in ``out_jsonl``, in ``config.cells()`` order
+    (what ``run_bench`` would return without running anything; for reports of a partial run).
+    A missing file gives ``[]``."""
+    path = Path(out_jsonl)
+    if not path.exists():
+        return []
+    by_hash: dict[str, dict[str, Any]] = {}
+    for row in read_rows(path):
+        h = row.get("hash")
+        if isinstance(h, str):
+            by_hash.setdefault(h, row)
+    return [by_hash[c.hash] for c in config.cells() if c.hash in by_hash]
 
 
 def _prepare(prepare: PrepareFn, cell: Cell, rows: Any, quiet: bool) -> Prepared:
