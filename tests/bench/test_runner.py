@@ -203,6 +203,21 @@ def test_failing_cells_raise_or_are_skipped(tmp_path, prepare):
     assert {r["method"] for r in rows} == {"zero-shot"} and len(rows) == 8
 
 
+def test_a_failing_prepare_skips_its_dataset_only(tmp_path):
+    inner = CountingPrepare()
+
+    def prepare(dataset, backbone):
+        if dataset == "alpha":
+            raise FileNotFoundError("no features for alpha")
+        return inner(dataset, backbone)
+
+    with pytest.raises(FileNotFoundError):
+        run_bench(tiny_config(), prepare, tmp_path / "p.jsonl", quiet=True)
+    with pytest.warns(RuntimeWarning, match=r"prepare\('alpha', 'toy'\) failed.*8 cell"):
+        rows = run_bench(tiny_config(), prepare, tmp_path / "q.jsonl", quiet=True, on_error="skip")
+    assert {r["dataset"] for r in rows} == {"beta"} and len(rows) == 8
+
+
 def test_views_are_limited_and_checked(tmp_path, prepare):
     rows = run_bench(
         tiny_config(views=2, methods=("tip-adapter",)), prepare, tmp_path / "v.jsonl", quiet=True

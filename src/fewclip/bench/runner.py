@@ -369,8 +369,9 @@ def run_bench(
             ignored with a warning and the next row starts on a new line.
         progress: show a tqdm bar over the cells to run.
         quiet: no bar and no messages (warnings still go through ``warnings``).
-        on_error: ``"raise"`` (default) stops at the first failing cell; ``"skip"`` warns,
-            writes nothing for that cell (a later run retries it) and goes on.
+        on_error: ``"raise"`` (default) stops at the first failing cell or ``prepare``;
+            ``"skip"`` warns, writes nothing for that cell (or for every cell of a dataset whose
+            ``prepare`` failed; a later run retries them) and goes on.
         eval_rows: test rows scored per ``logits`` call (``None``: all at once).
 
     Returns:
@@ -414,6 +415,7 @@ def run_bench(
             remaining[key] = remaining.get(key, 0) + 1
         prepared: dict[tuple[str, str], Prepared] = {}
         failures: list[tuple[Cell, BaseException]] = []
+        broken: dict[tuple[str, str], BaseException] = {}  # prepare failed (on_error="skip")
         with _progress(len(todo), progress and not quiet) as bar:
             for cell in todo:
                 key = (cell.dataset, cell.backbone)
@@ -421,27 +423,44 @@ def run_bench(
                     f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} seed={cell.seed}",
                     refresh=True,
                 )
-                if key not in prepared:
-                    prepared[key] = _prepare(prepare, cell, done.values(), quiet)
-                try:
-                    row = run_cell(cell, prepared[key], device=config.device, eval_rows=eval_rows)
-                except Exception as e:
-                    if on_error == "raise":
-                        raise
-                    failures.append((cell, e))
-                    warnings.warn(
-                        f"cell {cell.method} on {cell.dataset}/{cell.backbone} "
-                        f"K={cell.shots} seed={cell.seed} failed ({type(e).__name__}: {e}); "
-                        "not recorded, a later run retries it",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
+                if key not in prepared and key not in broken:
+                    try:
+                        prepared[key] = _prepare(prepare, cell, done.values(), quiet)
+                    except Exception as e:
+                        if on_error == "raise":
+                            raise
+                        broken[key] = e
+                        warnings.warn(
+                            f"prepare({cell.dataset!r}, {cell.backbone!r}) failed "
+                            f"({type(e).__name__}: {e}); its {remaining[key]} cell(s) are not "
+                            "run, a later run retries them",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                if key in broken:
+                    failures.append((cell, broken[key]))
                 else:
-                    writer.append(row)
-                    done[cell.hash] = row
+                    try:
+                        row = run_cell(
+                            cell, prepared[key], device=config.device, eval_rows=eval_rows
+                        )
+                    except Exception as e:
+                        if on_error == "raise":
+                            raise
+                        failures.append((cell, e))
+                        warnings.warn(
+                            f"cell {cell.method} on {cell.dataset}/{cell.backbone} "
+                            f"K={cell.shots} seed={cell.seed} failed ({type(e).__name__}: {e}); "
+                            "not recorded, a later run retries it",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                    else:
+                        writer.append(row)
+                        done[cell.hash] = row
                 remaining[key] -= 1
                 if remaining[key] == 0:
-                    del prepared[key]  # release this dataset's features
+                    prepared.pop(key, None)  # release this dataset's features
                 bar.update(1)
         ran = len(todo) - len(failures)
         _say(
