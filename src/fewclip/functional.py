@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "cache_grid_counts",
     "cache_keys",
     "class_sum",
     "count_correct_over_alpha",
@@ -278,3 +279,236 @@ def search_tip(
     )
     bi, ai = first_best(counts)
     return betas[bi], alphas[ai], 100.0 * int(counts[bi, ai]) / x_val.shape[0]
+
+
+def _interval_counts(
+    d_base: Tensor,
+    d_cache: Tensor,
+    d_extra: Tensor | None,
+    labels: Tensor,
+    alphas: Tensor,
+    gammas: Tensor,
+) -> Tensor:
+    """Correct counts of ``argmax(base + α·cache_b + γ·extra)`` → int64 (nb, G, nγ, nα).
+
+    Takes margins against the label: ``d_base = base_y − base`` (n, C), ``d_cache`` (nb, G, n, C)
+    likewise for nb slices (e.g. β values) and G variants of the cache term, ``d_extra`` (n, C) or
+    ``None`` (then ``gammas`` holds one value, ignored); ``labels`` (n,), ``alphas`` ≥ 0. Exact,
+    with the semantics of ``count_correct_over_alpha``: a row counts where every other class's
+    margin ``m_c = d_base_c + α·d_cache_c + γ·d_extra_c`` is strictly positive.
+
+    Pruning: over the nb slices each ``d_cache`` entry lies between its minimum and maximum, and
+    each margin is affine in (α, γ), so its sign over the grid's bounding box is bounded at the
+    box's corners. A class whose margin is positive at every corner even at the slice minimum
+    constrains nothing; one whose margin is ≤ 0 at every corner even at the slice maximum makes
+    the row wrong everywhere. Only the remaining (row, class) pairs, usually few, are turned into
+    exact bounds on α for every (slice, γ).
+    """
+    nb, n_var, n, c = d_cache.shape
+    n_alpha, n_gamma = alphas.shape[0], gammas.shape[0]
+    dev, dtype = d_cache.device, d_cache.dtype
+    counts = torch.zeros(nb, n_var, n_gamma, n_alpha, dtype=torch.long, device=dev)
+    if n == 0:
+        return counts
+    low = d_cache.amin(dim=0) if nb > 1 else d_cache[0]  # (G, n, C)
+    high = d_cache.amax(dim=0) if nb > 1 else d_cache[0]
+    a_corners = sorted({float(alphas.min()), float(alphas.max())})
+    g_corners = [0.0] if d_extra is None else sorted({float(gammas.min()), float(gammas.max())})
+    maybe = torch.zeros(n_var, n, c, dtype=torch.bool, device=dev)
+    sure = torch.ones(n_var, n, c, dtype=torch.bool, device=dev)
+    for g in g_corners:
+        m0 = d_base if d_extra is None or g == 0.0 else d_base + g * d_extra
+        for a in a_corners:
+            maybe |= torch.add(m0, low, alpha=a) <= 0
+            sure &= torch.add(m0, high, alpha=a) <= 0
+    idx = labels.view(1, n, 1).expand(n_var, n, 1)
+    maybe.scatter_(-1, idx, False)
+    sure.scatter_(-1, idx, False)
+    dominated = sure.any(dim=-1)  # (G, n): some class wins everywhere, the row is never correct
+    free = ~maybe.any(dim=-1)  # (G, n): no class ever reaches the label, always correct
+    counts += free.sum(dim=-1).view(1, n_var, 1, 1)
+    maybe &= ~dominated.unsqueeze(-1)
+    pairs = maybe.nonzero()
+    if pairs.shape[0] == 0:
+        return counts
+    gi, ri, ci = pairs.unbind(1)
+    margin0 = d_base[ri, ci].unsqueeze(1).expand(-1, n_gamma)  # (P, nγ)
+    if d_extra is not None:
+        margin0 = margin0 + gammas.unsqueeze(0) * d_extra[ri, ci].unsqueeze(1)
+    slope = d_cache[:, gi, ri, ci].unsqueeze(-1)  # (nb, P, 1)
+    bound = -margin0 / torch.where(slope == 0, torch.ones_like(slope), slope)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=dev)
+    flat_lo = torch.where(slope > 0, bound, torch.where(margin0 > 0, -inf, inf))
+    flat_hi = torch.where(slope < 0, bound, inf)
+    rows, inverse = torch.unique(gi * n + ri, return_inverse=True)
+    where = inverse.view(1, -1, 1).expand(nb, -1, n_gamma)
+    lo = torch.full((nb, rows.shape[0], n_gamma), float("-inf"), dtype=dtype, device=dev)
+    hi = torch.full_like(lo, float("inf"))
+    lo.scatter_reduce_(1, where, flat_lo, "amax")
+    hi.scatter_reduce_(1, where, flat_hi, "amin")
+    a = alphas.view(1, 1, 1, n_alpha)
+    inside = ((a > lo.unsqueeze(-1)) & (a < hi.unsqueeze(-1))).long()  # (nb, R, nγ, nα)
+    counts.index_add_(1, rows // n, inside)
+    return counts
+
+
+def _arithmetic_step(values: Sequence[float]) -> float | None:
+    """The common difference of an increasing arithmetic sequence (≥ 3 values), else ``None``."""
+    if len(values) < 3:
+        return None
+    step = (values[-1] - values[0]) / (len(values) - 1)
+    if step <= 0:
+        return None
+    tol = 1e-9 * max(abs(values[0]), abs(values[-1]), 1.0)
+    if all(abs(v - (values[0] + i * step)) <= tol for i, v in enumerate(values)):
+        return step
+    return None
+
+
+_REANCHOR = 16  # exact exp every this many β steps; multiplications in between
+_BETA_GROUP = 16  # β values whose caches are bounded together when pruning classes
+_GRID_BLOCK_BYTES = 512 * 2**10  # one row block of exp(β(A − 1)); it and its ratio stay in L2
+
+
+def cache_grid_counts(
+    x_val: Tensor,
+    y_val: Tensor,
+    keys: Tensor,
+    labels: Tensor,
+    base: Tensor,
+    betas: Sequence[float],
+    alphas: Sequence[float],
+    *,
+    key_weights: Tensor | None = None,
+    extra: Tensor | None = None,
+    gammas: Sequence[float] = (0.0,),
+    affinity: Tensor | None = None,
+    chunk_bytes: int = 256 * 2**20,
+) -> Tensor:
+    """Correct counts over a grid of Tip-style cache classifiers → int64 (nβ, G, nγ, nα).
+
+    For every β in ``betas``, value-weight variant g (rows of ``key_weights``), γ in ``gammas``
+    and α in ``alphas``, counts the validation rows classified correctly by
+
+        argmax( base + α·Σ_j exp(−β(1 − x·k_jᵀ))·w_gj·onehot(y_j) + γ·extra )
+
+    with ``x_val`` (N, D) and ``keys`` (K, D) (L2-normalised in the cache methods),
+    ``labels`` (K,) the keys' classes, ``base`` (N, C) (e.g. ``100·x·Wᵀ``), ``key_weights``
+    (G, K) per-key value weights (``None``: all ones, G = 1; APE's zero-shot re-weighting
+    ``exp(γ·KL_j)`` gives one row per γ), ``extra`` (N, C) an additional logit term weighted by
+    γ (TIP-X's KL term; ``None``: ``gammas`` must be a single value and is ignored).
+    ``affinity`` may pass a precomputed ``x_val·keysᵀ`` (N, K) instead of recomputing it.
+
+    Exact counting with the semantics of ``count_correct_over_alpha`` (ties count as wrong),
+    organised for speed: keys are laid out shot-major with zero-weight padding so that the
+    class-wise sum is a sum over a middle axis; the affinity is computed once per chunk of rows
+    (temporaries within ``chunk_bytes``); ``exp(β(A − 1))`` is evaluated in cache-sized row
+    blocks, and on an arithmetic β grid by multiplying by ``exp(Δβ·(A − 1))`` with an exact
+    re-evaluation every 16 steps; α (and γ) are handled for all grid values at once by
+    ``_interval_counts``. Float16/bfloat16 inputs are searched in float32; float64 stays.
+    """
+    if not betas or not alphas or not gammas:
+        raise ValueError("betas, alphas and gammas: expected at least one value each")
+    if min(betas) <= 0:
+        raise ValueError(f"betas: expected positive values, found minimum {min(betas)}")
+    if min(alphas) < 0:
+        raise ValueError(f"alphas: expected non-negative values, found minimum {min(alphas)}")
+    if extra is None and len(gammas) != 1:
+        raise ValueError(f"gammas: expected a single value without `extra`, found {len(gammas)}")
+    n, c = base.shape
+    k = keys.shape[0]
+    if labels.shape != (k,):
+        raise ValueError(f"labels: expected shape ({k},), found {tuple(labels.shape)}")
+    if x_val.shape[0] != n or y_val.shape != (n,):
+        raise ValueError(
+            f"x_val/y_val: expected {n} rows (as base), found {tuple(x_val.shape)} and "
+            f"{tuple(y_val.shape)}"
+        )
+    if key_weights is not None and (key_weights.ndim != 2 or key_weights.shape[1] != k):
+        raise ValueError(f"key_weights: expected shape (G, {k}), found {tuple(key_weights.shape)}")
+    if extra is not None and extra.shape != (n, c):
+        raise ValueError(f"extra: expected shape ({n}, {c}), found {tuple(extra.shape)}")
+    dtype = torch.float64 if x_val.dtype == torch.float64 else torch.float32
+    dev = x_val.device
+    n_weights = 1 if key_weights is None else key_weights.shape[0]
+    n_beta, n_alpha, n_gamma = len(betas), len(alphas), len(gammas)
+    counts = torch.zeros(n_beta, n_weights, n_gamma, n_alpha, dtype=torch.long, device=dev)
+    if n == 0:
+        return counts
+
+    # shot-major layout: column s·C + c holds the s-th key of class c (padding where a class has
+    # fewer keys); padded columns get affinity −inf, so exp(β(A − 1)) = 0 there.
+    labels = labels.to(dev)
+    per_class = torch.bincount(labels, minlength=c)
+    shots = int(per_class.max()) if k else 0
+    order = torch.argsort(labels, stable=True)
+    starts = torch.cumsum(per_class, 0) - per_class
+    slot = torch.arange(k, device=dev) - starts[labels[order]]
+    table = torch.full((shots, c), -1, dtype=torch.long, device=dev)
+    table[slot, labels[order]] = order
+    flat = table.reshape(-1)
+    pad = flat < 0
+    src = flat.clamp(min=0)
+    weights = None
+    if key_weights is not None:
+        weights = key_weights.to(device=dev, dtype=dtype)[:, src].masked_fill(pad, 0.0)
+        weights = weights.view(n_weights, 1, shots, c)
+    keys_sm = keys.to(dtype)[src] if affinity is None else None
+
+    base = base.to(dtype)
+    extra = None if extra is None else extra.to(dtype)
+    y_val = y_val.to(dev).long()
+    alpha_t = torch.tensor(list(alphas), dtype=dtype, device=dev)
+    gamma_t = torch.tensor(list(gammas), dtype=dtype, device=dev)
+    step = _arithmetic_step(list(betas))
+    # keep exp(β(A − 1)) in the normal range (no denormals): only values below e^−80 change
+    floor = -(80.0 if dtype == torch.float32 else 700.0) / max(betas)
+
+    itemsize = torch.finfo(dtype).bits // 8
+    width = max(1, shots * c)
+    outer = _chunk_rows(width, itemsize, chunk_bytes)
+    inner = _chunk_rows(width, itemsize, _GRID_BLOCK_BYTES)
+    per_beta = n_weights * min(inner, n) * c * itemsize
+    group = max(1, min(n_beta, _BETA_GROUP, (8 * _BLOCK_BYTES) // max(1, per_beta)))
+    for start in range(0, n, outer):
+        stop = min(n, start + outer)
+        if affinity is None:
+            assert keys_sm is not None
+            shifted = x_val[start:stop].to(dtype) @ keys_sm.T
+        else:
+            shifted = affinity[start:stop].to(dtype)[:, src]
+        shifted.sub_(1.0).clamp_(min=floor).masked_fill_(pad, float("-inf"))
+        for b0 in range(start, stop, inner):
+            b1 = min(stop, b0 + inner)
+            sb = shifted[b0 - start : b1 - start]
+            rows = b1 - b0
+            e = torch.empty_like(sb)
+            ratio = torch.exp(sb * step) if step is not None else None
+            tmp = None
+            if weights is not None:
+                tmp = torch.empty(n_weights, rows, shots, c, dtype=dtype, device=dev)
+            buf = torch.empty(group, n_weights, rows, c, dtype=dtype, device=dev)
+            yb = y_val[b0:b1]
+            y_col = yb.view(rows, 1)
+            y_idx = yb.view(1, rows, 1).expand(n_weights, rows, 1)
+            zb = base[b0:b1]
+            zb = zb.gather(1, y_col) - zb
+            xb = None if extra is None else extra[b0:b1]
+            xb = None if xb is None else xb.gather(1, y_col) - xb
+            for g0 in range(0, n_beta, group):
+                g1 = min(n_beta, g0 + group)
+                for j in range(g0, g1):
+                    if ratio is not None and j % _REANCHOR != 0:
+                        e.mul_(ratio)
+                    else:
+                        torch.mul(sb, betas[j], out=e).exp_()
+                    e3 = e.view(1, rows, shots, c)
+                    cj = buf[j - g0]  # (G, rows, C)
+                    if weights is None:
+                        torch.sum(e3, dim=2, out=cj)
+                    else:
+                        assert tmp is not None
+                        torch.sum(torch.mul(e3, weights, out=tmp), dim=2, out=cj)
+                    torch.sub(cj.gather(2, y_idx), cj, out=cj)  # margin against the label
+                counts[g0:g1] += _interval_counts(zb, buf[: g1 - g0], xb, yb, alpha_t, gamma_t)
+    return counts

@@ -30,3 +30,22 @@ def task():
 @pytest.fixture
 def queries():
     return torch.randn(9, 16, generator=torch.Generator().manual_seed(5)) * 3
+
+
+# Faster settings for the registry-wide tests (test_registry_and_io.py) of methods whose paper
+# defaults train for thousands of steps; merged into that module's FAST table.
+FAST_EXTRA = {
+    "cross-modal-lp": {"iters": 200, "eval_every": 50},
+    "taskres": {"epochs": 20},
+    "ape": {"search_step": (10, 5, 3)},
+    "ape-t": {"epochs": 3, "search_step": (10, 5)},
+    "tip-x": {"search_step": (10, 5, 4)},
+}
+
+
+@pytest.fixture(autouse=True)
+def _fast_registry_params(request):
+    fast = getattr(request.module, "FAST", None)
+    if isinstance(fast, dict):
+        for name, params in FAST_EXTRA.items():
+            fast.setdefault(name, params)
