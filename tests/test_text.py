@@ -64,3 +64,21 @@ def test_bad_inputs(bb: fb.Backbone) -> None:
         text_weights(bb, CLASSES, ["no placeholder"])
     with pytest.raises(ValueError, match="templates"):
         text_weights(bb, CLASSES, "a {}")  # type: ignore[arg-type]
+
+
+def test_sentence_weights_equal_text_weights_and_allow_ragged(tmp_path, bb: fb.Backbone) -> None:
+    sentences = [[t.format(c) for t in TEMPLATES] for c in CLASSES]
+    from fewclip.text import sentence_weights
+
+    torch.testing.assert_close(
+        sentence_weights(bb, sentences, store=tmp_path), text_weights(bb, CLASSES, TEMPLATES)
+    )
+    ragged = [["a cat."], ["a dog.", "a big dog.", "a small dog."]]
+    w = sentence_weights(bb, ragged)
+    raw = bb.encode_texts(["a cat.", "a dog.", "a big dog.", "a small dog."])
+    raw = raw / raw.norm(dim=-1, keepdim=True)
+    dog = raw[1:].mean(dim=0)
+    torch.testing.assert_close(w[0], raw[0])
+    torch.testing.assert_close(w[1], dog / dog.norm())
+    with pytest.raises(ValueError, match="no sentences"):
+        sentence_weights(bb, [["a cat."], []])

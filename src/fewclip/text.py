@@ -22,7 +22,15 @@ from fewclip.backbones.base import Backbone
 from fewclip.features.store import STORE_FORMAT, FeatureStore, entry_key
 from fewclip.functional import text_classifier
 
-__all__ = ["Template", "prompt_embeddings", "prompts", "text_key_record", "text_weights"]
+__all__ = [
+    "Template",
+    "encode_texts_cached",
+    "prompt_embeddings",
+    "prompts",
+    "sentence_weights",
+    "text_key_record",
+    "text_weights",
+]
 
 Template = str | Callable[[str], str]
 """A prompt template: a string with one ``{}`` (``"a photo of a {}."``) or a callable."""
@@ -77,9 +85,20 @@ def prompt_embeddings(
     """Raw (un-normalised) prompt embeddings, (C, T, D) float32 on CPU, optionally cached."""
     texts = prompts(classnames, templates)
     c, t = len(classnames), len(templates)
+    return encode_texts_cached(backbone, texts, batch_size=batch_size, store=store).view(c, t, -1)
+
+
+def encode_texts_cached(
+    backbone: Backbone,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    store: FeatureStore | str | os.PathLike | None = None,
+) -> Tensor:
+    """Raw text embeddings (T, D), float32 on CPU; served from ``store`` when it has them."""
+    texts = list(texts)
     if store is None:
-        raw = backbone.encode_texts(texts, batch_size=batch_size).to("cpu")
-        return raw.view(c, t, -1)
+        return backbone.encode_texts(texts, batch_size=batch_size).to("cpu")
     if isinstance(store, (str, os.PathLike)):
         store = FeatureStore(store)
     record = text_key_record(backbone, texts)
@@ -98,7 +117,33 @@ def prompt_embeddings(
             w.invalidate()
             w.write_shard(0, raw)
             w.finalize()
-    return store.load(key, mmap=False).view(c, t, -1)
+    return store.load(key, mmap=False)
+
+
+def sentence_weights(
+    backbone: Backbone,
+    sentences: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 256,
+    store: FeatureStore | str | os.PathLike | None = None,
+) -> Tensor:
+    """Text classifier (C, D) from a list of sentences per class (any number per class).
+
+    For class k with sentences s_1..s_m: ``normalise(mean_j normalise(E(s_j)))``, the same
+    formula as :func:`text_weights`; this form takes per-class prompts (e.g. LLM-generated
+    descriptions from a ``fewclip.data.PromptSet``).
+    """
+    counts = [len(s) for s in sentences]
+    if not counts:
+        raise ValueError("sentences: expected one list of sentences per class, found none")
+    empty = [k for k, n in enumerate(counts) if n == 0]
+    if empty:
+        raise ValueError(f"sentences: classes {empty[:5]} have no sentences")
+    flat = [str(x) for s in sentences for x in s]
+    raw = encode_texts_cached(backbone, flat, batch_size=batch_size, store=store)
+    raw = raw / raw.norm(dim=-1, keepdim=True)
+    out = torch.stack([chunk.mean(dim=0) for chunk in raw.split(counts)])
+    return out / out.norm(dim=-1, keepdim=True)
 
 
 def text_weights(

@@ -1,0 +1,305 @@
+"""Adapters: a fitted method together with everything needed to use it on new images.
+
+An adapter folder is a method folder (``config.json`` + ``state.safetensors``, written by
+``Method.save``) plus ``adapter.json``, which records:
+
+- ``backbone``: the name and weights it was loaded with, and its ``id`` (architecture, weights
+  and preprocessing); :meth:`Adapter.load_backbone` refuses a backbone whose id differs;
+- ``classnames``, ``prompts`` (the prompt set in full), the method's hyper-parameters and the
+  selected ones, ``protocol`` and ``draw`` (the split plan: support and validation rows, seed),
+  ``dataset`` (name, root, split sizes), ``views``, the fewclip version and the time.
+
+This module connects the image world and the feature world: it holds no method logic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fewclip import methods
+from fewclip._version import __version__
+from fewclip.backbones.base import Backbone
+from fewclip.data.prompts import PromptSet, get_prompts
+from fewclip.data.types import Dataset
+from fewclip.features.extract import extract
+from fewclip.features.source import DatasetSource
+from fewclip.features.store import FeatureStore
+from fewclip.imageio import ImageSource
+from fewclip.methods.base import Method
+from fewclip.metrics import classification_report
+from fewclip.protocol import Protocol, SplitPlan, build_task
+from fewclip.text import sentence_weights
+
+__all__ = [
+    "ADAPTER_FILE",
+    "Adapter",
+    "AdapterError",
+    "BackboneMismatchError",
+    "Prediction",
+    "class_weights",
+    "evaluate_model",
+    "fit_adapter",
+]
+
+ADAPTER_FILE = "adapter.json"
+_FORMAT = "fewclip-adapter/1"
+
+
+class AdapterError(ValueError):
+    """A folder is not a valid adapter."""
+
+
+class BackboneMismatchError(ValueError):
+    """The backbone offered to an adapter is not the one it was fitted with."""
+
+
+def class_weights(
+    backbone: Backbone,
+    classnames: Sequence[str],
+    prompts: str | os.PathLike[str] | PromptSet = "default",
+    *,
+    dataset: str | None = None,
+    store: FeatureStore | str | os.PathLike[str] | None = None,
+) -> tuple[Tensor, PromptSet]:
+    """The zero-shot text classifier (C, D) of ``classnames`` under a prompt set, and the set.
+
+    ``prompts`` is anything ``fewclip.data.get_prompts`` accepts (``"default"`` picks the
+    references' choice for a benchmark ``dataset``).
+    """
+    pset = get_prompts(prompts, dataset)
+    weights = sentence_weights(backbone, pset.sentences(list(classnames)), store=store)
+    return weights, pset
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image: ``labels`` (class ids), ``names`` and ``probs``."""
+
+    image: str
+    labels: list[int]
+    names: list[str]
+    probs: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "top": [
+                {"label": y, "class": n, "prob": p}
+                for y, n, p in zip(self.labels, self.names, self.probs, strict=True)
+            ],
+        }
+
+
+@dataclass
+class Adapter:
+    """A fitted ``method`` and the record ``info`` (see the module docstring)."""
+
+    method: Method
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classnames(self) -> list[str]:
+        return list(self.method.classnames_)
+
+    @property
+    def backbone_id(self) -> str:
+        return str(self.info.get("backbone", {}).get("id", ""))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the adapter folder: the method (atomically), then ``adapter.json`` (atomic)."""
+        target = self.method.save(path)
+        record = {"format": _FORMAT, **self.info}
+        fd, tmp = tempfile.mkstemp(prefix=f".{ADAPTER_FILE}.", dir=target)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, default=str)
+        os.replace(tmp, target / ADAPTER_FILE)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Adapter:
+        """Read an adapter folder written by :meth:`save` (never pickle)."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such adapter folder")
+        rec_path = p / ADAPTER_FILE
+        if not rec_path.is_file():
+            raise AdapterError(
+                f"{p}: no {ADAPTER_FILE}; this is not an adapter folder written by `fewclip fit` "
+                "(a bare method folder loads with fewclip.methods.load)"
+            )
+        try:
+            info = json.loads(rec_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise AdapterError(f"{rec_path}: not valid JSON ({e})") from None
+        if not isinstance(info, dict) or info.get("format") != _FORMAT:
+            raise AdapterError(f"{rec_path}: not a fewclip adapter record (format {_FORMAT!r})")
+        if not isinstance(info.get("backbone"), dict) or "id" not in info["backbone"]:
+            raise AdapterError(f"{rec_path}: the record names no backbone id")
+        info.pop("format")
+        return cls(methods.load(p), info)
+
+    def load_backbone(
+        self,
+        *,
+        name: str | None = None,
+        pretrained: str | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "amp",
+    ) -> Backbone:
+        """Load the backbone the adapter was fitted with (or ``name``/``pretrained`` instead,
+        e.g. the same weights at another path) and check that its id matches."""
+        import fewclip.backbones as fb
+
+        rec = self.info["backbone"]
+        bb = fb.load(
+            name or rec["name"],
+            pretrained=pretrained if pretrained is not None else rec.get("pretrained"),
+            device=device,
+            precision=precision,
+        )
+        self.check_backbone(bb)
+        return bb
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        """Raise :class:`BackboneMismatchError` unless ``backbone.id`` is the adapter's."""
+        if backbone.id != self.backbone_id:
+            rec = self.info["backbone"]
+            raise BackboneMismatchError(
+                f"backbone {backbone.name!r} has id {backbone.id}, but the adapter was fitted on "
+                f"{rec.get('name')!r} (pretrained={rec.get('pretrained')!r}) with id "
+                f"{self.backbone_id}: different architecture, weights or preprocessing give "
+                "different features, so its predictions would be meaningless"
+            )
+
+    def predict_images(
+        self,
+        backbone: Backbone,
+        images: Sequence[ImageSource],
+        *,
+        top_k: int = 5,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool | None = None,
+    ) -> list[Prediction]:
+        """Top-k predictions with probabilities (``method.predict_proba``) for each image.
+
+        Undecodable images raise one ``BadImageError`` that lists every bad file.
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k: expected a positive integer, found {top_k}")
+        self.check_backbone(backbone)
+        images = list(images)
+        res = extract(
+            backbone,
+            images,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+        )
+        assert res.features is not None
+        if not images:
+            return []
+        probs = self.method.predict_proba(res.features).cpu()
+        k = min(top_k, probs.shape[1])
+        top = probs.topk(k, dim=1)
+        names = self.classnames
+        out = []
+        for i, src in enumerate(images):
+            ids = top.indices[i].tolist()
+            out.append(
+                Prediction(
+                    image=str(src) if isinstance(src, (str, os.PathLike)) else f"<image {i}>",
+                    labels=ids,
+                    names=[names[j] for j in ids],
+                    probs=[float(p) for p in top.values[i]],
+                )
+            )
+        return out
+
+
+def fit_adapter(
+    method: str | Method,
+    dataset: Dataset,
+    backbone: Backbone,
+    *,
+    shots: int,
+    seed: int = 1,
+    protocol: str | Protocol = "fewshot-val",
+    params: Mapping[str, Any] | None = None,
+    prompts: str | os.PathLike[str] | PromptSet = "default",
+    views: int = 10,
+    store: FeatureStore | str | os.PathLike[str] | None = None,
+    source: DatasetSource | None = None,
+    backbone_spec: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+) -> tuple[Adapter, SplitPlan, DatasetSource]:
+    """Fit ``method`` on ``dataset`` at ``shots`` per class under ``protocol``.
+
+    Draws the support (and validation) rows with ``seed``, extracts only what the plan needs
+    through the store, fits, and returns the adapter, the plan and the feature source (reuse it
+    to evaluate without re-reading anything). ``backbone_spec`` records how to load the backbone
+    again (``{"name": ..., "pretrained": ...}``; default: its name).
+    """
+    proto = protocol if isinstance(protocol, Protocol) else Protocol(protocol)
+    if source is None:
+        source = DatasetSource(dataset, backbone, store=store, views=views, progress=progress)
+    weights, pset = class_weights(
+        backbone, dataset.classnames, prompts, dataset=dataset.name, store=source.store
+    )
+    plan = proto.plan_dataset(dataset, shots=shots, seed=seed)
+    task = build_task(
+        plan,
+        source,
+        classnames=dataset.classnames,
+        text_weights=weights,
+        meta={"dataset": dataset.name, "backbone": backbone.id},
+    )
+    model = methods.create(method, **dict(params or {})) if isinstance(method, str) else method
+    t0 = time.perf_counter()
+    model.fit(task)
+    fit_seconds = time.perf_counter() - t0
+    spec = dict(backbone_spec or {"name": backbone.name, "pretrained": None})
+    spec.update(id=backbone.id, family=backbone.family, embed_dim=backbone.embed_dim)
+    from fewclip.protocol import _json_params
+
+    info = {
+        "backbone": spec,
+        "classnames": list(dataset.classnames),
+        "prompts": pset.to_dict(),
+        "method": model.name,
+        "params": _json_params(model),
+        "protocol": plan.protocol,
+        "leaky": plan.leaky,
+        "draw": plan.to_dict(),
+        "dataset": dataset.summary(),
+        "views": source.views,
+        "view_seed": source.view_seed,
+        "fit_seconds": round(fit_seconds, 3),
+        "fewclip_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return Adapter(model, info), plan, source
+
+
+def evaluate_model(
+    model: Method,
+    source: DatasetSource,
+    *,
+    split: str = "test",
+    k: int = 5,
+) -> dict[str, Any]:
+    """Top-1, top-k, per-class and macro accuracy of a fitted model on ``split`` of the
+    source's dataset (the evaluation step: the one place a test split is read)."""
+    test = source.features(split, None, views=False)
+    logits = model.logits(test.features)
+    return classification_report(logits, test.labels, list(source.dataset.classnames), k=k)

@@ -1,0 +1,36 @@
+"""The ``fewclip`` command. A thin layer: it connects the image world and the feature world and
+holds no method logic of its own.
+
+Commands: ``demo``, ``extract``, ``fit``, ``predict``, ``evaluate``, ``bench``, ``reproduce``,
+``cache ls|info|rm``, ``datasets check``. Run ``fewclip COMMAND --help`` for each.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from fewclip.cli import data_cmds, fit_cmds, run_cmds  # noqa: F401  (register commands)
+from fewclip.cli._app import STATE, app
+from fewclip.cli._common import handle_exception
+
+__all__ = ["app", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script: one clear line per user error, exit codes by kind."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv = app(args=args, prog_name="fewclip", standalone_mode=False)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 1
+        else:
+            code = handle_exception(exc, STATE["debug"] or "--debug" in args)
+        if argv is None:
+            sys.exit(code)
+        return code
+    code = rv if isinstance(rv, int) else 0
+    if argv is None:
+        sys.exit(code)
+    return code

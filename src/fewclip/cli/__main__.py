@@ -1,0 +1,3 @@
+from fewclip.cli import main
+
+main()

@@ -1,0 +1,265 @@
+"""`fewclip extract`, `fewclip cache ls|info|rm`, `fewclip datasets check`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from fewclip.cli._app import app, cache_app, datasets_app
+from fewclip.cli._common import (
+    CLIError,
+    default_store,
+    echo,
+    emit_json,
+    load_backbone,
+    load_dataset,
+    str_list,
+)
+
+if TYPE_CHECKING:
+    from fewclip.features import FeatureStore
+
+DATA_HELP = "Benchmark name (with --root), image folder, or .csv/.jsonl manifest."
+ROOT_HELP = "The $DATA folder holding the benchmarks (default: $FEWCLIP_DATA or $DATA)."
+STORE_HELP = "Feature store folder (default: $FEWCLIP_STORE or ~/.cache/fewclip/features)."
+BACKBONE_HELP = "Model: RN50, ViT-B/16, an open_clip name, local-dir:/hf-hub:/hf: ids, a folder."
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@app.command()
+def extract(
+    data: str = typer.Option(..., "--data", "-d", help=DATA_HELP),
+    root: Path | None = typer.Option(None, "--root", help=ROOT_HELP),
+    backbone: str = typer.Option("RN50", "--backbone", "-b", help=BACKBONE_HELP),
+    pretrained: str | None = typer.Option(None, help="open_clip weights tag or checkpoint file."),
+    splits: str = typer.Option("", help="Comma-separated splits (default: every split)."),
+    views: int = typer.Option(10, min=0, help="Augmented views of each train image."),
+    view_seed: int = typer.Option(0, help="Seed of the augmented views."),
+    store: Path | None = typer.Option(None, help=STORE_HELP),
+    batch_size: int = typer.Option(64, min=1),
+    num_workers: int = typer.Option(0, min=0, help="DataLoader workers for decoding."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    precision: str = typer.Option("amp", help="amp (fp16 autocast on GPU), fp32, fp16, bf16."),
+    skip_bad: bool = typer.Option(False, help="Skip undecodable images (listed, recorded)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Extract image features of a dataset into the feature store (plain + augmented views).
+
+    The train split also gets --views augmented views. Already stored entries are reused;
+    an interrupted extraction resumes from its finished shards.
+
+    Example: fewclip extract --data dtd --root ~/data --backbone RN50 --views 10
+    """
+    from fewclip.features import FeatureStore
+    from fewclip.features import extract as run_extract
+
+    ds = load_dataset(data, root)
+    wanted = str_list(splits) or list(ds.splits)
+    missing = [s for s in wanted if not ds.has_split(s)]
+    if missing:
+        raise CLIError(
+            f"--splits: {ds.name} has no split {', '.join(missing)} (it has "
+            f"{', '.join(sorted(ds.splits))})"
+        )
+    bb = load_backbone(backbone, pretrained, device, precision, quiet=quiet)
+    fs = FeatureStore(store or default_store())
+    summary: list[dict[str, Any]] = []
+    for split in wanted:
+        lst = ds.split(split)
+        n_views = views if split == "train" else 0
+        echo(f"{ds.name}/{split}: {len(lst)} images, {n_views} views", quiet=quiet, err=True)
+        t0 = time.perf_counter()
+        images = (
+            [lst.open(i) for i in range(len(lst))]
+            if lst.loader is not None
+            else [str(p) for p in lst.abspaths()]
+        )
+        res = run_extract(
+            bb,
+            images,
+            labels=list(lst.labels),
+            views=n_views,
+            seed=view_seed,
+            store=fs,
+            split=f"{ds.name}/{split}",
+            dataset_id=lst.fingerprint() if lst.loader is not None else None,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            skip_bad=skip_bad,
+            progress=None if not quiet else False,
+        )
+        summary.append(
+            {
+                "split": split,
+                "images": len(lst),
+                "views": n_views,
+                "encoded": res.n_encoded,
+                "from_store": res.n_encoded == 0,
+                "bad_files": [{"path": b.path, "reason": b.reason} for b in res.bad_files],
+                "keys": res.keys,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+    if as_json:
+        emit_json({"dataset": ds.name, "backbone": bb.id, "store": str(fs.root), "splits": summary})
+        return
+    for row in summary:
+        how = "from the store" if row["from_store"] else f"{row['encoded']} images encoded"
+        bad = f", {len(row['bad_files'])} bad files skipped" if row["bad_files"] else ""
+        echo(f"{ds.name}/{row['split']}: {how} in {row['seconds']} s{bad}")
+    echo(f"store: {fs.root} (backbone id {bb.id})")
+
+
+@cache_app.command("ls")
+def cache_ls(
+    store: Path | None = typer.Option(None, help=STORE_HELP),
+    kind: str | None = typer.Option(None, help="Only 'image' or 'text' entries."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the entries of the feature store.
+
+    Example: fewclip cache ls --kind image
+    """
+    from fewclip.features import FeatureStore
+
+    fs = FeatureStore(store or default_store())
+    infos = fs.entries(kind=kind) if kind else fs.entries()
+    rows = []
+    for info in infos:
+        rec = info.record
+        view = rec.get("view", {})
+        rows.append(
+            {
+                "key": info.key,
+                "kind": info.kind,
+                "split": rec.get("split", ""),
+                "view": view.get("type", "") + (f"{view['index']}" if "index" in view else ""),
+                "backbone": rec.get("backbone", ""),
+                "rows": info.n_rows,
+                "dim": info.dim,
+                "dtype": info.dtype,
+                "bytes": info.nbytes,
+                "created": info.created,
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        echo(f"{fs.root}: no entries")
+        return
+    echo(f"{'key':14} {'kind':5} {'split':28} {'view':9} {'rows':>8} {'dim':>5} {'size':>9}")
+    for r in rows:
+        echo(
+            f"{r['key'][:12]:14} {r['kind']:5} {str(r['split'])[:28]:28} {r['view']:9} "
+            f"{r['rows']:>8} {r['dim']:>5} {_size(r['bytes']):>9}"
+        )
+    echo(f"{len(rows)} entries, {_size(sum(r['bytes'] for r in rows))} in {fs.root}")
+
+
+def _resolve_key(fs: FeatureStore, prefix: str) -> str:
+    keys = [k for k in fs.keys() if k.startswith(prefix)]  # noqa: SIM118 (a method, not a dict)
+    if not keys:
+        raise CLIError(f"KEY: no entry starts with {prefix!r} in {fs.root}")
+    if len(keys) > 1:
+        raise CLIError(f"KEY: {prefix!r} matches {len(keys)} entries; give more characters")
+    return keys[0]
+
+
+@cache_app.command("info")
+def cache_info(
+    key: str = typer.Argument(..., help="Entry key (a unique prefix is enough)."),
+    store: Path | None = typer.Option(None, help=STORE_HELP),
+    verify: bool = typer.Option(False, help="Re-hash every shard."),
+) -> None:
+    """Show one entry's key record, shape, shards and bad files (JSON).
+
+    Example: fewclip cache info 3fa9c2
+    """
+    from fewclip.features import FeatureStore
+
+    fs = FeatureStore(store or default_store())
+    full = _resolve_key(fs, key)
+    info = fs.info(full)
+    out = {
+        "key": info.key,
+        "path": str(info.path),
+        "record": info.record,
+        "n_rows": info.n_rows,
+        "dim": info.dim,
+        "dtype": info.dtype,
+        "n_shards": info.n_shards,
+        "bytes": info.nbytes,
+        "created": info.created,
+        "bad_files": [{"row": i, "path": b.path, "reason": b.reason} for i, b in info.bad_files],
+        "problems": fs.verify(full, full=verify),
+    }
+    emit_json(out)
+
+
+@cache_app.command("rm")
+def cache_rm(
+    keys: list[str] = typer.Argument(None, help="Entry keys (unique prefixes)."),
+    store: Path | None = typer.Option(None, help=STORE_HELP),
+    all_entries: bool = typer.Option(False, "--all", help="Delete every entry."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete entries from the feature store.
+
+    Example: fewclip cache rm 3fa9c2 77b1e0   |   fewclip cache rm --all --yes
+    """
+    from fewclip.features import FeatureStore
+
+    fs = FeatureStore(store or default_store())
+    if all_entries and keys:
+        raise CLIError("give KEYS or --all, not both")
+    if not all_entries and not keys:
+        raise CLIError("nothing to delete: give entry KEYS or --all")
+    targets = fs.keys() if all_entries else [_resolve_key(fs, k) for k in keys]
+    if all_entries and not yes:
+        typer.confirm(f"delete all {len(targets)} entries in {fs.root}?", abort=True)
+    for k in targets:
+        fs.delete(k)
+    echo(f"deleted {len(targets)} entries from {fs.root}")
+
+
+@datasets_app.command("check")
+def datasets_check(
+    names: list[str] = typer.Argument(..., help="Benchmark names (e.g. dtd eurosat), or 'all'."),
+    root: Path | None = typer.Option(None, "--root", help=ROOT_HELP),
+    no_files: bool = typer.Option(False, "--no-files", help="Skip checking that files exist."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check benchmarks under $DATA against the published class counts and split sizes.
+
+    Exit code 1 when any dataset has problems.
+
+    Example: fewclip datasets check dtd eurosat --root ~/data
+    """
+    import os
+
+    from fewclip import data as fdata
+
+    base = root or (os.environ.get("FEWCLIP_DATA") or os.environ.get("DATA"))
+    if not base:
+        raise CLIError("--root: give the $DATA folder (or set FEWCLIP_DATA)")
+    todo = fdata.benchmark_names() if names == ["all"] else names
+    reports = [fdata.check(base, n, verify_files=not no_files) for n in todo]
+    if as_json:
+        emit_json([r.__dict__ for r in reports])
+    else:
+        for r in reports:
+            echo(str(r))
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)

@@ -1,0 +1,292 @@
+"""The `fewclip` command end to end on tiny generated data.
+
+Most commands run in-process through ``fewclip.cli.main`` (same code path as the console
+script, minus interpreter start-up); the demo, an error case and the interrupted bench run in
+real subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewclip.cli import main
+from fewclip.testing.images import draw_shape_image, make_shapes_dataset
+
+COMMANDS = [
+    ["demo"],
+    ["extract"],
+    ["fit"],
+    ["predict"],
+    ["evaluate"],
+    ["bench"],
+    ["reproduce"],
+    ["cache", "ls"],
+    ["cache", "info"],
+    ["cache", "rm"],
+    ["datasets", "check"],
+]
+TINY = ["--backbone", "fewclip-tiny-vit"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    classes = ("red_circle", "blue_square", "green_triangle", "yellow_star")
+    return make_shapes_dataset(
+        root / "data", classes=classes, per_class={"train": 12, "test": 4}, size=48
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "store"
+    monkeypatch.setenv("FEWCLIP_STORE", str(path))
+    return path
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def subprocess_env(store: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FEWCLIP_STORE"] = str(store)
+    return env
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_help_of_every_command(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run([*cmd, "--help"], capsys)
+    assert code == 0
+    assert "Usage:" in out and "Example" in out
+
+
+def test_top_level_help_lists_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    for name in ("demo", "extract", "fit", "predict", "evaluate", "bench", "reproduce", "cache"):
+        assert name in out
+    assert "Exit codes" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["fit", "--data", "/no/such/folder", "-o", "x"], 1, "neither a benchmark name"),
+        (["fit", "--data", "x", "-o", "y", "--shots", "many"], 2, "--shots"),
+        (["predict", "/no/such/adapter", "a.png"], 1, "no such adapter folder"),
+        (["evaluate"], 1, "ADAPTER folder or --method"),
+        (["fit", "-m", "nope", "--data", "x", "-o", "y"], 1, "unknown method 'nope'"),
+        (["bench", "no-such-preset", "--dry-run"], 1, "no-such-preset"),
+        (["bench", "smoke", "shots", "--dry-run"], 1, "key=value"),
+        (["datasets", "check", "dtd", "--root", "/no/such/root"], 1, "PROBLEMS"),
+        (["cache", "rm"], 1, "nothing to delete"),
+        (["nosuchcommand"], 2, "No such command"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(
+    args: list[str], code: int, needle: str, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    got, out, err = run(args, capsys)
+    assert got == code
+    assert needle in out + err
+    assert "Traceback" not in err
+    if code == 1 and "PROBLEMS" not in needle:
+        assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
+
+
+def test_error_in_a_subprocess_and_debug_traceback(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "fewclip.cli", "fit", "--data", str(tmp_path / "nope"), "-o", "x"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(tmp_path))
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr
+    cmd.insert(3, "--debug")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(tmp_path))
+    assert res.returncode == 1 and "Traceback" in res.stderr
+
+
+def test_extract_then_cache_ls_info_rm(
+    shapes: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["extract", "-d", str(shapes), *TINY, "--views", "2", "--json"], capsys)
+    assert code == 0
+    rec = json.loads(out)
+    assert {s["split"]: s["encoded"] for s in rec["splits"]} == {"test": 16, "train": 48}
+    code, out, _ = run(["extract", "-d", str(shapes), *TINY, "--views", "2", "--json"], capsys)
+    assert all(s["from_store"] for s in json.loads(out)["splits"])  # second time: no encoding
+    code, out, _ = run(["cache", "ls", "--json"], capsys)
+    entries = json.loads(out)
+    assert sorted((e["split"].split("/")[-1], e["view"]) for e in entries) == [
+        ("test", "plain"),
+        ("train", "augment0"),
+        ("train", "augment1"),
+        ("train", "plain"),
+    ]
+    key = entries[0]["key"]
+    code, out, _ = run(["cache", "info", key[:10], "--verify"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["key"] == key and info["problems"] == []
+    code, _, _ = run(["cache", "rm", key[:10]], capsys)
+    code, out, _ = run(["cache", "ls", "--json"], capsys)
+    assert code == 0 and len(json.loads(out)) == 3
+    code, _, err = run(["cache", "info", "zzzz"], capsys)
+    assert code == 1 and "no entry starts with" in err
+    code, _, _ = run(["cache", "rm", "--all", "--yes"], capsys)
+    code, out, _ = run(["cache", "ls", "--json"], capsys)
+    assert json.loads(out) == []
+
+
+def test_fit_predict_evaluate(
+    shapes: Path, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter = tmp_path / "adapter"
+    args = ["fit", "-m", "tip-adapter", "-d", str(shapes), "-k", "4", *TINY]
+    code, out, _ = run([*args, "--views", "2", "-o", str(adapter), "--json"], capsys)
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["method"] == "tip-adapter" and rec["protocol"] == "fewshot-val"
+    assert rec["classnames"] == ["blue square", "green triangle", "red circle", "yellow star"]
+    assert len(rec["draw"]["support"]["indices"]) == 16
+    assert rec["prompts"]["templates"] == ["a photo of a {}."]
+    saved = json.loads((adapter / "adapter.json").read_text())
+    assert saved["backbone"]["name"] == "fewclip-tiny-vit" and saved["backbone"]["id"]
+    # new images, never seen by extraction: a file and a folder
+    new = tmp_path / "new"
+    new.mkdir()
+    rng = np.random.default_rng(99)
+    for i, cls in enumerate(["red_circle", "yellow_star", "blue_square"]):
+        draw_shape_image(cls, rng, 48).save(new / f"{i}.png")
+    code, out, _ = run(["predict", str(adapter), str(new), "-k", "2", "-f", "json"], capsys)
+    assert code == 0
+    preds = json.loads(out)
+    assert [Path(p["image"]).name for p in preds] == ["0.png", "1.png", "2.png"]
+    for p in preds:
+        probs = [t["prob"] for t in p["top"]]
+        assert len(probs) == 2 and probs[0] >= probs[1] and 0 < sum(probs) <= 1 + 1e-6
+    code, out, _ = run(["predict", str(adapter), str(new / "0.png"), "-f", "csv"], capsys)
+    lines = out.strip().splitlines()
+    assert lines[0] == "image,rank,label,class,prob" and len(lines) == 1 + 4
+    code, out, _ = run(["predict", str(adapter), str(new / "0.png")], capsys)
+    assert code == 0 and "0.png" in out and "%" in out
+    # a different backbone is refused
+    code, _, err = run(["predict", str(adapter), str(new), "-b", "fewclip-tiny-rn"], capsys)
+    assert code == 4 and "different" in err
+    # evaluate the adapter on its own dataset's test split
+    code, out, _ = run(["evaluate", str(adapter), "--json", "--per-class"], capsys)
+    ev = json.loads(out)
+    assert code == 0 and ev["n"] == 16 and ev["split"] == "test"
+    assert 0 <= ev["top1"] <= ev["top5"] <= 1
+    assert len(ev["per_class"]) == 4
+    macro = sum(r["accuracy"] for r in ev["per_class"]) / 4
+    assert ev["macro"] == pytest.approx(macro)
+    # a method fitted on the fly
+    code, out, _ = run(
+        ["evaluate", "-m", "zero-shot", "-d", str(shapes), *TINY, "-k", "2", "--views", "1", "-q"],
+        capsys,
+    )
+    assert code == 0 and "zero-shot on folder:data/test" in out
+
+
+def test_demo_subprocess(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "fewclip.cli", "demo", "--out", str(out), "--fast"]
+    cmd += ["--warmup-steps", "0", "--views", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "RANDOM weights" in res.stderr and "TINY TOY backbone" in res.stdout
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * 3  # four methods at 1, 4 and 16 shots, one seed
+    assert {r["method"] for r in rows} == {
+        "zero-shot",
+        "linear-probe",
+        "tip-adapter",
+        "tip-adapter-f",
+    }
+    assert (out / "results.md").read_text().count("zero-shot") >= 1
+    pytest.importorskip("matplotlib")
+    assert (out / "accuracy_vs_shots.png").stat().st_size > 10_000
+    assert (out / "accuracy_vs_shots.svg").is_file()
+
+
+def _bench_config(path: Path, shapes: Path) -> Path:
+    cfg = path / "grid.yaml"
+    cfg.write_text(
+        f"methods: [zero-shot, tip-adapter, linear-probe]\ndatasets: [{shapes}]\n"
+        "shots: [1, 2, 4]\nseeds: [1, 2]\nbackbones: [fewclip-tiny-vit]\nviews: 2\n"
+    )
+    return cfg
+
+
+def _table(out: Path) -> str:
+    return (out / "results.md").read_text()
+
+
+def test_bench_interrupted_then_resumed(shapes: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    cfg = _bench_config(tmp_path, shapes)
+    env = subprocess_env(store)
+    # reference: an uninterrupted run
+    ref = tmp_path / "ref"
+    base = [sys.executable, "-m", "fewclip.cli", "bench", str(cfg), "--quiet"]
+    res = subprocess.run([*base, "-o", str(ref)], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    n_cells = 3 * 3 * 2
+    assert len((ref / "results.jsonl").read_text().splitlines()) == n_cells
+    # a run killed after a few cells (features are in the store, so cells are quick: slow
+    # them down with a hook-free trick, polling the JSONL and killing once rows appear)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*base, "-o", str(out)], env=env, stderr=subprocess.DEVNULL)
+    jsonl = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if jsonl.exists() and 0 < len(jsonl.read_text().splitlines()) < n_cells:
+            proc.send_signal(signal.SIGKILL)
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    before = jsonl.read_text().splitlines()
+    if proc.returncode == 0:
+        pytest.skip("the bench finished before it could be interrupted")
+    assert 0 < len(before) < n_cells
+    res = subprocess.run([*base, "-o", str(out)], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip().endswith("}")]
+    hashes = [r["hash"] for r in rows]
+    assert len(hashes) == n_cells and len(set(hashes)) == n_cells  # no cell ran twice
+    assert _table(out) == _table(ref)
+
+
+def test_bench_dry_run_and_reproduce_tip_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["bench", "smoke", "shots=1,2", "protocol=coop-val", "--dry-run"], capsys)
+    assert code == 0 and "protocol: coop-val" in out and "# 16 cells" in out
+    tip = tmp_path / "dtd.yaml"
+    tip.write_text(
+        "root_path: ''\nload_cache: False\nload_pre_feat: False\nsearch_hp: True\n"
+        "search_scale: [13, 13]\nsearch_step: [200, 20]\ninit_beta: 1\ninit_alpha: 2\n"
+        "dataset: 'dtd'\nshots: 16\nbackbone: 'RN50'\nlr: 0.001\naugment_epoch: 10\n"
+        "train_epoch: 20\n"
+    )
+    code, out, _ = run(["reproduce", "--tip-config", str(tip), "seeds=1", "--dry-run"], capsys)
+    assert code == 0
+    assert "- dtd" in out and "protocol: full-val" in out
+    assert "alpha: 2" in out and "search_scale:\n      - 13" in out.replace("- 13.0", "- 13")
+    tip.write_text("dataset: dtd\nwhat: 1\n")
+    code, _, err = run(["reproduce", "--tip-config", str(tip), "--dry-run"], capsys)
+    assert code == 1 and "unknown key(s) what" in err
+    code, out, _ = run(["reproduce", "--datasets", "imagenet", "--dry-run"], capsys)
+    assert "protocol: oracle-test" in out
