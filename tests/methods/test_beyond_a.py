@@ -427,6 +427,33 @@ def test_clap_reaches_a_stationary_point():
     assert not torch.allclose(clap.prototypes_, text)
 
 
+@pytest.mark.parametrize("name", ["zs-lp", "clap"])
+def test_zs_lp_steps_match_autograd_and_torch_sgd(task64, name):
+    """The hand-written gradient against autograd + torch.optim.SGD, same sampling protocol."""
+    kw = {"epochs": 3, "batch_size": 8, "weight_decay": 0.01, "seed": 4, "dtype": "float64"}
+    m = methods.create(name, **kw).fit(task64)
+    text = F.l2_normalize(task64.text_weights)
+    views, y = task64.support.views, task64.support.labels
+    lam = clap_penalty_weights(views, y, text) if name == "clap" else None
+    w = torch.nn.Parameter(text.clone())
+    opt = torch.optim.SGD([w], lr=1e-5, momentum=0.9, weight_decay=0.01)
+    g = torch.Generator().manual_seed(4)
+    for epoch in range(3):
+        opt.param_groups[0]["lr"] = m._lr_at(epoch)
+        order = torch.randperm(len(y), generator=g)
+        view_of = torch.randint(views.shape[0], (len(y),), generator=g)
+        for start in range(0, len(y), 8):
+            idx = order[start : start + 8]
+            x = F.l2_normalize(views[view_of[idx], idx])
+            loss = torch.nn.functional.cross_entropy(100 * x @ F.l2_normalize(w).T, y[idx])
+            if lam is not None:
+                loss = loss + (lam * (w - text).pow(2).sum(1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.testing.assert_close(m.prototypes_, w.detach(), rtol=1e-10, atol=1e-12)
+
+
 def test_zs_lp_is_clap_without_penalty(task64):
     zslp = methods.create("zs-lp", epochs=4, batch_size=8, dtype="float64")
     zslp.fit(task64)

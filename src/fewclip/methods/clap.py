@@ -121,31 +121,47 @@ class ZSLP(Method):
         self.prototypes_ = prototypes.to(self._dtype)
 
     def _train(self, task: Task, text: Tensor, penalty: Tensor | None) -> Tensor:
-        """SGD on ``CE(scale·x̂·ŵᵀ, y) + mean_k λ_k‖w_k − t_k‖²`` (no penalty when λ is None)."""
+        """SGD on ``CE(scale·x̂·ŵᵀ, y) + mean_k λ_k‖w_k − t_k‖²`` (no penalty when λ is None).
+
+        The gradient is written out (no autograd graph), which is several times faster for
+        these small steps: with G = (softmax(logits) − onehot(y))/B,
+        ``∂/∂ŵ = scale·Gᵀx̂``, ``∂/∂w_k = (∂/∂ŵ_k − ŵ_k·(ŵ_k·∂/∂ŵ_k))/‖w_k‖`` and the penalty adds
+        ``(2/C)·λ_k·(w_k − t_k)``. Updates follow ``torch.optim.SGD`` (momentum without
+        dampening, coupled weight decay).
+        """
         bank = task.support.view_bank()
         n_views, n = bank.shape[0], bank.shape[1]
+        c = text.shape[0]
         targets = task.support.labels.to(self._device)
-        w = torch.nn.Parameter(text.clone())
-        optim = torch.optim.SGD(
-            [w], lr=self._lr_at(0), momentum=self.momentum, weight_decay=self.weight_decay
-        )
+        w = text.clone()
+        buf: Tensor | None = None
+        pen = None if penalty is None else (2.0 / c) * penalty.unsqueeze(1)
         g = torch.Generator().manual_seed(self.seed)
         for epoch in tqdm(range(self.epochs), desc=self.name, disable=not self.progress):
-            for group in optim.param_groups:
-                group["lr"] = self._lr_at(epoch)
+            lr = self._lr_at(epoch)
             order = torch.randperm(n, generator=g)
             view_of = torch.randint(n_views, (n,), generator=g)
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
                 x = l2_normalize(bank[view_of[idx], idx].to(self._device, text.dtype))
-                logits = self.scale * (x @ l2_normalize(w).T)
-                loss = torch.nn.functional.cross_entropy(logits, targets[idx.to(self._device)])
-                if penalty is not None:
-                    loss = loss + (penalty * (w - text).pow(2).sum(1)).mean()
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-        return w.detach()
+                norm = w.norm(dim=1, keepdim=True)
+                w_hat = w / norm
+                prob = torch.softmax(self.scale * (x @ w_hat.T), dim=1)
+                rows = torch.arange(len(idx), device=self._device)
+                prob[rows, targets[idx.to(self._device)]] -= 1.0
+                grad_hat = (prob.T @ x).mul_(self.scale / len(idx))
+                radial = (grad_hat * w_hat).sum(1, keepdim=True)
+                grad = grad_hat.addcmul_(w_hat, radial, value=-1.0).div_(norm)
+                if pen is not None:
+                    grad.addcmul_(w - text, pen)
+                if self.weight_decay:
+                    grad.add_(w, alpha=self.weight_decay)
+                if buf is None:
+                    buf = grad
+                else:
+                    buf.mul_(self.momentum).add_(grad)
+                w.add_(buf, alpha=-lr)
+        return w
 
     def _logits(self, x: Tensor) -> Tensor:
         return self.scale * (x @ l2_normalize(self.prototypes_).T)

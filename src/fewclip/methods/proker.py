@@ -109,14 +109,14 @@ def proker_cholesky(gram_minus_one: Tensor, residual: Tensor, *, beta: float, la
 
 
 def _psd_cholesky(h: Tensor) -> Tensor:
-    """Cholesky factor of a positive semi-definite matrix with a growing diagonal jitter."""
+    """Cholesky factor of a positive semi-definite matrix (float64) with a growing jitter."""
     h = h.double()
-    scale = float(h.diagonal().abs().mean()) or 1.0
+    base = h.diagonal().clone()
+    scale = float(base.abs().mean()) or 1.0
     jitter = 1e-10 * scale
     for _ in range(8):
-        factor, info = torch.linalg.cholesky_ex(
-            h + jitter * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-        )
+        h.diagonal().copy_(base + jitter)
+        factor, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
             return factor
         jitter *= 100
@@ -135,15 +135,17 @@ def nystrom_coef(
     """Nyström ProKeR coefficients c (m, C), so that ``f(x) = K(x, landmarks)·c``.
 
     With ``K ≈ K_Sm K_mm⁻¹ K_mS`` the closed form becomes
-    ``c = λ·(K_mS K_Sm + λ·K_mm)⁻¹ K_mS R`` (exact when the landmarks are all rows).
-    ``gram`` = ``K_mS K_Sm`` and ``rhs`` = ``K_mS R`` may be passed when reused over several λ.
+    ``c = λ·(K_mS K_Sm + λ·K_mm)⁻¹ K_mS R`` (exact when the landmarks are all rows). The
+    (m, m) system is factorised in float64. ``gram`` = ``K_mS K_Sm`` and ``rhs`` = ``K_mS R``
+    may be passed (any dtype) when they are reused over several λ.
     """
     if lam <= 0:
         raise ValueError(f"lam: expected a positive regularisation, found {lam}")
-    g = gram if gram is not None else k_sm.T @ k_sm
-    factor = _psd_cholesky(g.double() + lam * k_mm.double())
+    g = (gram if gram is not None else k_sm.T @ k_sm).double()
+    h = torch.add(g, k_mm.double(), alpha=lam)
+    factor = _psd_cholesky(h)
     b = (rhs if rhs is not None else k_sm.T @ residual).double()
-    return (torch.cholesky_solve(b, factor) * lam).to(residual.dtype)
+    return torch.cholesky_solve(b, factor).mul_(lam).to(residual.dtype)
 
 
 def proker_cg(
@@ -423,11 +425,12 @@ class ProKeR(Method):
             a_sm, a_mm, a_vm = keys @ land.T - 1.0, land @ land.T - 1.0, xv @ land.T - 1.0
             for i, beta in enumerate(betas):
                 k_sm = torch.mul(a_sm, beta).exp_()
-                k_mm, k_vm = torch.mul(a_mm, beta).exp_(), torch.mul(a_vm, beta).exp_()
-                gram, rhs = k_sm.T @ k_sm, k_sm.T @ residual
+                k_mm = torch.mul(a_mm, beta).exp_().double()
+                k_vm = torch.mul(a_vm, beta).exp_()
+                gram, rhs = (k_sm.T @ k_sm).double(), (k_sm.T @ residual).double()
                 for j, lam in enumerate(lams):
                     coef = nystrom_coef(k_sm, k_mm, residual, lam=lam, gram=gram, rhs=rhs)
-                    counts[i, j] = self._correct(zv + k_vm @ coef, yv)
+                    counts[i, j] = self._correct(torch.addmm(zv, k_vm, coef), yv)
         elif self.solver_ == "cg":
             for i, beta in enumerate(betas):
                 prev = None
@@ -453,7 +456,7 @@ class ProKeR(Method):
                 k_vs = torch.mul(a_vs, beta).exp_()
                 for j, lam in enumerate(lams):
                     coef = proker_cholesky(gram, residual, beta=beta, lam=lam)
-                    counts[i, j] = self._correct(zv + k_vs @ coef, yv)
+                    counts[i, j] = self._correct(torch.addmm(zv, k_vs, coef), yv)
         flat = int(torch.argmax(counts.reshape(-1)))
         bi, li = divmod(flat, len(lams))
         return betas[bi], lams[li], 100.0 * int(counts[bi, li]) / max(1, val.n)
