@@ -126,13 +126,12 @@ class LPPlusPlus(Method):
         n = x.shape[0]
         text = l2_normalize(task.text_weights.to(self._device, wd))
         z = x @ text.T  # fixed text similarities (N, C)
-        onehot = torch.nn.functional.one_hot(y, c).to(wd)
-        counts = onehot.sum(0)
+        counts = torch.bincount(y, minlength=c).to(wd).unsqueeze(1)
         images = torch.bincount(task.support.labels.to(self._device), minlength=c).to(wd)
         # w_k = Σ_{i∈k} f_i over the support images (= images_k · class mean of the rows)
-        coef = (onehot.T @ x) / counts.unsqueeze(1) * images.unsqueeze(1)
+        coef = x.new_zeros(c, x.shape[1]).index_add_(0, y, x) / counts * images.unsqueeze(1)
         intercept = x.new_zeros(c)
-        class_sim = (onehot.T @ z) / counts.unsqueeze(1)  # (C, C): mean f·t_c over class k rows
+        class_sim = z.new_zeros(c, c).index_add_(0, y, z) / counts  # mean f·t_c over class k
         text_coef = torch.full((c,), self.alpha_init_scale * float(class_sim.mean()), dtype=wd)
         text_coef = text_coef.to(self._device)
         self.lr_w_ = 4.0 * n / largest_eigenvalue(x)
@@ -148,9 +147,12 @@ class LPPlusPlus(Method):
         self.best_epoch_ = 0
         self.val_accuracy_: float | None = None
         buf_w = buf_b = None
+        rows = torch.arange(n, device=self._device)
         for epoch in tqdm(range(1, self.epochs + 1), desc="lp++", disable=not self.progress):
             logits = torch.addmm(intercept, x, coef.T).addcmul_(z, text_coef)
-            g = torch.softmax(logits, dim=1).sub_(onehot).div_(n)  # ∂ mean CE / ∂ logits
+            g = torch.softmax(logits, dim=1)
+            g[rows, y] -= 1.0
+            g.div_(n)  # ∂ mean CE / ∂ logits
             grad_w, grad_b = g.T @ x, g.sum(0)
             if epoch % self.alpha_every == 0:
                 text_coef = text_coef - self.lr_alpha_ * (g * z).sum(0)

@@ -253,10 +253,14 @@ class ProKeR(Method):
         scale: zero-shot logit scale inside ProKeR (1 in the reference code).
         seed: landmark sampling seed.
         dtype, device: compute precision and device (float16 fits in float32, then casts).
+
+    Fitted: ``centers_`` (the support rows, or the landmarks for Nyström) and ``dual_coef_``
+    with ``logits(x) = scale·x·Tᵀ + K(x, centers_)·dual_coef_``; ``beta_``, ``lam_``,
+    ``solver_`` (the solver used), ``val_accuracy_`` and ``cg_iterations_`` (CG only).
     """
 
     _state_tensors = ("text_weights_", "centers_", "dual_coef_")
-    _state_values = ("beta_", "lam_", "solver_", "val_accuracy_")
+    _state_values = ("beta_", "lam_", "solver_", "val_accuracy_", "cg_iterations_")
 
     def __init__(
         self,
@@ -378,6 +382,7 @@ class ProKeR(Method):
             default_beta, default_lam = IMAGENET_HPARAMS[_nearest_shots(_shots(task))]
             self.beta_ = float(self.beta) if self.beta is not None else default_beta
             self.lam_ = float(self.lam) if self.lam is not None else default_lam
+        self.cg_iterations_: int | None = None
         centers, coef = self._solve(keys, residual, self.beta_, self.lam_)
         self.centers_ = centers.to(self._dtype)
         self.dual_coef_ = coef.to(self._dtype)
