@@ -60,7 +60,8 @@ def plot_group(group: Group, *, methods: list[str] | None = None, ncols: int | N
     n = len(panels)
     ncols = ncols or min(4, n)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows + 0.9), layout="constrained")
+    width = max(3.6 * ncols, 7.0)  # room for the title and a legend of many methods
+    fig = Figure(figsize=(width, 3.0 * nrows + 0.9), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     order: list[str] = list(methods or [])
     for _, t in panels:
@@ -149,7 +150,7 @@ def plot_group(group: Group, *, methods: list[str] | None = None, ncols: int | N
     fig.legend(
         handles=handles,
         loc="outside lower center",
-        ncol=min(len(handles), 6),
+        ncol=max(1, min(len(handles), int(width / 1.5))),
         fontsize=8,
         frameon=False,
     )
