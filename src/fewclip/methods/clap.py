@@ -31,14 +31,24 @@ def clap_penalty_weights(
     ``λ_k = mean_{i: yᵢ=k} softmax(scale·x̂ᵢ·Tᵀ)_k`` over every L2-normalised view x̂ᵢ
     (views (V, N, D), labels (N,), text_weights (C, D) L2-normalised) → (C,).
     """
-    c = text_weights.shape[0]
+    c, n = text_weights.shape[0], views.shape[1]
     total = torch.zeros(c, dtype=text_weights.dtype, device=text_weights.device)
+    x = torch.empty(n, views.shape[2], dtype=text_weights.dtype, device=text_weights.device)
+    logits = torch.empty(n, c, dtype=x.dtype, device=x.device)
     for v in range(views.shape[0]):
-        x = l2_normalize(views[v].to(text_weights.dtype))
-        prob = torch.softmax(scale * (x @ text_weights.T), dim=1)
-        total.index_add_(0, labels, prob.gather(1, labels.unsqueeze(1)).squeeze(1))
+        x.copy_(views[v])
+        x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True))
+        torch.mm(x, text_weights.T, out=logits)
+        _softmax_(logits.mul_(scale))
+        total.index_add_(0, labels, logits.gather(1, labels.unsqueeze(1)).squeeze(1))
     counts = torch.bincount(labels, minlength=c).to(total.dtype) * views.shape[0]
     return total / counts
+
+
+def _softmax_(logits: Tensor) -> Tensor:
+    """Row softmax written over its input (no (N, C) temporaries in hot loops)."""
+    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
 
 
 @register("zs-lp")
@@ -130,12 +140,23 @@ class ZSLP(Method):
         dampening, coupled weight decay).
         """
         bank = task.support.view_bank()
-        n_views, n = bank.shape[0], bank.shape[1]
-        c = text.shape[0]
+        n_views, n, d = bank.shape
+        c, bs = text.shape[0], min(self.batch_size, n)
+        flat_bank = bank.reshape(n_views * n, d)
+        direct = flat_bank.dtype == text.dtype and flat_bank.device == text.device
         targets = task.support.labels.to(self._device)
         w = text.clone()
-        buf: Tensor | None = None
-        pen = None if penalty is None else (2.0 / c) * penalty.unsqueeze(1)
+        # every per-step tensor is preallocated: fresh large allocations are the bottleneck of
+        # these small steps on a CPU (page faults in every thread)
+        x, logits = text.new_empty(bs, d), text.new_empty(bs, c)
+        w_hat, grad, buf = torch.empty_like(w), torch.empty_like(w), torch.zeros_like(w)
+        tmp, norm, radial = torch.empty_like(w), text.new_empty(c, 1), text.new_empty(c, 1)
+        rows = torch.arange(bs, device=self._device)
+        pen = text_pen = None
+        if penalty is not None:
+            pen = (2.0 / c) * penalty.unsqueeze(1)
+            text_pen = text * pen
+        first = True
         g = torch.Generator().manual_seed(self.seed)
         for epoch in tqdm(range(self.epochs), desc=self.name, disable=not self.progress):
             lr = self._lr_at(epoch)
@@ -143,23 +164,33 @@ class ZSLP(Method):
             view_of = torch.randint(n_views, (n,), generator=g)
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
-                x = l2_normalize(bank[view_of[idx], idx].to(self._device, text.dtype))
-                norm = w.norm(dim=1, keepdim=True)
-                w_hat = w / norm
-                prob = torch.softmax(self.scale * (x @ w_hat.T), dim=1)
-                rows = torch.arange(len(idx), device=self._device)
-                prob[rows, targets[idx.to(self._device)]] -= 1.0
-                grad_hat = (prob.T @ x).mul_(self.scale / len(idx))
-                radial = (grad_hat * w_hat).sum(1, keepdim=True)
-                grad = grad_hat.addcmul_(w_hat, radial, value=-1.0).div_(norm)
-                if pen is not None:
-                    grad.addcmul_(w - text, pen)
+                b = len(idx)
+                flat = (view_of[idx] * n + idx).to(flat_bank.device)
+                xb, lb = x[:b], logits[:b]
+                if direct:
+                    torch.index_select(flat_bank, 0, flat, out=xb)
+                else:
+                    xb.copy_(flat_bank[flat])
+                xb.div_(torch.linalg.vector_norm(xb, dim=1, keepdim=True))
+                torch.linalg.vector_norm(w, dim=1, keepdim=True, out=norm)
+                torch.div(w, norm, out=w_hat)
+                torch.mm(xb, w_hat.T, out=lb)
+                _softmax_(lb.mul_(self.scale))
+                lb[rows[:b], targets[idx.to(self._device)]] -= 1.0
+                # fold scale/B and 1/‖w_k‖ into G's columns: grad = ∂/∂ŵ / ‖w‖ after the mm
+                lb.mul_(norm.T.reciprocal().mul_(self.scale / b))
+                torch.mm(lb.T, xb, out=grad)
+                torch.sum(torch.mul(grad, w_hat, out=tmp), dim=1, keepdim=True, out=radial)
+                grad.addcmul_(w_hat, radial, value=-1.0)
+                if pen is not None and text_pen is not None:
+                    grad.addcmul_(w, pen).sub_(text_pen)
                 if self.weight_decay:
                     grad.add_(w, alpha=self.weight_decay)
-                if buf is None:
-                    buf = grad
+                if first:
+                    buf.copy_(grad)
+                    first = False
                 else:
-                    buf.mul_(self.momentum).add_(grad)
+                    torch.add(grad, buf, alpha=self.momentum, out=buf)
                 w.add_(buf, alpha=-lr)
         return w
 

@@ -24,8 +24,10 @@ __all__ = ["GDA", "class_means", "shared_precision", "within_class_scatter"]
 _COVARIANCES = ("ks", "ledoit-wolf", "oas", "empirical")
 
 
-def _views_normalised(views: Tensor, dtype: torch.dtype) -> Tensor:
-    return l2_normalize(views.to(dtype))
+def _normalise_into(out: Tensor, view: Tensor) -> Tensor:
+    """``view / ‖view‖`` (rows) written into the preallocated ``out`` (no (N, D) temporaries)."""
+    out.copy_(view)
+    return out.div_(torch.linalg.vector_norm(out, dim=1, keepdim=True))
 
 
 def class_means(views: Tensor, labels: Tensor, n_classes: int, *, dtype: torch.dtype) -> Tensor:
@@ -34,10 +36,11 @@ def class_means(views: Tensor, labels: Tensor, n_classes: int, *, dtype: torch.d
     Each view is normalised on its own (``x / ‖x‖``) before averaging, one view at a time so that
     no (V, N, D) copy is made.
     """
-    d = views.shape[-1]
+    n, d = views.shape[1], views.shape[2]
     sums = torch.zeros(n_classes, d, dtype=dtype, device=views.device)
+    buf = torch.empty(n, d, dtype=dtype, device=views.device)
     for v in range(views.shape[0]):
-        sums.index_add_(0, labels, _views_normalised(views[v], dtype))
+        sums.index_add_(0, labels, _normalise_into(buf, views[v]))
     counts = torch.bincount(labels, minlength=n_classes).to(dtype) * views.shape[0]
     return sums / counts.unsqueeze(1)
 
@@ -50,15 +53,17 @@ def within_class_scatter(
     Two passes (means first, then centred samples), one view at a time. With ``fourth=True`` also
     returns ``Q = Σᵢ (cᵢ∘cᵢ)(cᵢ∘cᵢ)ᵀ``, which the Ledoit–Wolf shrinkage amount needs.
     """
-    d = views.shape[-1]
+    n, d = views.shape[1], views.shape[2]
     scatter = torch.zeros(d, d, dtype=means.dtype, device=means.device)
     q = torch.zeros_like(scatter) if fourth else None
+    centred = torch.empty(n, d, dtype=means.dtype, device=means.device)
+    class_of = means.index_select(0, labels)
     for v in range(views.shape[0]):
-        centred = _views_normalised(views[v], means.dtype) - means[labels]
+        _normalise_into(centred, views[v]).sub_(class_of)
         scatter.addmm_(centred.T, centred)
         if q is not None:
-            sq = centred * centred
-            q.addmm_(sq.T, sq)
+            centred.mul_(centred)
+            q.addmm_(centred.T, centred)
     return scatter, q
 
 

@@ -22,6 +22,12 @@ from fewclip.task import Task
 __all__ = ["LPPlusPlus", "largest_eigenvalue"]
 
 
+def _softmax_(logits: Tensor) -> Tensor:
+    """Row softmax written over its input."""
+    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
+
+
 def largest_eigenvalue(x: Tensor, *, tol: float = 1e-10, max_iter: int = 10_000) -> float:
     """λ_max(xᵀx) for x (N, D), by power iteration on the smaller Gram matrix in float64.
 
@@ -141,36 +147,47 @@ class LPPlusPlus(Method):
         if task.val is not None:
             xv = l2_normalize(task.val.features.to(self._device, wd))
             val = (xv, xv @ text.T, task.val.labels.to(self._device))
-        best = (-1, coef, intercept, text_coef)
-        if val is not None and self.epochs == 0:
-            best = (self._correct(val, coef, intercept, text_coef), coef, intercept, text_coef)
+        # every per-epoch tensor is preallocated and updated in place: fresh (N, C) allocations
+        # cost more than the arithmetic on a CPU
+        logits = x.new_empty(n, c)
+        grad_w = torch.empty_like(coef)
+        buf_w, buf_b = torch.empty_like(coef), torch.empty_like(intercept)
+        rows = torch.arange(n, device=self._device)
+        vlogits = None if val is None else x.new_empty(val[0].shape[0], c)
+        best_correct = -1
+        best = (coef.clone(), intercept.clone(), text_coef.clone())
+        if val is not None and vlogits is not None and self.epochs == 0:
+            best_correct = self._correct(val, coef, intercept, text_coef, vlogits)
         self.best_epoch_ = 0
         self.val_accuracy_: float | None = None
-        buf_w = buf_b = None
-        rows = torch.arange(n, device=self._device)
         for epoch in tqdm(range(1, self.epochs + 1), desc="lp++", disable=not self.progress):
-            logits = torch.addmm(intercept, x, coef.T).addcmul_(z, text_coef)
-            g = torch.softmax(logits, dim=1)
+            torch.addmm(intercept, x, coef.T, out=logits)
+            g = _softmax_(logits.addcmul_(z, text_coef))
             g[rows, y] -= 1.0
             g.div_(n)  # ∂ mean CE / ∂ logits
-            grad_w, grad_b = g.T @ x, g.sum(0)
+            torch.mm(g.T, x, out=grad_w)
+            grad_b = g.sum(0)
             if epoch % self.alpha_every == 0:
-                text_coef = text_coef - self.lr_alpha_ * (g * z).sum(0)
-            if buf_w is None or buf_b is None:
-                buf_w, buf_b = grad_w, grad_b
+                text_coef = text_coef - self.lr_alpha_ * g.mul_(z).sum(0)
+            if epoch == 1:
+                buf_w.copy_(grad_w)
+                buf_b.copy_(grad_b)
             else:
-                buf_w = buf_w.mul_(self.momentum).add_(grad_w)
-                buf_b = buf_b.mul_(self.momentum).add_(grad_b)
-            coef = coef - self.lr_w_ * buf_w
-            intercept = intercept - self.lr_w_ * buf_b
-            if val is not None:
-                correct = self._correct(val, coef, intercept, text_coef)
-                if correct >= best[0]:
-                    best = (correct, coef, intercept, text_coef)
+                torch.add(grad_w, buf_w, alpha=self.momentum, out=buf_w)
+                torch.add(grad_b, buf_b, alpha=self.momentum, out=buf_b)
+            coef.sub_(buf_w, alpha=self.lr_w_)
+            intercept.sub_(buf_b, alpha=self.lr_w_)
+            if val is not None and vlogits is not None:
+                correct = self._correct(val, coef, intercept, text_coef, vlogits)
+                if correct >= best_correct:
+                    best_correct = correct
+                    best[0].copy_(coef)
+                    best[1].copy_(intercept)
+                    best[2].copy_(text_coef)
                     self.best_epoch_ = epoch
         if val is not None:
-            coef, intercept, text_coef = best[1], best[2], best[3]
-            self.val_accuracy_ = 100.0 * best[0] / max(1, val[2].shape[0])
+            coef, intercept, text_coef = best
+            self.val_accuracy_ = 100.0 * best_correct / max(1, val[2].shape[0])
         else:
             self.best_epoch_ = self.epochs
         self.coef_ = coef.to(self._dtype)
@@ -180,10 +197,14 @@ class LPPlusPlus(Method):
 
     @staticmethod
     def _correct(
-        val: tuple[Tensor, Tensor, Tensor], coef: Tensor, intercept: Tensor, text_coef: Tensor
+        val: tuple[Tensor, Tensor, Tensor],
+        coef: Tensor,
+        intercept: Tensor,
+        text_coef: Tensor,
+        out: Tensor,
     ) -> int:
         xv, zv, yv = val
-        pred = torch.addmm(intercept, xv, coef.T).addcmul_(zv, text_coef).argmax(1)
+        pred = torch.addmm(intercept, xv, coef.T, out=out).addcmul_(zv, text_coef).argmax(1)
         return int((pred == yv).sum())
 
     def _logits(self, x: Tensor) -> Tensor:

@@ -93,30 +93,44 @@ def _cholesky_inplace(h: Tensor) -> Tensor:
     return torch.linalg.cholesky(backup.double()).to(h.dtype)
 
 
-def proker_cholesky(gram_minus_one: Tensor, residual: Tensor, *, beta: float, lam: float) -> Tensor:
+def proker_cholesky(
+    gram_minus_one: Tensor,
+    residual: Tensor,
+    *,
+    beta: float,
+    lam: float,
+    work: Tensor | None = None,
+) -> Tensor:
     """Exact ``α = (K/λ + I)⁻¹ R`` by a dense Cholesky factorisation, from ``A − 1`` (M, M).
 
     ``gram_minus_one`` is ``S·Sᵀ − 1`` for the normalised rows S (so that K = exp(β·(A − 1))
     for any β without recomputing the Gram matrix). Computed as ``λ·(K + λI)⁻¹R``; uses one
-    (M, M) work matrix besides the input.
+    (M, M) work matrix besides the input (``work``, reused when given).
     """
     if lam <= 0:
         raise ValueError(f"lam: expected a positive regularisation, found {lam}")
-    work = torch.mul(gram_minus_one, beta).exp_()
+    work = torch.mul(gram_minus_one, beta, out=work) if work is not None else gram_minus_one * beta
+    work.exp_()
     work.diagonal().add_(lam)
     factor = _cholesky_inplace(work)
     return torch.cholesky_solve(residual.to(factor.dtype), factor).mul_(lam).to(residual.dtype)
 
 
-def _psd_cholesky(h: Tensor) -> Tensor:
-    """Cholesky factor of a positive semi-definite matrix (float64) with a growing jitter."""
-    h = h.double()
+def _psd_cholesky(h: Tensor, out: Tensor | None = None) -> Tensor:
+    """Cholesky factor of a positive semi-definite float64 matrix with a growing jitter.
+
+    The jitter is added to h's diagonal in place (h is scratch); the factor goes to ``out``.
+    """
     base = h.diagonal().clone()
     scale = float(base.abs().mean()) or 1.0
     jitter = 1e-10 * scale
+    info = torch.empty((), dtype=torch.int32)
     for _ in range(8):
-        h.diagonal().copy_(base + jitter)
-        factor, info = torch.linalg.cholesky_ex(h)
+        torch.add(base, jitter, out=h.diagonal())
+        if out is None:
+            factor, info = torch.linalg.cholesky_ex(h)
+        else:
+            factor, info = torch.linalg.cholesky_ex(h, out=(out, info))
         if int(info) == 0:
             return factor
         jitter *= 100
@@ -142,8 +156,7 @@ def nystrom_coef(
     if lam <= 0:
         raise ValueError(f"lam: expected a positive regularisation, found {lam}")
     g = (gram if gram is not None else k_sm.T @ k_sm).double()
-    h = torch.add(g, k_mm.double(), alpha=lam)
-    factor = _psd_cholesky(h)
+    factor = _psd_cholesky(torch.add(g, k_mm.double(), alpha=lam))
     b = (rhs if rhs is not None else k_sm.T @ residual).double()
     return torch.cholesky_solve(b, factor).mul_(lam).to(residual.dtype)
 
@@ -179,7 +192,7 @@ def proker_cg(
         idx = torch.randperm(m_rows, generator=g)[: min(n_landmarks, m_rows)].sort().values
         land = keys[idx.to(keys.device)]
         k_mm = _kernel(land, land, beta)
-        chol_mm = _psd_cholesky(k_mm)
+        chol_mm = _psd_cholesky(k_mm.double())
         phi = torch.linalg.solve_triangular(
             chol_mm, _kernel(keys, land, beta).double().T, upper=False
         ).T  # (M, m) = K_Sm L⁻ᵀ
@@ -425,17 +438,25 @@ class ProKeR(Method):
         yv = val.labels.to(self._device)
         zv = self.scale * (xv @ text.T)
         counts = torch.zeros(len(betas), len(lams), dtype=torch.long)
+        logits = torch.empty_like(zv)
         if self.solver_ == "nystrom":
             land = keys[self._landmarks(keys.shape[0]).to(keys.device)]
             a_sm, a_mm, a_vm = keys @ land.T - 1.0, land @ land.T - 1.0, xv @ land.T - 1.0
+            m, c, f64 = land.shape[0], residual.shape[1], torch.float64
+            # nystrom_coef, unrolled over preallocated buffers (reused for every (β, λ))
+            k_sm, k_vm = torch.empty_like(a_sm), torch.empty_like(a_vm)
+            h, factor = a_mm.new_empty(m, m, dtype=f64), a_mm.new_empty(m, m, dtype=f64)
+            sol, coef = a_mm.new_empty(m, c, dtype=f64), residual.new_empty(m, c)
             for i, beta in enumerate(betas):
-                k_sm = torch.mul(a_sm, beta).exp_()
+                torch.mul(a_sm, beta, out=k_sm).exp_()
+                torch.mul(a_vm, beta, out=k_vm).exp_()
                 k_mm = torch.mul(a_mm, beta).exp_().double()
-                k_vm = torch.mul(a_vm, beta).exp_()
                 gram, rhs = (k_sm.T @ k_sm).double(), (k_sm.T @ residual).double()
                 for j, lam in enumerate(lams):
-                    coef = nystrom_coef(k_sm, k_mm, residual, lam=lam, gram=gram, rhs=rhs)
-                    counts[i, j] = self._correct(torch.addmm(zv, k_vm, coef), yv)
+                    torch.add(gram, k_mm, alpha=lam, out=h)
+                    torch.cholesky_solve(rhs, _psd_cholesky(h, out=factor), out=sol)
+                    coef.copy_(sol).mul_(lam)
+                    counts[i, j] = self._correct(torch.addmm(zv, k_vm, coef, out=logits), yv)
         elif self.solver_ == "cg":
             for i, beta in enumerate(betas):
                 prev = None
@@ -457,11 +478,12 @@ class ProKeR(Method):
             gram = keys @ keys.T
             gram -= 1.0
             a_vs = xv @ keys.T - 1.0
+            k_vs, work = torch.empty_like(a_vs), torch.empty_like(gram)
             for i, beta in enumerate(betas):
-                k_vs = torch.mul(a_vs, beta).exp_()
+                torch.mul(a_vs, beta, out=k_vs).exp_()
                 for j, lam in enumerate(lams):
-                    coef = proker_cholesky(gram, residual, beta=beta, lam=lam)
-                    counts[i, j] = self._correct(torch.addmm(zv, k_vs, coef), yv)
+                    coef = proker_cholesky(gram, residual, beta=beta, lam=lam, work=work)
+                    counts[i, j] = self._correct(torch.addmm(zv, k_vs, coef, out=logits), yv)
         flat = int(torch.argmax(counts.reshape(-1)))
         bi, li = divmod(flat, len(lams))
         return betas[bi], lams[li], 100.0 * int(counts[bi, li]) / max(1, val.n)
