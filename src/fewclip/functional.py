@@ -9,7 +9,8 @@ Notation: N queries, K cache entries (keys), C classes, D feature dimension, V a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -304,14 +305,36 @@ def _interval_counts(
     the row wrong everywhere. Only the remaining (row, class) pairs, usually few, are turned into
     exact bounds on α for every (slice, γ).
     """
-    nb, n_var, n, c = d_cache.shape
+    nb, n_var, n, _ = d_cache.shape
     n_alpha, n_gamma = alphas.shape[0], gammas.shape[0]
-    dev, dtype = d_cache.device, d_cache.dtype
-    counts = torch.zeros(nb, n_var, n_gamma, n_alpha, dtype=torch.long, device=dev)
+    counts = torch.zeros(nb, n_var, n_gamma, n_alpha, dtype=torch.long, device=d_cache.device)
     if n == 0:
         return counts
     low = d_cache.amin(dim=0) if nb > 1 else d_cache[0]  # (G, n, C)
     high = d_cache.amax(dim=0) if nb > 1 else d_cache[0]
+    step = n_gamma if d_extra is None else _GAMMA_CHUNK
+    for g0 in range(0, n_gamma, step):
+        counts[:, :, g0 : g0 + step] = _interval_counts_box(
+            d_base, d_cache, d_extra, labels, alphas, gammas[g0 : g0 + step], low, high
+        )
+    return counts
+
+
+def _interval_counts_box(
+    d_base: Tensor,
+    d_cache: Tensor,
+    d_extra: Tensor | None,
+    labels: Tensor,
+    alphas: Tensor,
+    gammas: Tensor,
+    low: Tensor,
+    high: Tensor,
+) -> Tensor:
+    """``_interval_counts`` over one box of the grid (all α, the given γ) → (nb, G, nγ, nα)."""
+    nb, n_var, n, c = d_cache.shape
+    n_alpha, n_gamma = alphas.shape[0], gammas.shape[0]
+    dev, dtype = d_cache.device, d_cache.dtype
+    counts = torch.zeros(nb, n_var, n_gamma, n_alpha, dtype=torch.long, device=dev)
     a_corners = sorted({float(alphas.min()), float(alphas.max())})
     g_corners = [0.0] if d_extra is None else sorted({float(gammas.min()), float(gammas.max())})
     maybe = torch.zeros(n_var, n, c, dtype=torch.bool, device=dev)
@@ -352,6 +375,20 @@ def _interval_counts(
     return counts
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the enclosed torch ops on one intra-op thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _arithmetic_step(values: Sequence[float]) -> float | None:
     """The common difference of an increasing arithmetic sequence (≥ 3 values), else ``None``."""
     if len(values) < 3:
@@ -368,6 +405,8 @@ def _arithmetic_step(values: Sequence[float]) -> float | None:
 _REANCHOR = 16  # exact exp every this many β steps; multiplications in between
 _BETA_GROUP = 16  # β values whose caches are bounded together when pruning classes
 _GRID_BLOCK_BYTES = 512 * 2**10  # one row block of exp(β(A − 1)); it and its ratio stay in L2
+_COUNT_BYTES = 32 * 2**20  # margins of one β group for the rows counted together
+_GAMMA_CHUNK = 5  # γ values whose box is pruned together (the KL term of TIP-X varies a lot)
 
 
 def cache_grid_counts(
@@ -452,7 +491,7 @@ def cache_grid_counts(
     weights = None
     if key_weights is not None:
         weights = key_weights.to(device=dev, dtype=dtype)[:, src].masked_fill(pad, 0.0)
-        weights = weights.view(n_weights, 1, shots, c)
+        weights = weights.view(n_weights, shots, c)
     keys_sm = keys.to(dtype)[src] if affinity is None else None
 
     base = base.to(dtype)
@@ -468,8 +507,10 @@ def cache_grid_counts(
     width = max(1, shots * c)
     outer = _chunk_rows(width, itemsize, chunk_bytes)
     inner = _chunk_rows(width, itemsize, _GRID_BLOCK_BYTES)
-    per_beta = n_weights * min(inner, n) * c * itemsize
-    group = max(1, min(n_beta, _BETA_GROUP, (8 * _BLOCK_BYTES) // max(1, per_beta)))
+    group = max(1, min(n_beta, _BETA_GROUP))
+    # rows whose margins are counted together: large enough to amortise per-call overheads
+    together = max(inner, _COUNT_BYTES // max(1, group * n_weights * c * itemsize))
+    together = min(n, together - together % inner)
     for start in range(0, n, outer):
         stop = min(n, start + outer)
         if affinity is None:
@@ -478,37 +519,49 @@ def cache_grid_counts(
         else:
             shifted = affinity[start:stop].to(dtype)[:, src]
         shifted.sub_(1.0).clamp_(min=floor).masked_fill_(pad, float("-inf"))
-        for b0 in range(start, stop, inner):
-            b1 = min(stop, b0 + inner)
-            sb = shifted[b0 - start : b1 - start]
-            rows = b1 - b0
-            e = torch.empty_like(sb)
-            ratio = torch.exp(sb * step) if step is not None else None
-            tmp = None
-            if weights is not None:
-                tmp = torch.empty(n_weights, rows, shots, c, dtype=dtype, device=dev)
-            buf = torch.empty(group, n_weights, rows, c, dtype=dtype, device=dev)
-            yb = y_val[b0:b1]
-            y_col = yb.view(rows, 1)
-            y_idx = yb.view(1, rows, 1).expand(n_weights, rows, 1)
-            zb = base[b0:b1]
-            zb = zb.gather(1, y_col) - zb
-            xb = None if extra is None else extra[b0:b1]
-            xb = None if xb is None else xb.gather(1, y_col) - xb
-            for g0 in range(0, n_beta, group):
-                g1 = min(n_beta, g0 + group)
-                for j in range(g0, g1):
-                    if ratio is not None and j % _REANCHOR != 0:
-                        e.mul_(ratio)
-                    else:
-                        torch.mul(sb, betas[j], out=e).exp_()
-                    e3 = e.view(1, rows, shots, c)
-                    cj = buf[j - g0]  # (G, rows, C)
-                    if weights is None:
-                        torch.sum(e3, dim=2, out=cj)
-                    else:
-                        assert tmp is not None
-                        torch.sum(torch.mul(e3, weights, out=tmp), dim=2, out=cj)
-                    torch.sub(cj.gather(2, y_idx), cj, out=cj)  # margin against the label
-                counts[g0:g1] += _interval_counts(zb, buf[: g1 - g0], xb, yb, alpha_t, gamma_t)
+        # small cache-resident ops: extra intra-op threads only add synchronisation costs
+        with _one_thread():
+            for c0 in range(start, stop, together):
+                c1 = min(stop, c0 + together)
+                rows = c1 - c0
+                yc = y_val[c0:c1]
+                y_col = yc.view(rows, 1)
+                zc = base[c0:c1]
+                d_base = zc.gather(1, y_col) - zc
+                d_extra = None
+                if extra is not None:
+                    xc = extra[c0:c1]
+                    d_extra = xc.gather(1, y_col) - xc
+                y_idx = yc.view(1, 1, rows, 1).expand(-1, n_weights, rows, 1)
+                # exp(β(A − 1)) state of every cache-sized block of these rows, kept across β groups
+                blocks = []
+                for b0 in range(c0, c1, inner):
+                    sb = shifted[b0 - start : min(c1, b0 + inner) - start]
+                    ratio = torch.exp(sb * step) if step is not None else None
+                    blocks.append((b0 - c0, sb, torch.empty_like(sb), ratio))
+                buf = torch.empty(group, rows, n_weights, c, dtype=dtype, device=dev)
+                tmp = None
+                if weights is not None:
+                    tmp = torch.empty(inner, n_weights, shots, c, dtype=dtype, device=dev)
+                for g0 in range(0, n_beta, group):
+                    g1 = min(n_beta, g0 + group)
+                    for r0, sb, e, ratio in blocks:
+                        r = sb.shape[0]
+                        for j in range(g0, g1):
+                            if ratio is not None and j % _REANCHOR != 0:
+                                e.mul_(ratio)
+                            else:
+                                torch.mul(sb, betas[j], out=e).exp_()
+                            e4 = e.view(r, 1, shots, c)
+                            if weights is not None:
+                                assert tmp is not None
+                                e4 = torch.mul(e4, weights, out=tmp[:r])
+                            torch.sum(e4, dim=2, out=buf[j - g0, r0 : r0 + r])
+                    cache = buf[: g1 - g0].transpose(1, 2)  # (group, G, rows, C)
+                    d_cache = (
+                        cache.gather(3, y_idx.expand(g1 - g0, -1, -1, -1)) - cache
+                    ).contiguous()
+                    counts[g0:g1] += _interval_counts(
+                        d_base, d_cache, d_extra, yc, alpha_t, gamma_t
+                    )
     return counts
