@@ -235,6 +235,8 @@ def test_proker_search_follows_the_reference_loop(task64):
         assert (other.beta_, other.lam_) == best
     only_lam = methods.create("proker", beta=3.0, lams=lams, dtype="float64").fit(task64)
     assert only_lam.beta_ == 3.0 and only_lam.lam_ in lams
+    one = methods.create("proker", betas=(8.0,), lams=(0.01,), dtype="float64").fit(task64)
+    assert (one.beta_, one.lam_) == (8.0, 0.01) and one.val_accuracy_ is not None
 
 
 def test_proker_val_free_transfers_imagenet_hyper_parameters(task64):

@@ -204,7 +204,7 @@ class GDA(Method):
             self._search(task.val)
 
     def _search(self, val: FeatureSet) -> None:
-        x = l2_normalize(self._to(val.features)).to(self._stats_dtype())
+        x = l2_normalize(val.features.to(self._device, self._stats_dtype()))
         y = val.labels.to(self._device)
         base = self.scale * (x @ self.text_weights_.to(x.dtype).T)
         extra = x @ self.coef_.to(x.dtype).T + self.intercept_.to(x.dtype)

@@ -387,7 +387,7 @@ class ProKeR(Method):
         self.val_accuracy_: float | None = None
         betas = [float(self.beta)] if self.beta is not None else [float(b) for b in self.betas]
         lams = [float(self.lam)] if self.lam is not None else [float(v) for v in self.lams]
-        if task.val is not None and (len(betas) > 1 or len(lams) > 1):
+        if task.val is not None and (self.beta is None or self.lam is None):
             self.beta_, self.lam_, self.val_accuracy_ = self._search(
                 keys, residual, text, task.val, betas, lams
             )
@@ -490,7 +490,8 @@ class ProKeR(Method):
 
     @staticmethod
     def _correct(logits: Tensor, y: Tensor) -> int:
-        return int((logits.argmax(1) == y).sum())
+        # max(dim).indices is the first maximum, as argmax, and several times faster on CPU
+        return int((logits.max(dim=1).indices == y).sum())
 
     def _logits(self, x: Tensor) -> Tensor:
         zs = self.scale * (x @ self.text_weights_.T)
