@@ -369,8 +369,8 @@ def _interval_counts_box(
     hi = torch.full_like(lo, float("inf"))
     lo.scatter_reduce_(1, where, flat_lo, "amax")
     hi.scatter_reduce_(1, where, flat_hi, "amin")
-    a = alphas.view(1, 1, 1, n_alpha)
-    inside = ((a > lo.unsqueeze(-1)) & (a < hi.unsqueeze(-1))).long()  # (nb, R, nγ, nα)
+    grid = alphas.view(1, 1, 1, n_alpha)
+    inside = ((grid > lo.unsqueeze(-1)) & (grid < hi.unsqueeze(-1))).long()  # (nb, R, nγ, nα)
     counts.index_add_(1, rows // n, inside)
     return counts
 
