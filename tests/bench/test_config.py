@@ -118,6 +118,7 @@ def test_presets_load():
     cfg = load_config("tip-adapter")
     assert len(cfg.datasets) == 11 and cfg.methods == DEFAULT_METHODS
     assert cfg.method_params("tip-adapter-f", "eurosat")["epochs"] == 100
+    assert cfg.method_params("clip-adapter", "imagenet") == {"epochs": 50}
     assert cfg.method_params("tip-adapter", "fgvc_aircraft")["search_scale"] == [30, 30]
     assert cfg.n_cells == 11 * 5 * 5 * 3
     smoke = load_config("smoke", ["seeds=1"])
