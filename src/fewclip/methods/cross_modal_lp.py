@@ -202,7 +202,7 @@ class CrossModalLP(Method):
         image_stream = _Stream(images.shape[0], g)
         text_stream = _Stream(texts.shape[0], g)
         w = torch.nn.Parameter(init)
-        optim = torch.optim.AdamW([w], lr=self._lr_at(0, lr), weight_decay=weight_decay)
+        optim = torch.optim.AdamW([w], lr=self._lr_at(0, lr), weight_decay=weight_decay, fused=True)
         best_acc, best_w, best_it = -1.0, w.detach().clone(), 0
         for it in tqdm(range(self.iters), desc="cross-modal-lp", disable=not self.progress):
             for group in optim.param_groups:

@@ -123,7 +123,9 @@ class TaskRes(Method):
         n_views, n = bank.shape[0], bank.shape[1]
         targets = task.support.labels.to(self._device)
         x_res = torch.nn.Parameter(residual.clone())
-        optim = torch.optim.Adam([x_res], lr=self._lr_at(0), weight_decay=self.weight_decay)
+        optim = torch.optim.Adam(
+            [x_res], lr=self._lr_at(0), weight_decay=self.weight_decay, fused=True
+        )
         g = torch.Generator().manual_seed(self.seed)
         base = self.text_weights_.to(tdt)
         for epoch in tqdm(range(self.epochs), desc="taskres", disable=not self.progress):
@@ -134,8 +136,10 @@ class TaskRes(Method):
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
                 x = l2_normalize(bank[view_of[idx], idx].to(device=self._device, dtype=tdt))
-                w = l2_normalize(base + self.alpha_ * x_res)
-                loss = torch.nn.functional.cross_entropy(self.scale * (x @ w.T), targets[idx])
+                # x·normalise(t')ᵀ as (x·t'ᵀ)/‖t'‖: the (C, D) normalised matrix is never formed
+                w = torch.add(base, x_res, alpha=self.alpha_)
+                logits = self.scale * (x @ w.T) / w.norm(dim=1)
+                loss = torch.nn.functional.cross_entropy(logits, targets[idx])
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 optim.step()
