@@ -423,10 +423,11 @@ def test_clap_reaches_a_stationary_point():
     w = clap.prototypes_.clone().requires_grad_(True)
     lam = clap_penalty_weights(x[None], y, text, scale=10.0)
     logits = 10.0 * F.l2_normalize(x) @ F.l2_normalize(w).T
-    loss = torch.nn.functional.cross_entropy(logits, y) + (lam * (w - text).pow(2).sum(1)).mean()
+    anchor = 10.0 * text  # init_norm
+    loss = torch.nn.functional.cross_entropy(logits, y) + (lam * (w - anchor).pow(2).sum(1)).mean()
     loss.backward()
     assert float(w.grad.norm()) < 1e-9
-    assert not torch.allclose(clap.prototypes_, text)
+    assert not torch.allclose(clap.prototypes_, anchor)
 
 
 @pytest.mark.parametrize("name", ["zs-lp", "clap"])
@@ -434,9 +435,10 @@ def test_zs_lp_steps_match_autograd_and_torch_sgd(task64, name):
     """The hand-written gradient against autograd + torch.optim.SGD, same sampling protocol."""
     kw = {"epochs": 3, "batch_size": 8, "weight_decay": 0.01, "seed": 4, "dtype": "float64"}
     m = methods.create(name, **kw).fit(task64)
-    text = F.l2_normalize(task64.text_weights)
+    unit = F.l2_normalize(task64.text_weights)
+    text = 10.0 * unit  # init_norm: start and anchor
     views, y = task64.support.views, task64.support.labels
-    lam = clap_penalty_weights(views, y, text) if name == "clap" else None
+    lam = clap_penalty_weights(views, y, unit) if name == "clap" else None
     w = torch.nn.Parameter(text.clone())
     opt = torch.optim.SGD([w], lr=1e-5, momentum=0.9, weight_decay=0.01)
     g = torch.Generator().manual_seed(4)
@@ -460,11 +462,19 @@ def test_zs_lp_is_clap_without_penalty(task64):
     zslp = methods.create("zs-lp", epochs=4, batch_size=8, dtype="float64")
     zslp.fit(task64)
     clap = methods.create("clap", epochs=4, batch_size=8, dtype="float64")
-    text = F.l2_normalize(task64.text_weights)
+    text = 10.0 * F.l2_normalize(task64.text_weights)
     no_penalty = clap._train(task64, text, torch.zeros(task64.n_classes, dtype=torch.float64))
     torch.testing.assert_close(no_penalty, zslp.prototypes_)
     with_penalty = methods.create("clap", epochs=4, batch_size=8, dtype="float64").fit(task64)
     assert not torch.allclose(with_penalty.prototypes_, zslp.prototypes_)
+
+
+def test_zs_lp_init_norm_is_a_step_size(task64):
+    """Logits see ŵ only: starting at s·t with lr η is starting at t with lr η/s²."""
+    kw = {"epochs": 4, "batch_size": 8, "dtype": "float64"}
+    big = methods.create("zs-lp", init_norm=10.0, lr=0.1, warmup_lr=1e-5, **kw).fit(task64)
+    unit = methods.create("zs-lp", init_norm=1.0, lr=1e-3, warmup_lr=1e-7, **kw).fit(task64)
+    torch.testing.assert_close(big.prototypes_ / 10.0, unit.prototypes_, rtol=1e-9, atol=1e-12)
 
 
 def test_zs_lp_and_clap_never_use_validation(task64, queries64):
@@ -486,6 +496,7 @@ def test_zs_lp_bad_input(task64):
         ({"epochs": -2}, "epochs: expected a non-negative integer"),
         ({"batch_size": 0}, "batch_size: expected a positive integer"),
         ({"lr": -0.1}, "lr: expected a non-negative learning rate"),
+        ({"init_norm": 0.0}, "init_norm: expected a positive norm"),
     ]:
         for name in ("zs-lp", "clap"):
             with pytest.raises(ValueError, match=msg):

@@ -56,7 +56,8 @@ class ZSLP(Method):
     """Zero-shot-initialised cosine linear probe (ZS-LP, as in Silva-Rodríguez et al., CVPR 2024).
 
     ``logits = scale·x̂·ŵᵀ`` with L2-normalised features x̂ and prototypes ŵ_k = w_k/‖w_k‖,
-    ``w_k`` initialised at the text weight t_k and trained with cross-entropy. The released
+    ``w_k`` initialised at ``init_norm·t_k`` (t_k the unit-norm text weight) and trained with
+    cross-entropy. The released
     configuration, fixed for every task: SGD (lr 0.1, momentum 0.9, no weight decay), batch
     256, 300 epochs, cosine schedule stepped per epoch after one warm-up epoch at 1e-5, the
     last epoch kept. Each epoch draws one stored augmented view per support image (the
@@ -66,6 +67,12 @@ class ZSLP(Method):
         epochs, lr, momentum, weight_decay, batch_size, warmup_epochs, warmup_lr: training
             settings (reference defaults).
         scale: logit scale (CLIP's exp(logit_scale) = 100).
+        init_norm: norm of the initial prototypes (and of CLAP's anchors), ``init_norm·t_k``.
+            The reference starts from CLIP's raw (un-normalised) text embeddings; since the
+            logits only see ŵ, this norm sets the effective step (the angular step scales as
+            lr/‖w‖²) and CLAP's penalty (∝ ‖w‖²). The Task keeps unit-norm text weights only,
+            so the norm is a parameter; 10 is our estimate of the order of raw CLIP text norms
+            (not measured on real weights). With 1, lr 0.1 is far too large.
         seed: seed of shuffling and view draws.
         dtype, device: compute precision (float16 trains in float32, then casts) and device.
         progress: show a progress bar over epochs.
@@ -84,6 +91,7 @@ class ZSLP(Method):
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
         scale: float = 100.0,
+        init_norm: float = 10.0,
         seed: int = 1,
         dtype: str = "float32",
         device: str = "cpu",
@@ -97,6 +105,7 @@ class ZSLP(Method):
         self.warmup_epochs = warmup_epochs
         self.warmup_lr = warmup_lr
         self.scale = scale
+        self.init_norm = init_norm
         self.seed = seed
         self.dtype = dtype
         self.device = device
@@ -116,6 +125,8 @@ class ZSLP(Method):
             raise ValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, found {self.batch_size}")
+        if not self.init_norm > 0:
+            raise ValueError(f"init_norm: expected a positive norm, found {self.init_norm}")
         if self.lr < 0:
             raise ValueError(f"lr: expected a non-negative learning rate, found {self.lr}")
 
@@ -127,11 +138,14 @@ class ZSLP(Method):
         wd = self._work_dtype()
         text = l2_normalize(task.text_weights.to(self._device, wd))
         penalty = self._penalty_weights(task, text)
-        prototypes = self._train(task, text, penalty) if self.epochs > 0 else text.clone()
+        init = text * self.init_norm
+        prototypes = self._train(task, init, penalty) if self.epochs > 0 else init
         self.prototypes_ = prototypes.to(self._dtype)
 
     def _train(self, task: Task, text: Tensor, penalty: Tensor | None) -> Tensor:
         """SGD on ``CE(scale·x̂·ŵᵀ, y) + mean_k λ_k‖w_k − t_k‖²`` (no penalty when λ is None).
+
+        ``text`` (C, D) is both the starting point and the anchor t (``init_norm`` included).
 
         The gradient is written out (no autograd graph), which is several times faster for
         these small steps: with G = (softmax(logits) − onehot(y))/B,
@@ -203,10 +217,11 @@ class CLAP(ZSLP):
     """CLAP: ZS-LP with a class-adaptive penalty towards the text weights (CVPR 2024).
 
     Minimises ``CE(scale·x̂·ŵᵀ, y) + (1/C)·Σ_k λ_k·‖w_k − t_k‖²`` with the ZS-LP training
-    configuration, where ``λ_k = mean_{i: yᵢ=k} softmax(scale·x̂ᵢ·Tᵀ)_k`` is the zero-shot
-    confidence in class k on its own support views (``clap_penalty_weights``): classes that the
-    text already recognises stay close to it. λ is fixed during training (the paper's main
-    variant; the augmented-Lagrangian update is not implemented). No validation set is used.
+    configuration; the anchors (and starting points) are ``t_k = init_norm·`` unit text
+    weight, and ``λ_k = mean_{i: yᵢ=k} softmax(scale·x̂ᵢ·Tᵀ)_k`` is the zero-shot confidence
+    in class k on its own support views (``clap_penalty_weights``): classes that the text
+    already recognises stay close to it. λ is fixed during training (the paper's main variant;
+    the augmented-Lagrangian update is not implemented). No validation set is used.
 
     Args: as ``ZSLP``.
     """
