@@ -213,10 +213,14 @@ class CLIPAdapter(Method):
         float16 trains in float32 (CPU half matmuls are slow and lose the small updates) and
         stores the result in float16.
         """
-        fc = self.modules_["visual"].fc
+        adapter = self.modules_["visual"]
+        assert isinstance(adapter, Adapter)
+        first, second = adapter.fc[0], adapter.fc[2]
+        assert isinstance(first, nn.Linear)
+        assert isinstance(second, nn.Linear)
         work = torch.float32 if self._dtype == torch.float16 else self._dtype
         dev = self._device
-        weights = [fc[0].weight.detach().to(work).clone(), fc[2].weight.detach().to(work).clone()]
+        weights = [first.weight.detach().to(work).clone(), second.weight.detach().to(work).clone()]
         buffers = [torch.zeros_like(w) for w in weights]
         w1, w2 = weights
         text = self.text_weights_.to(work)
@@ -254,8 +258,8 @@ class CLIPAdapter(Method):
                     buf.mul_(mom).add_(grad)
                     w.add_(buf, alpha=-lr)
         with torch.no_grad():
-            fc[0].weight.copy_(w1)
-            fc[2].weight.copy_(w2)
+            first.weight.copy_(w1)
+            second.weight.copy_(w2)
 
     def _train_autograd(self, task: Task) -> None:
         bank = task.support.view_bank()
