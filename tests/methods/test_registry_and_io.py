@@ -45,6 +45,16 @@ def test_fit_predict_shapes(name, task, queries):
 
 
 @pytest.mark.parametrize("name", methods.available())
+def test_logits_in_row_blocks_equal_one_block(name, task, queries, monkeypatch):
+    m = fast(name).fit(task)
+    whole = m.logits(queries)
+    monkeypatch.setattr("fewclip.methods.base.PREDICT_ROWS", 2)
+    torch.testing.assert_close(m.logits(queries), whole, rtol=1e-5, atol=1e-5)
+    rows = [m.logits(queries[i : i + 1]) for i in range(len(queries))]
+    torch.testing.assert_close(torch.cat(rows), whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", methods.available())
 def test_save_load_identical_logits(name, task, queries, tmp_path):
     m = fast(name).fit(task)
     m.save(tmp_path / "m")

@@ -288,9 +288,8 @@ class CLIPAdapter(Method):
         self.modules_.eval()
 
     # -- inference --------------------------------------------------------------------------
-    def logits(self, x: Tensor) -> Tensor:
+    def _query_logits(self, x: Tensor) -> Tensor:
         """Class scores for raw query features: the adapter acts on the un-normalised embedding."""
-        x = self._check_query(x)
         with torch.no_grad():
             return self._forward(x)
 
