@@ -24,9 +24,9 @@ import warnings
 import torch
 
 from benchmarks._util import peak_rss_gib, table
+from fewclip import methods as registry
 from fewclip.bench.config import load_config
 from fewclip.bench.synthetic import ZERO_SHOT_TARGETS
-from fewclip import methods as registry
 from fewclip.testing import SyntheticWorld
 
 #: Methods with no optimiser loop (closed forms and grid searches); the rest train.
