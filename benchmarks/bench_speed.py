@@ -6,7 +6,9 @@
 Grid (defaults): the 11 few-shot benchmarks with their real class counts and train/val/test
 sizes (``fewclip.testing.PRESETS``: ImageNet 1000 classes, 1.28M train, 50k test), D = 1024,
 10 augmented views per training image; methods zero-shot, linear-probe, clip-adapter,
-tip-adapter, tip-adapter-f with their default hyper-parameters; 1/2/4/8/16 shots; seeds 1-3;
+tip-adapter, tip-adapter-f with the hyper-parameters of the ``tip-adapter`` bench preset (the
+reference configs: defaults, Tip's per-dataset search ranges and init α, Tip-F's 100 EuroSAT
+epochs, CLIP-Adapter's 50 ImageNet epochs, TaskRes's ImageNet lr); 1/2/4/8/16 shots; seeds 1-3;
 protocol fewshot-val. Features are synthetic (a calibrated CLIP-like world per dataset) and
 generated lazily, only for the rows a plan asks for, so the grid measures the methods, the
 search and the protocol, not the image encoder.
@@ -40,6 +42,7 @@ from fewclip.bench import (
     summarize,
     write_reports,
 )
+from fewclip.bench.config import load_config
 from fewclip.bench.results import Summary
 from fewclip.bench.synthetic import synthetic_prepare
 from fewclip.testing.synthetic import PRESETS
@@ -47,6 +50,9 @@ from fewclip.testing.synthetic import PRESETS
 #: Synthetic world shape: few-shot methods gain over zero-shot roughly as on real CLIP
 #: features (the accuracies still say nothing about real data; only the timings matter here).
 WORLD = {"sep": 0.2, "spread": 0.035}
+
+#: Benchmark names of the ``tip-adapter`` preset → ``PRESETS`` names.
+PRESET_NAME = {"fgvc_aircraft": "fgvc"}
 
 
 def _csv(text: str) -> list[str]:
@@ -163,8 +169,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     method_list = registry.available() if args.methods.strip() == "all" else _csv(args.methods)
+    preset = load_config("tip-adapter")
     config = BenchConfig(
         methods=tuple(method_list),
+        params={m: p for m, p in preset.params.items() if m in method_list},
+        dataset_params={
+            PRESET_NAME.get(d, d): {m: p for m, p in per.items() if m in method_list}
+            for d, per in preset.dataset_params.items()
+        },
         datasets=tuple(_csv(args.datasets)),
         shots=tuple(_ints("--shots", args.shots)),
         seeds=tuple(_ints("--seeds", args.seeds)),

@@ -289,3 +289,47 @@ def test_bench_dry_run_and_reproduce_tip_config(
     assert code == 1 and "unknown key(s) what" in err
     code, out, _ = run(["reproduce", "--datasets", "imagenet", "--dry-run"], capsys)
     assert "protocol: oracle-test" in out
+
+
+def _fake_dtd(root: Path) -> Path:
+    """A 3-class DTD in CoOp's layout (images/<class>/*.jpg + split_zhou JSON), drawn shapes."""
+    drawn = {"banded": "red_circle", "blotchy": "blue_square", "braided": "green_triangle"}
+    rng = np.random.default_rng(0)
+    split: dict[str, list[list[object]]] = {}
+    for part, n in (("train", 6), ("val", 2), ("test", 3)):
+        split[part] = []
+        for i in range(n):
+            for label, (cls, shape) in enumerate(drawn.items()):
+                rel = f"{cls}/{part}_{i:02d}.jpg"
+                path = root / "dtd" / "images" / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                draw_shape_image(shape, rng, size=40).save(path)
+                split[part].append([rel, label, cls])
+    (root / "dtd" / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
+    return root
+
+
+def test_reproduce_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _fake_dtd(tmp_path / "data")
+    out = tmp_path / "repro"
+    args = ["reproduce", "--datasets", "dtd", "--root", str(root), "-o", str(out), "-q"]
+    args += ["--store", str(tmp_path / "store"), "backbones=fewclip-tiny-vit", "views=2"]
+    args += ["shots=1,2", "seeds=1", "methods=zero-shot,tip-adapter,tip-adapter-f"]
+    args += ["dataset_params.dtd.tip-adapter-f.epochs=2"]
+    code, stdout, err = run(args, capsys)
+    assert code == 0, err
+    table = (out / "paper_vs_ours.md").read_text()
+    assert table == stdout.split("paper numbers:")[0]
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert len(rows) == 6  # zero-shot, Tip and Tip-F, each at 1 and 2 shots
+    by_key = {(r[1], r[2]): r for r in rows}
+    # zero-shot reads no support image: the same accuracy at every shot count, paper 42.20 (RN50)
+    assert by_key[("zero-shot", "1")][4:] == by_key[("zero-shot", "2")][4:]
+    assert by_key[("zero-shot", "1")][4] == "42.20"
+    # DTD, RN50: Tip-Adapter 46.22 at 1 shot, Tip-Adapter-F 53.72 at 2 shots (paper Table 2)
+    assert by_key[("tip-adapter", "1")][4] == "46.22"
+    assert by_key[("tip-adapter-f", "2")][4] == "53.72"
+    assert all(r[3] == "full-val" for r in rows)  # DTD's protocol in the paper; not LEAKY
+    jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["dataset"] for r in jsonl} == {"dtd"} and len(jsonl) == 6
+    assert all(0.0 <= r["accuracy"] <= 100.0 for r in jsonl)

@@ -367,9 +367,10 @@ def reproduce(
                         continue
                     p = paper_number(ds_name, m, k)
                     mark = " LEAKY" if s.leaky else ""
+                    ours = f"{s.mean:.2f}" + ("" if s.std is None else f" ± {s.std:.2f}")
                     lines.append(
                         f"| {ds_name} | {m} | {k} | {g.protocol}{mark} | "
-                        f"{'–' if p is None else f'{p:.2f}'} | {s.mean:.2f} ± {s.std:.2f} |"
+                        f"{'–' if p is None else f'{p:.2f}'} | {ours} |"
                     )
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "paper_vs_ours.md", text)

@@ -398,7 +398,8 @@ class ProKeR(Method):
         self.cg_iterations_: int | None = None
         centers, coef = self._solve(keys, residual, self.beta_, self.lam_)
         self.centers_ = centers.to(self._dtype)
-        self.dual_coef_ = coef.to(self._dtype)
+        # contiguous, as save() stores it, so a loaded method takes the same matmul path
+        self.dual_coef_ = coef.to(self._dtype).contiguous()
         self.text_weights_ = text.to(self._dtype)
 
     def _solve(
