@@ -1,8 +1,8 @@
 """The `fewclip` command end to end on tiny generated data.
 
-Most commands run in-process through ``fewclip.cli.main`` (same code path as the console
-script, minus interpreter start-up); the demo, an error case and the interrupted bench run in
-real subprocesses.
+Most tests run commands in-process through ``fewclip.cli.main`` (same code path as the console
+script, minus interpreter start-up); the demo, an error case, the interrupted bench and one
+pass over every other command run in real ``python -m fewclip.cli`` subprocesses.
 """
 
 from __future__ import annotations
@@ -333,3 +333,63 @@ def test_reproduce_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert {r["dataset"] for r in jsonl} == {"dtd"} and len(jsonl) == 6
     assert all(0.0 <= r["accuracy"] <= 100.0 for r in jsonl)
+
+
+def test_every_command_as_a_console_process(shapes: Path, tmp_path: Path) -> None:
+    """extract → cache ls/info → fit → predict (new images) → evaluate → datasets check →
+    reproduce → cache rm, each a separate ``python -m fewclip.cli`` process (demo and bench
+    have their own subprocess tests above)."""
+    env = subprocess_env(tmp_path / "store")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "fewclip.cli", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    res = cli("extract", "-d", str(shapes), *TINY, "--views", "2", "--json", "-q")
+    assert res.returncode == 0, res.stderr
+    assert {s["split"]: s["encoded"] for s in json.loads(res.stdout)["splits"]} == {
+        "test": 16,
+        "train": 48,
+    }
+    res = cli("cache", "ls", "--json")
+    keys = [e["key"] for e in json.loads(res.stdout)]
+    assert res.returncode == 0 and len(keys) == 4
+    res = cli("cache", "info", keys[0][:12])
+    assert res.returncode == 0 and json.loads(res.stdout)["key"] == keys[0]
+
+    adapter = tmp_path / "adapter"
+    res = cli("fit", "-m", "tip-adapter", "-d", str(shapes), "-k", "2", *TINY, "--views", "2")
+    assert res.returncode == 2 and "--out" in res.stderr  # a usage error: no output folder
+    res = cli("fit", "-m", "tip-adapter", "-d", str(shapes), "-k", "2", *TINY, "--views", "2",
+              "-o", str(adapter), "-q")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (adapter / "adapter.json").is_file()
+    new = tmp_path / "new"
+    new.mkdir()
+    rng = np.random.default_rng(7)
+    for i, cls in enumerate(["green_triangle", "red_circle"]):
+        draw_shape_image(cls, rng, 48).save(new / f"{i}.png")
+    res = cli("predict", str(adapter), str(new), "-k", "3", "-f", "json")
+    assert res.returncode == 0, res.stderr
+    preds = json.loads(res.stdout)
+    assert [Path(p["image"]).name for p in preds] == ["0.png", "1.png"]
+    assert all(len(p["top"]) == 3 for p in preds)
+    res = cli("evaluate", str(adapter), "--json")
+    assert res.returncode == 0, res.stderr
+    ev = json.loads(res.stdout)
+    assert ev["n"] == 16 and 0.0 <= ev["top1"] <= ev["top5"] <= 1.0
+
+    data = _fake_dtd(tmp_path / "data")
+    res = cli("datasets", "check", "dtd", "--root", str(data), "--json")
+    report = json.loads(res.stdout)[0]
+    # a 3-class toy DTD is not the published 47-class one: reported, exit code 1
+    assert res.returncode == 1 and not report["ok"] and report["problems"]
+    res = cli("reproduce", "--datasets", "dtd", "--root", str(data), "-o", str(tmp_path / "r"),
+              "-q", "backbones=fewclip-tiny-vit", "views=2", "shots=1", "seeds=1",
+              "methods=zero-shot,tip-adapter")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "| dtd | tip-adapter | 1 | full-val | 46.22 |" in res.stdout
+
+    res = cli("cache", "rm", "--all", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(cli("cache", "ls", "--json").stdout) == []
