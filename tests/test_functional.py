@@ -161,3 +161,21 @@ def test_search_tip_keeps_dtype_and_accepts_float32():
         F.search_tip(x[:0], y[:0], keys, labels, w)
     with pytest.raises(ValueError, match="search_scale"):
         F.search_tip(x, y, keys, labels, w, search_scale=(7,))
+
+
+def test_affinity_in_place_is_bit_identical_and_keeps_autograd():
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(7, 12, generator=g), dim=1)
+    keys = torch.nn.functional.normalize(torch.randn(9, 12, generator=g), dim=1)
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        xd, kd = x.to(dtype), keys.to(dtype)
+        expected = torch.exp((xd @ kd.T - 1.0) * 5.5)
+        sim = xd @ kd.T
+        out = F.affinity_from_similarity_(sim, 5.5)
+        assert out.data_ptr() == sim.data_ptr()  # written over its input
+        assert torch.equal(out, expected)
+        assert torch.equal(F.tip_affinity(xd, kd, beta=5.5), expected)
+    trainable = keys.clone().requires_grad_(True)
+    F.tip_affinity(x, trainable, beta=2.0).sum().backward()
+    manual = (2.0 * torch.exp((x @ keys.T - 1.0) * 2.0)).T @ x  # d/dk Σ exp(β(x·k − 1))
+    torch.testing.assert_close(trainable.grad, manual)

@@ -47,6 +47,7 @@ from fewclip.functional import (
     first_best,
     l2_normalize,
     reference_grid,
+    tip_affinity,
 )
 from fewclip.methods.base import Method, register
 from fewclip.methods.taskres import _train_dtype
@@ -257,8 +258,8 @@ class APE(Method):
     def _logits(self, x: Tensor) -> Tensor:
         zs = self.scale * (x @ self.text_weights_.T)
         xs = l2_normalize(x[:, self.channels_])
-        affinity = torch.exp((xs @ self.keys_.T - 1.0) * self.beta_)
-        weighted = affinity * torch.exp(self.gamma_ * self.key_kl_)
+        affinity = tip_affinity(xs, self.keys_, beta=self.beta_)
+        weighted = affinity.mul_(torch.exp(self.gamma_ * self.key_kl_))
         return zs + self.alpha_ * class_sum(weighted, self.key_labels_, len(self.classnames_))
 
 
@@ -453,6 +454,7 @@ class APET(APE):
 
     def _logits(self, x: Tensor) -> Tensor:
         zs = self.scale * (x @ self.text_weights_.T)
-        affinity = torch.exp((x @ self.keys_.T - 1.0) * self.beta_)
-        weighted = affinity * self.value_weights_
+        affinity = tip_affinity(x, self.keys_, beta=self.beta_)
+        w = self.value_weights_
+        weighted = affinity * w if affinity.requires_grad or w.requires_grad else affinity.mul_(w)
         return zs + self.alpha_ * class_sum(weighted, self.key_labels_, len(self.classnames_))

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fewclip.functional import cache_keys, l2_normalize
+from fewclip.functional import affinity_from_similarity_, cache_keys, l2_normalize
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
 
@@ -63,7 +63,7 @@ def _rows_per_chunk(n_cols: int, itemsize: int, budget: int = _CHUNK_BYTES) -> i
 
 def _kernel(a: Tensor, b: Tensor, beta: float) -> Tensor:
     """``exp(−β(1 − a·bᵀ))`` for L2-normalised rows."""
-    return torch.exp((a @ b.T - 1.0) * beta)
+    return affinity_from_similarity_(a @ b.T, beta)
 
 
 def kernel_matmul(

@@ -32,6 +32,7 @@ from fewclip.functional import (
     first_best,
     l2_normalize,
     reference_grid,
+    tip_affinity,
 )
 from fewclip.methods.base import Method, register
 from fewclip.methods.taskres import _train_dtype
@@ -223,6 +224,6 @@ class TipX(Method):
 
     def _logits(self, x: Tensor) -> Tensor:
         zs = self.scale * (x @ self.text_weights_.T)
-        affinity = torch.exp((x @ self.keys_.T - 1.0) * self.beta_)
+        affinity = tip_affinity(x, self.keys_, beta=self.beta_)
         cache = class_sum(affinity, self.key_labels_, len(self.classnames_))
         return zs + self.alpha_ * cache + self.gamma_ * self._kl_logits(x)
