@@ -130,10 +130,11 @@ def _world(seed, n_val, c=5, shots=4, d=12, dtype=torch.float64):
     return x, y, keys, labels, w
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("n_val", [2, 3, 5, 40])
-def test_search_tip_selects_the_reference_point(seed, n_val):
-    x, y, keys, labels, w = _world(seed, n_val)
+def test_search_tip_selects_the_reference_point(seed, n_val, dtype):
+    x, y, keys, labels, w = _world(seed, n_val, dtype=dtype)
     scale_, step = (7.0, 3.0), (12, 6)
     ref = _reference_search(x, y, keys, labels, w, scale_, step)
     # tiny chunk budget: many outer chunks and one-row blocks
@@ -179,3 +180,12 @@ def test_affinity_in_place_is_bit_identical_and_keeps_autograd():
     F.tip_affinity(x, trainable, beta=2.0).sum().backward()
     manual = (2.0 * torch.exp((x @ keys.T - 1.0) * 2.0)).T @ x  # d/dk Σ exp(β(x·k − 1))
     torch.testing.assert_close(trainable.grad, manual)
+
+
+def test_search_tip_half_precision_counts_in_its_own_dtype():
+    x, y, keys, labels, w = (t.half() if t.is_floating_point() else t for t in _world(1, 30))
+    betas, alphas = F.reference_grid(7.0, 12), F.reference_grid(3.0, 6)
+    counts = F.tip_grid_counts(x, y, keys, labels, w, betas, alphas)
+    bi, ai = F.first_best(counts)
+    got = F.search_tip(x, y, keys, labels, w, search_step=(12, 6))
+    assert got == (betas[bi], alphas[ai], 100.0 * int(counts[bi, ai]) / 30)

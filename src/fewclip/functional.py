@@ -268,9 +268,12 @@ def search_tip(
 
     Grid: ``β_i = 0.1 + i·(S_β − 0.1)/n_β`` and ``α_j`` likewise (``reference_grid``); β is the
     outer loop, α the inner one, and strict ``>`` keeps the first best point. Returns
-    ``(beta, alpha, accuracy)`` with accuracy in percent on ``(x_val, y_val)``. The counts come
-    from ``tip_grid_counts`` (affinity once, exp once per β, all α at once). Where no grid point
-    classifies any row correctly the reference returns (0, 0); this returns the first point.
+    ``(beta, alpha, accuracy)`` with accuracy in percent on ``(x_val, y_val)``. For float32 and
+    float64 the counts come from ``cache_grid_counts`` (pruned; about 3× faster than
+    ``tip_grid_counts`` at ImageNet shape, and at ImageNet-sized near-tie grid points closer to
+    the reference loop's own float32 rounding); float16/bfloat16 use ``tip_grid_counts`` in their
+    own precision. Where no grid point classifies any row correctly the reference returns
+    (0, 0); this returns the first point.
     """
     if len(search_scale) != 2 or len(search_step) != 2:
         raise ValueError(
@@ -281,17 +284,23 @@ def search_tip(
         raise ValueError("x_val: expected at least one validation row, found 0")
     betas = reference_grid(float(search_scale[0]), int(search_step[0]))
     alphas = reference_grid(float(search_scale[1]), int(search_step[1]))
-    counts = tip_grid_counts(
-        x_val,
-        y_val,
-        keys,
-        labels,
-        text_weights,
-        betas,
-        alphas,
-        scale=scale,
-        chunk_bytes=chunk_bytes,
-    )
+    if x_val.dtype in (torch.float32, torch.float64):
+        base = scale * (x_val @ text_weights.T)
+        counts = cache_grid_counts(
+            x_val, y_val, keys, labels, base, betas, alphas, chunk_bytes=chunk_bytes
+        )[:, 0, 0]
+    else:  # half precision keeps its own arithmetic (cache_grid_counts would search in float32)
+        counts = tip_grid_counts(
+            x_val,
+            y_val,
+            keys,
+            labels,
+            text_weights,
+            betas,
+            alphas,
+            scale=scale,
+            chunk_bytes=chunk_bytes,
+        )
     bi, ai = first_best(counts)
     return betas[bi], alphas[ai], 100.0 * int(counts[bi, ai]) / x_val.shape[0]
 
