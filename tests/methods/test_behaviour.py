@@ -9,6 +9,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fewclip import functional as F
 from fewclip import methods
+from fewclip.task import FeatureSet, Task
 from fewclip.testing import SyntheticWorld
 
 
@@ -198,3 +199,38 @@ def test_synthetic_world_cache_methods_beat_zero_shot_and_grow_with_shots():
     for name, curve in acc.items():
         assert curve[-1] > zs + 0.05, (name, curve, zs)
         assert all(b >= a - 0.005 for a, b in itertools.pairwise(curve)), (name, curve)
+
+
+def test_tip_adapter_f_steps_equal_a_plain_adamw_loop():
+    """Full-batch Tip-F (one view, batch ≥ N) against an independent loop: the Tip logits of
+    paper Eq. 6 on trainable keys, cross-entropy, torch's (unfused) AdamW and a per-iteration
+    cosine schedule. The method uses the fused AdamW kernel; the keys must agree."""
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(5, 16, generator=g, dtype=torch.float64)
+    labels = torch.arange(5).repeat_interleave(4)
+    feats = 3 * (means[labels] + 0.7 * torch.randn(20, 16, generator=g, dtype=torch.float64))
+    text = means + torch.randn(5, 16, generator=g, dtype=torch.float64)
+    task = Task([f"c{i}" for i in range(5)], text, FeatureSet(feats, labels, feats[None]))
+    epochs, lr, beta, alpha = 3, 1e-2, 2.0, 1.5
+    m = methods.create(
+        "tip-adapter-f", epochs=epochs, lr=lr, beta=beta, alpha=alpha, batch_size=64,
+        dtype="float64",
+    ).fit(task)  # fmt: skip
+    feats = task.support.views[0]
+    x = feats / feats.norm(dim=1, keepdim=True)
+    w = task.text_weights / task.text_weights.norm(dim=1, keepdim=True)
+    y = task.support.labels
+    keys = torch.nn.Parameter(x.clone())  # one view: the cache keys are the normalised features
+    onehot = torch.nn.functional.one_hot(y, task.n_classes).double()
+    opt = torch.optim.AdamW([keys], lr=lr, eps=1e-4, weight_decay=0.01, foreach=False)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    for _ in range(epochs):
+        logits = 100 * x @ w.T + alpha * torch.exp(-beta * (1 - x @ keys.T)) @ onehot
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    assert not torch.allclose(keys.detach(), x)  # the keys moved
+    torch.testing.assert_close(m.keys_, keys.detach(), rtol=1e-9, atol=1e-9)
+    assert m.best_epoch_ == epochs
