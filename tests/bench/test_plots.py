@@ -55,3 +55,26 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'fewclip\[plot\]'"):
         plots.plot_summary(summarize(_rows()), tmp_path / "x")
+
+
+@pytest.mark.parametrize("n_methods", [4, 15])
+def test_every_method_gets_its_own_colour(n_methods):
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_hex
+
+    from fewclip import methods as registry
+    from fewclip.bench.plots import plot_group
+
+    names = [m for m in registry.available() if m != "zero-shot"][: n_methods - 1]
+    rows = [row("zero-shot", "dtd", k, 1, 40.0) for k in (1, 2)]
+    rows += [row(m, "dtd", k, 1, 41.0 + i + k) for i, m in enumerate(names) for k in (1, 2)]
+    fig = plot_group(summarize(rows).groups[0])
+    legend = fig.legends[0]
+    colour = {
+        t.get_text(): to_hex(h.get_color())
+        for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    }
+    assert set(names) <= set(colour)
+    assert len({colour[m] for m in names}) == len(names)
+    drawn = {to_hex(ln.get_color()) for ln in fig.axes[0].get_lines()}
+    assert {colour[m] for m in names} <= drawn

@@ -51,6 +51,8 @@ def _zero_shot(per: dict[int, Stat]) -> tuple[float, float | None, bool]:
 def plot_group(group: Group, *, methods: list[str] | None = None, ncols: int | None = None) -> Any:
     """A ``matplotlib.figure.Figure`` for one group (one panel per dataset + average)."""
     _require_matplotlib()
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -67,12 +69,20 @@ def plot_group(group: Group, *, methods: list[str] | None = None, ncols: int | N
     for _, t in panels:
         order += [m for m in t.methods if m not in order]
     colour: dict[str, str] = {}
+    n_cycled = sum(1 for m in order if m.split(" #")[0] != _ZERO_SHOT)
+    # up to 10 methods: matplotlib's default cycle; more: the 20 colours of tab20, so that no
+    # two methods of the 15 registered ones share a colour
+    palette = (
+        [f"C{i}" for i in range(10)]
+        if n_cycled <= 10
+        else [to_hex(c) for c in colormaps["tab20"].colors]  # type: ignore[attr-defined]
+    )
     cycle = 0
     for m in order:  # the zero-shot baseline is dark grey and dashed; the others cycle
         if m.split(" #")[0] == _ZERO_SHOT:
             colour[m] = "0.15"
         else:
-            colour[m], cycle = f"C{cycle % 10}", cycle + 1
+            colour[m], cycle = palette[cycle % len(palette)], cycle + 1
     markers = "osD^vP*Xh<>p"
     marker = {m: markers[i % len(markers)] for i, m in enumerate(order)}
     leaky_any = False
