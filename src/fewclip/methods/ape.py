@@ -427,7 +427,7 @@ class APET(APE):
                 idx = order[start : start + self.batch_size]
                 x = l2_normalize(bank[view_of[idx], idx].to(dev, tdt))
                 with torch.no_grad():
-                    base = torch.exp((x @ keys.T - 1.0) * self.beta_)
+                    base = tip_affinity(x, keys, beta=self.beta_)
                     xt = x @ text.T
                 xr = x[:, ch] @ res.T
                 logits = self.scale * (xt + xr) + self._cache_logits(base, xr, vw, c)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fewclip.functional import affinity_from_similarity_, cache_keys, l2_normalize
+from fewclip.functional import cache_keys, l2_normalize, tip_affinity
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
 
@@ -61,11 +61,6 @@ def _rows_per_chunk(n_cols: int, itemsize: int, budget: int = _CHUNK_BYTES) -> i
     return max(1, budget // max(1, n_cols * itemsize))
 
 
-def _kernel(a: Tensor, b: Tensor, beta: float) -> Tensor:
-    """``exp(−β(1 − a·bᵀ))`` for L2-normalised rows."""
-    return affinity_from_similarity_(a @ b.T, beta)
-
-
 def kernel_matmul(
     x: Tensor, keys: Tensor, v: Tensor, *, beta: float, chunk_bytes: int = _CHUNK_BYTES
 ) -> Tensor:
@@ -76,7 +71,7 @@ def kernel_matmul(
     out = v.new_empty(x.shape[0], v.shape[1])
     step = _rows_per_chunk(keys.shape[0], x.element_size(), chunk_bytes)
     for i in range(0, x.shape[0], step):
-        out[i : i + step] = _kernel(x[i : i + step], keys, beta) @ v
+        out[i : i + step] = tip_affinity(x[i : i + step], keys, beta=beta) @ v
     return out
 
 
@@ -191,10 +186,10 @@ def proker_cg(
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(m_rows, generator=g)[: min(n_landmarks, m_rows)].sort().values
         land = keys[idx.to(keys.device)]
-        k_mm = _kernel(land, land, beta)
+        k_mm = tip_affinity(land, land, beta=beta)
         chol_mm = _psd_cholesky(k_mm.double())
         phi = torch.linalg.solve_triangular(
-            chol_mm, _kernel(keys, land, beta).double().T, upper=False
+            chol_mm, tip_affinity(keys, land, beta=beta).double().T, upper=False
         ).T  # (M, m) = K_Sm L⁻ᵀ
         inner = phi.T @ phi
         inner.diagonal().add_(lam)
@@ -407,8 +402,8 @@ class ProKeR(Method):
     ) -> tuple[Tensor, Tensor]:
         if self.solver_ == "nystrom":
             land = keys[self._landmarks(keys.shape[0]).to(keys.device)]
-            k_sm = _kernel(keys, land, beta)
-            return land, nystrom_coef(k_sm, _kernel(land, land, beta), residual, lam=lam)
+            k_sm = tip_affinity(keys, land, beta=beta)
+            return land, nystrom_coef(k_sm, tip_affinity(land, land, beta=beta), residual, lam=lam)
         if self.solver_ == "cg":
             coef, self.cg_iterations_ = proker_cg(
                 keys,
@@ -500,6 +495,6 @@ class ProKeR(Method):
         out = zs.clone()
         for i in range(0, x.shape[0], step):
             out[i : i + step] += (
-                _kernel(x[i : i + step], self.centers_, self.beta_) @ self.dual_coef_
+                tip_affinity(x[i : i + step], self.centers_, beta=self.beta_) @ self.dual_coef_
             )
         return out
