@@ -9,7 +9,9 @@ Notation: N queries, K cache entries (keys), C classes, D feature dimension, V a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -534,6 +536,9 @@ def cache_grid_counts(
     # rows whose margins are counted together: large enough to amortise per-call overheads
     together = max(inner, _COUNT_BYTES // max(1, group * n_weights * c * itemsize))
     together = min(n, together - together % inner)
+    workers = _grid_workers(n, inner)
+    if workers > 1:  # row groups of about n / workers rows, so every thread gets work
+        together = min(together, inner * math.ceil(math.ceil(n / workers) / inner))
     for start in range(0, n, outer):
         stop = min(n, start + outer)
         if affinity is None:
@@ -542,49 +547,112 @@ def cache_grid_counts(
         else:
             shifted = affinity[start:stop].to(dtype)[:, src]
         shifted.sub_(1.0).clamp_(min=floor).masked_fill_(pad, float("-inf"))
-        # small cache-resident ops: extra intra-op threads only add synchronisation costs
+
+        def count_rows(c0: int, shifted: Tensor = shifted, start: int = start) -> Tensor:
+            c1 = min(n, start + shifted.shape[0], c0 + together)
+            return _grid_rows_counts(
+                shifted[c0 - start : c1 - start],
+                base[c0:c1],
+                None if extra is None else extra[c0:c1],
+                y_val[c0:c1],
+                betas,
+                step,
+                weights,
+                alpha_t,
+                gamma_t,
+                inner=inner,
+                group=group,
+            )
+
+        groups = range(start, stop, together)
+        for part in _map_one_thread_each(count_rows, groups, workers):
+            counts += part
+    return counts
+
+
+def _grid_workers(n_rows: int, block_rows: int) -> int:
+    """Threads for the counting stage: torch's intra-op threads, at most one per row block."""
+    return max(1, min(torch.get_num_threads(), math.ceil(n_rows / max(1, block_rows))))
+
+
+def _map_one_thread_each(
+    fn: Callable[[int], Tensor], items: Sequence[int], workers: int
+) -> Iterator[Tensor]:
+    """``map(fn, items)`` with every call's torch ops on one intra-op thread.
+
+    The counting stage is many small cache-resident ops, where intra-op threads only add
+    synchronisation; instead, independent row groups run in ``workers`` Python threads (torch
+    releases the GIL inside each op). The caller's thread count is restored.
+    """
+    if workers <= 1 or len(items) <= 1:
         with _one_thread():
-            for c0 in range(start, stop, together):
-                c1 = min(stop, c0 + together)
-                rows = c1 - c0
-                yc = y_val[c0:c1]
-                y_col = yc.view(rows, 1)
-                zc = base[c0:c1]
-                d_base = zc.gather(1, y_col) - zc
-                d_extra = None
-                if extra is not None:
-                    xc = extra[c0:c1]
-                    d_extra = xc.gather(1, y_col) - xc
-                y_idx = yc.view(1, 1, rows, 1).expand(-1, n_weights, rows, 1)
-                # exp(β(A − 1)) state of every cache-sized block of these rows, kept across β groups
-                blocks = []
-                for b0 in range(c0, c1, inner):
-                    sb = shifted[b0 - start : min(c1, b0 + inner) - start]
-                    ratio = torch.exp(sb * step) if step is not None else None
-                    blocks.append((b0 - c0, sb, torch.empty_like(sb), ratio))
-                buf = torch.empty(group, rows, n_weights, c, dtype=dtype, device=dev)
-                tmp = None
+            yield from map(fn, items)
+        return
+
+    def run(item: int) -> Tensor:
+        torch.set_num_threads(1)  # per thread under OpenMP (and MKL); pool threads are private
+        return fn(item)
+
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            yield from pool.map(run, items)
+    finally:  # set_num_threads also records the count new threads start with: restore it
+        torch.set_num_threads(threads)
+
+
+def _grid_rows_counts(
+    shifted: Tensor,
+    base: Tensor,
+    extra: Tensor | None,
+    y: Tensor,
+    betas: Sequence[float],
+    step: float | None,
+    weights: Tensor | None,
+    alpha_t: Tensor,
+    gamma_t: Tensor,
+    *,
+    inner: int,
+    group: int,
+) -> Tensor:
+    """``cache_grid_counts`` for one group of rows, from their ``A − 1`` in shot-major layout."""
+    rows, c = base.shape
+    n_beta = len(betas)
+    n_weights = 1 if weights is None else weights.shape[0]
+    shots = shifted.shape[1] // max(1, c)
+    dtype, dev = shifted.dtype, shifted.device
+    counts = torch.zeros(
+        n_beta, n_weights, gamma_t.shape[0], alpha_t.shape[0], dtype=torch.long, device=dev
+    )
+    y_col = y.view(rows, 1)
+    d_base = base.gather(1, y_col) - base
+    d_extra = None if extra is None else extra.gather(1, y_col) - extra
+    y_idx = y.view(1, 1, rows, 1).expand(-1, n_weights, rows, 1)
+    # exp(β(A − 1)) state of every cache-sized block of these rows, kept across β groups
+    blocks = []
+    for r0 in range(0, rows, inner):
+        sb = shifted[r0 : r0 + inner]
+        ratio = torch.exp(sb * step) if step is not None else None
+        blocks.append((r0, sb, torch.empty_like(sb), ratio))
+    buf = torch.empty(group, rows, n_weights, c, dtype=dtype, device=dev)
+    tmp = None
+    if weights is not None:
+        tmp = torch.empty(inner, n_weights, shots, c, dtype=dtype, device=dev)
+    for g0 in range(0, n_beta, group):
+        g1 = min(n_beta, g0 + group)
+        for r0, sb, e, ratio in blocks:
+            r = sb.shape[0]
+            for j in range(g0, g1):
+                if ratio is not None and j % _REANCHOR != 0:
+                    e.mul_(ratio)
+                else:
+                    torch.mul(sb, betas[j], out=e).exp_()
+                e4 = e.view(r, 1, shots, c)
                 if weights is not None:
-                    tmp = torch.empty(inner, n_weights, shots, c, dtype=dtype, device=dev)
-                for g0 in range(0, n_beta, group):
-                    g1 = min(n_beta, g0 + group)
-                    for r0, sb, e, ratio in blocks:
-                        r = sb.shape[0]
-                        for j in range(g0, g1):
-                            if ratio is not None and j % _REANCHOR != 0:
-                                e.mul_(ratio)
-                            else:
-                                torch.mul(sb, betas[j], out=e).exp_()
-                            e4 = e.view(r, 1, shots, c)
-                            if weights is not None:
-                                assert tmp is not None
-                                e4 = torch.mul(e4, weights, out=tmp[:r])
-                            torch.sum(e4, dim=2, out=buf[j - g0, r0 : r0 + r])
-                    cache = buf[: g1 - g0].transpose(1, 2)  # (group, G, rows, C)
-                    d_cache = (
-                        cache.gather(3, y_idx.expand(g1 - g0, -1, -1, -1)) - cache
-                    ).contiguous()
-                    counts[g0:g1] += _interval_counts(
-                        d_base, d_cache, d_extra, yc, alpha_t, gamma_t
-                    )
+                    assert tmp is not None
+                    e4 = torch.mul(e4, weights, out=tmp[:r])
+                torch.sum(e4, dim=2, out=buf[j - g0, r0 : r0 + r])
+        cache = buf[: g1 - g0].transpose(1, 2)  # (group, G, rows, C)
+        d_cache = (cache.gather(3, y_idx.expand(g1 - g0, -1, -1, -1)) - cache).contiguous()
+        counts[g0:g1] += _interval_counts(d_base, d_cache, d_extra, y, alpha_t, gamma_t)
     return counts

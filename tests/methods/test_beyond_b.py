@@ -7,6 +7,7 @@ zero-shot, zero-residual APE-T = Tip-Adapter) and on separable data.
 
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -122,6 +123,47 @@ def test_cache_grid_counts_equals_brute_force(variant, dtype):
     expected = _brute_counts(x, y, keys, labels, base, betas, alphas, kw, extra, gammas)
     assert got.dtype == torch.long
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("variant", ["plain", "both"])
+def test_cache_grid_counts_row_groups_on_two_threads(monkeypatch, variant):
+    """With two intra-op threads the counting stage splits the rows into groups that run in
+    parallel Python threads; the counts must not change, and the caller's thread count must be
+    restored (also the one new threads start with)."""
+    g = torch.Generator().manual_seed(11)
+    n, c, d = 203, 7, 12
+    labels = torch.arange(c).repeat_interleave(3)
+    keys = F.l2_normalize(torch.randn(len(labels), d, generator=g, dtype=torch.float64))
+    x = F.l2_normalize(torch.randn(n, d, generator=g, dtype=torch.float64))
+    y = torch.randint(c, (n,), generator=g)
+    base = 10 * x @ F.l2_normalize(torch.randn(c, d, generator=g, dtype=torch.float64)).T
+    betas, alphas = F.reference_grid(7, 40), F.reference_grid(3, 8)
+    kw = extra = None
+    gammas = (0.0,)
+    if variant == "both":
+        kw = 2 * torch.rand(2, len(labels), generator=g, dtype=torch.float64)
+        extra = torch.randn(n, c, generator=g, dtype=torch.float64)
+        gammas = [0.3 * i for i in range(4)]
+    # 6 rows per cache block, so 203 rows make 34 blocks and, on two threads, two row groups
+    monkeypatch.setattr(F, "_GRID_BLOCK_BYTES", 6 * len(labels) * 8)
+    kwargs = dict(key_weights=kw, extra=extra, gammas=gammas)
+    assert torch.get_num_threads() == 1
+    one = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas, **kwargs)
+    calls = []
+    real = F._grid_rows_counts
+    monkeypatch.setattr(
+        F, "_grid_rows_counts", lambda s, *a, **k: calls.append(s.shape[0]) or real(s, *a, **k)
+    )
+    torch.set_num_threads(2)
+    two = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas, **kwargs)
+    assert torch.get_num_threads() == 2
+    with ThreadPoolExecutor(1) as pool:  # a fresh thread starts with the caller's count
+        assert pool.submit(torch.get_num_threads).result() == 2
+    assert sorted(calls) == [101, 102]
+    assert torch.equal(two, one)
+    assert torch.equal(
+        one, _brute_counts(x, y, keys, labels, base, betas, alphas, kw, extra, gammas)
+    )
 
 
 def test_cache_grid_counts_equals_tip_grid_counts_and_accepts_affinity():
