@@ -1,7 +1,8 @@
 """The whole few-shot benchmark grid through ``fewclip.bench.run_bench`` on synthetic features.
 
     python -m benchmarks.bench_speed [--methods all] [--datasets imagenet,dtd] [--shots 1,16]
-                                     [--seeds 1,2,3] [--out /tmp/fewclip-bench-speed/results.jsonl]
+                                     [--seeds 1,2,3] [--threads 1] [--jobs 2]
+                                     [--out /tmp/fewclip-bench-speed/results.jsonl]
 
 Grid (defaults): the 11 few-shot benchmarks with their real class counts and train/val/test
 sizes (``fewclip.testing.PRESETS``: ImageNet 1000 classes, 1.28M train, 50k test), D = 1024,
@@ -12,6 +13,9 @@ epochs, CLIP-Adapter's 50 ImageNet epochs, TaskRes's ImageNet lr); 1/2/4/8/16 sh
 protocol fewshot-val. Features are synthetic (a calibrated CLIP-like world per dataset) and
 generated lazily, only for the rows a plan asks for, so the grid measures the methods, the
 search and the protocol, not the image encoder.
+
+``--jobs N`` runs N cells at once, each in a worker process with one torch thread
+(``run_bench(jobs=N)``): on an N-core machine the whole grid in one command.
 
 Resumable: rerunning with the same ``--out`` skips finished cells and reports the timings
 recorded in the file (``--fresh`` starts over). Prints the time per method (total, per cell,
@@ -164,7 +168,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine)",
     )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells run at once in worker processes with one torch thread each (e.g. the "
+        "number of cores); --threads then applies to this process only",
+    )
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs: expected a positive integer, found {args.jobs}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -208,14 +221,20 @@ def main(argv: list[str] | None = None) -> None:
         f"grid: {len(config.methods)} methods x {len(config.datasets)} datasets x "
         f"{len(config.shots)} shots x {len(config.seeds)} seeds = {config.n_cells} cells; "
         f"protocol {config.protocol}; D={args.dim}, {args.views} views; synthetic features; "
-        f"{torch.get_num_threads()} torch threads",
+        + (
+            f"{args.jobs} worker processes with 1 torch thread each"
+            if args.jobs > 1
+            else f"{torch.get_num_threads()} torch threads"
+        ),
         flush=True,
     )
     t0 = time.perf_counter()
     if args.report_only:
         rows = completed_rows(config, args.out)
     else:
-        rows = run_bench(config, prepare, args.out, quiet=args.quiet, on_error="skip")
+        rows = run_bench(
+            config, prepare, args.out, quiet=args.quiet, on_error="skip", jobs=args.jobs
+        )
     elapsed = time.perf_counter() - t0
 
     print()

@@ -26,7 +26,7 @@ ROW_KEYS = {
     "format", "hash", "cell", "method", "dataset", "backbone", "shots", "seed", "protocol",
     "leaky", "mark", "accuracy", "n_test", "n_support", "n_val", "val_split", "prompts",
     "n_views", "params", "fitted", "dataset_fingerprint", "data", "versions", "device",
-    "threads", "plan_s", "fit_s", "eval_s", "wall_s", "peak_rss_mib", "peak_rss_scope",
+    "threads", "jobs", "plan_s", "fit_s", "eval_s", "wall_s", "peak_rss_mib", "peak_rss_scope",
     "cuda_peak_mib", "timestamp",
 }  # fmt: skip
 
@@ -56,6 +56,7 @@ def test_rows_hold_the_cell_result_and_environment(tmp_path, prepare, fit_counte
         assert set(r["versions"]) >= {"fewclip", "torch", "python", "open_clip"}
         assert r["wall_s"] >= r["fit_s"] >= 0 and r["peak_rss_mib"] > 0
         assert r["dataset_fingerprint"].startswith("synthetic:")
+        assert r["jobs"] == 1 and r["threads"] == torch.get_num_threads()
     tip = [r for r in rows if r["method"] == "tip-adapter"]
     # the cell's seed reaches methods with a seed; selected hyper-parameters are recorded
     assert all(r["params"]["seed"] == r["seed"] for r in tip)
@@ -289,3 +290,88 @@ def test_synthetic_prepare_accepts_benchmark_aliases():
     assert len(prep("pets", "RN50").classnames) == 37
     with pytest.raises(KeyError, match="no synthetic shape"):
         prep("mnist", "RN50")
+
+
+# -- parallel cells (jobs > 1) ------------------------------------------------------------------
+def _result(row):
+    """What a cell computed (accuracy, sizes, selected hyper-parameters), not how long it took."""
+    keep = ("hash", "accuracy", "n_test", "n_support", "n_val", "params", "fitted")
+    return {k: row[k] for k in keep}
+
+
+def test_parallel_cells_give_the_serial_results(tmp_path, prepare):
+    cfg = tiny_config(methods=("zero-shot", "tip-adapter", "linear-probe"), seeds=(1, 2, 3))
+    serial = run_bench(cfg, CountingPrepare(), tmp_path / "s.jsonl", quiet=True)
+    out = tmp_path / "p.jsonl"
+    threads = torch.get_num_threads()
+    parallel = run_bench(cfg, prepare, out, quiet=True, jobs=2)
+    assert torch.get_num_threads() == threads  # the workers' one thread stays in the workers
+    # every cell once, returned in config order, same results as one process
+    assert [r["hash"] for r in parallel] == [c.hash for c in cfg.cells()]
+    assert [_result(r) for r in parallel] == [_result(r) for r in serial]
+    assert all(r["jobs"] == 2 and r["threads"] == 1 for r in parallel)
+    assert all(r["jobs"] == 1 for r in serial)
+    # prepare ran here, once per dataset (the workers are forked after it)
+    assert prepare.calls == [("alpha", "toy"), ("beta", "toy")]
+    # the file holds each cell once, written as cells finished (more shots first per dataset)
+    on_disk = read_rows(out)
+    assert sorted(r["hash"] for r in on_disk) == sorted(r["hash"] for r in parallel)
+    alpha = [r["shots"] for r in on_disk if r["dataset"] == "alpha"]
+    assert alpha.index(2) < alpha.index(1)
+    # rerun: nothing left to do, nothing prepared
+    again = CountingPrepare()
+    assert run_bench(cfg, again, out, quiet=True, jobs=2) == parallel and again.calls == []
+
+
+def test_parallel_cells_resume_a_partial_file(tmp_path, prepare):
+    out = tmp_path / "r.jsonl"
+    first = run_bench(tiny_config(shots=(1,)), prepare, out, quiet=True, jobs=2)
+    rows = run_bench(tiny_config(), CountingPrepare(), out, quiet=True, jobs=3)
+    assert len(first) == 8 and len(rows) == 16
+    assert [r for r in rows if r["shots"] == 1] == first
+    assert len(read_rows(out)) == 16
+
+
+def test_parallel_failing_cells_raise_or_are_skipped(tmp_path, prepare):
+    cfg = tiny_config(
+        methods=("zero-shot", "tip-adapter-f"), params={"tip-adapter-f": {"epochs": -1}}
+    )
+    with pytest.raises(ValueError, match="epochs"):
+        run_bench(cfg, prepare, tmp_path / "a.jsonl", quiet=True, jobs=2)
+    with pytest.warns(RuntimeWarning, match=r"tip-adapter-f .*failed.*not recorded"):
+        rows = run_bench(
+            cfg, CountingPrepare(), tmp_path / "b.jsonl", quiet=True, on_error="skip", jobs=2
+        )
+    assert {r["method"] for r in rows} == {"zero-shot"} and len(rows) == 8
+    assert len(read_rows(tmp_path / "b.jsonl")) == 8
+
+
+def test_a_dead_worker_is_reported(tmp_path, prepare, monkeypatch):
+    import os
+
+    from fewclip.methods.base import Method
+
+    real = Method.fit
+
+    def fit(self, task):
+        if self.name == "tip-adapter":
+            os._exit(3)  # a worker killed mid-cell (e.g. by the out-of-memory killer)
+        return real(self, task)
+
+    monkeypatch.setattr(Method, "fit", fit)
+    cfg = tiny_config(datasets=("alpha",))
+    with pytest.raises(BenchError, match="worker process died"):
+        run_bench(cfg, prepare, tmp_path / "d.jsonl", quiet=True, on_error="skip", jobs=2)
+    # what finished before is kept; the rest is left for a later run
+    assert all(r["method"] == "zero-shot" for r in read_rows(tmp_path / "d.jsonl"))
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_bad_jobs_are_named(tmp_path, prepare, jobs):
+    with pytest.raises(ValueError, match="jobs: expected a positive integer"):
+        run_bench(tiny_config(), prepare, tmp_path / "x.jsonl", quiet=True, jobs=jobs)
+
+
+def test_parallel_cells_need_the_cpu(tmp_path, prepare):
+    with pytest.raises(ValueError, match="device is 'cuda'"):
+        run_bench(tiny_config(device="cuda"), prepare, tmp_path / "x.jsonl", quiet=True, jobs=2)

@@ -260,11 +260,15 @@ def test_bench_interrupted_then_resumed(shapes: Path, tmp_path: Path) -> None:
     if proc.returncode == 0:
         pytest.skip("the bench finished before it could be interrupted")
     assert 0 < len(before) < n_cells
-    res = subprocess.run([*base, "-o", str(out)], capture_output=True, text=True, env=env)
+    # resumed with two worker processes: same table as the uninterrupted single-process run
+    res = subprocess.run(
+        [*base, "-o", str(out), "--jobs", "2"], capture_output=True, text=True, env=env
+    )
     assert res.returncode == 0, res.stderr
     rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip().endswith("}")]
     hashes = [r["hash"] for r in rows]
     assert len(hashes) == n_cells and len(set(hashes)) == n_cells  # no cell ran twice
+    assert {r["jobs"] for r in rows[len(before) :]} == {2}
     assert _table(out) == _table(ref)
 
 

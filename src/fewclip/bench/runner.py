@@ -18,13 +18,18 @@ import contextlib
 import datetime as _dt
 import json
 import math
+import multiprocessing
 import os
+import pickle
 import platform
 import resource
+import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -70,6 +75,7 @@ class Prepared:
 
 
 PrepareFn = Callable[[str, str], Prepared]
+_Outcomes = Generator[tuple[Cell, "dict[str, Any] | BaseException"], None, None]
 
 
 # -- environment --------------------------------------------------------------------------
@@ -356,6 +362,7 @@ def run_bench(
     quiet: bool = False,
     on_error: str = "raise",
     eval_rows: int | None = 8192,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Run every cell of ``config`` not yet in ``out_jsonl``; return the rows of all its cells.
 
@@ -373,6 +380,12 @@ def run_bench(
             ``"skip"`` warns, writes nothing for that cell (or for every cell of a dataset whose
             ``prepare`` failed; a later run retries them) and goes on.
         eval_rows: test rows scored per ``logits`` call (``None``: all at once).
+        jobs: cells run at once, each in its own worker process with one torch thread (CPU
+            only; ``1``: in this process, with its thread setting). ``prepare`` still runs once
+            per (dataset, backbone), in this process, and the workers are forked from it after
+            that, so they share its result and ``prepare`` needs no pickling; within a dataset
+            the cells with the most shots are handed out first, and every finished cell is
+            written at once. Needs the ``fork`` start method (Linux, macOS).
 
     Returns:
         One row per cell of ``config`` that has a result, in ``config.cells()`` order
@@ -385,9 +398,10 @@ def run_bench(
     ``val_split``, ``prompts``, ``n_views``, ``params`` (the method's resolved and selected
     hyper-parameters, ``EvalResult.params``), ``fitted`` (scalar fitted values),
     ``dataset_fingerprint``, ``data`` (``Prepared.meta``), ``versions``, ``device``,
-    ``threads``, ``plan_s``/``fit_s``/``eval_s``/``wall_s`` (seconds), ``peak_rss_mib`` with
-    ``peak_rss_scope`` (``"cell"``: high-water mark of this cell; ``"process"``: of the whole
-    process so far), ``cuda_peak_mib`` and ``timestamp`` (UTC, ISO 8601).
+    ``threads``, ``jobs`` (the run's), ``plan_s``/``fit_s``/``eval_s``/``wall_s`` (seconds),
+    ``peak_rss_mib`` with ``peak_rss_scope`` (``"cell"``: high-water mark of this cell;
+    ``"process"``: of the whole process so far), ``cuda_peak_mib`` and ``timestamp`` (UTC,
+    ISO 8601).
     """
     if not isinstance(config, BenchConfig):
         raise TypeError(f"config: expected a BenchConfig, found {type(config).__name__}")
@@ -395,6 +409,15 @@ def run_bench(
         raise ValueError(f"on_error: expected 'raise' or 'skip', found {on_error!r}")
     if eval_rows is not None and eval_rows < 1:
         raise ValueError(f"eval_rows: expected a positive integer or None, found {eval_rows}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: expected a positive integer, found {jobs!r}")
+    if jobs > 1 and config.device != "cpu":
+        raise ValueError(
+            f"jobs={jobs}: parallel cells run in CPU worker processes, but the config's device "
+            f"is {config.device!r}; use jobs=1 on an accelerator"
+        )
+    if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        raise BenchError(f"jobs={jobs} needs the 'fork' start method, not available here")
     path = Path(out_jsonl)
     cells = list(config.cells())
     writer = _Appender(path)  # lock first, then read: no other run can add rows meanwhile
@@ -409,59 +432,57 @@ def run_bench(
         n_done = len(cells) - len(todo)
         if n_done:
             _say(quiet, f"{path}: {n_done} of {len(cells)} cells already done, skipping them")
-        remaining: dict[tuple[str, str], int] = {}
-        for c in todo:
-            key = (c.dataset, c.backbone)
-            remaining[key] = remaining.get(key, 0) + 1
-        prepared: dict[tuple[str, str], Prepared] = {}
+        groups: dict[tuple[str, str], list[Cell]] = {}
+        for c in todo:  # cells() order keeps each (dataset, backbone) contiguous
+            groups.setdefault((c.dataset, c.backbone), []).append(c)
         failures: list[tuple[Cell, BaseException]] = []
-        broken: dict[tuple[str, str], BaseException] = {}  # prepare failed (on_error="skip")
         with _progress(len(todo), progress and not quiet) as bar:
-            for cell in todo:
-                key = (cell.dataset, cell.backbone)
-                bar.set_postfix_str(
-                    f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} seed={cell.seed}",
-                    refresh=True,
-                )
-                if key not in prepared and key not in broken:
-                    try:
-                        prepared[key] = _prepare(prepare, cell, done.values(), quiet)
-                    except Exception as e:
-                        if on_error == "raise":
-                            raise
-                        broken[key] = e
-                        warnings.warn(
-                            f"prepare({cell.dataset!r}, {cell.backbone!r}) failed "
-                            f"({type(e).__name__}: {e}); its {remaining[key]} cell(s) are not "
-                            "run, a later run retries them",
-                            RuntimeWarning,
-                            stacklevel=2,
-                        )
-                if key in broken:
-                    failures.append((cell, broken[key]))
+            for (dataset, backbone), group in groups.items():
+                try:
+                    prepared = _prepare(prepare, group[0], done.values(), quiet)
+                except Exception as e:
+                    if on_error == "raise":
+                        raise
+                    warnings.warn(
+                        f"prepare({dataset!r}, {backbone!r}) failed ({type(e).__name__}: {e}); "
+                        f"its {len(group)} cell(s) are not run, a later run retries them",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    failures += [(c, e) for c in group]
+                    bar.update(len(group))
+                    continue
+                if jobs == 1:
+                    outcomes = _serial_outcomes(group, prepared, config.device, eval_rows, bar)
                 else:
-                    try:
-                        row = run_cell(
-                            cell, prepared[key], device=config.device, eval_rows=eval_rows
-                        )
-                    except Exception as e:
-                        if on_error == "raise":
-                            raise
-                        failures.append((cell, e))
-                        warnings.warn(
-                            f"cell {cell.method} on {cell.dataset}/{cell.backbone} "
-                            f"K={cell.shots} seed={cell.seed} failed ({type(e).__name__}: {e}); "
-                            "not recorded, a later run retries it",
-                            RuntimeWarning,
-                            stacklevel=2,
-                        )
-                    else:
-                        writer.append(row)
-                        done[cell.hash] = row
-                remaining[key] -= 1
-                if remaining[key] == 0:
-                    prepared.pop(key, None)  # release this dataset's features
-                bar.update(1)
+                    outcomes = _parallel_outcomes(group, prepared, config.device, eval_rows, jobs)
+                # closing: an error to raise or Ctrl-C stops the workers at once
+                with contextlib.closing(outcomes):
+                    for cell, outcome in outcomes:
+                        if isinstance(outcome, BaseException):
+                            if on_error == "raise":
+                                raise outcome
+                            failures.append((cell, outcome))
+                            warnings.warn(
+                                f"cell {cell.method} on {cell.dataset}/{cell.backbone} "
+                                f"K={cell.shots} seed={cell.seed} failed "
+                                f"({type(outcome).__name__}: {outcome}); "
+                                "not recorded, a later run retries it",
+                                RuntimeWarning,
+                                stacklevel=2,
+                            )
+                        else:
+                            outcome["jobs"] = jobs
+                            writer.append(outcome)
+                            done[cell.hash] = outcome
+                        if jobs > 1:
+                            bar.set_postfix_str(
+                                f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} "
+                                f"seed={cell.seed} done",
+                                refresh=False,
+                            )
+                        bar.update(1)
+                del prepared  # release this dataset's features before the next one
         ran = len(todo) - len(failures)
         _say(
             quiet,
@@ -471,6 +492,81 @@ def run_bench(
     finally:
         writer.close()
     return [done[c.hash] for c in cells if c.hash in done]
+
+
+def _serial_outcomes(
+    cells: Sequence[Cell], prepared: Prepared, device: str, eval_rows: int | None, bar: Any
+) -> _Outcomes:
+    """Each cell's row, or the exception it raised, running in this process."""
+    for cell in cells:
+        bar.set_postfix_str(
+            f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} seed={cell.seed}",
+            refresh=True,
+        )
+        try:
+            yield cell, run_cell(cell, prepared, device=device, eval_rows=eval_rows)
+        except Exception as e:
+            yield cell, e
+
+
+#: What forked workers read: (cells, prepared, device, eval_rows), set only while a pool runs.
+_FORKED: tuple[Sequence[Cell], Prepared, str, int | None] | None = None
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)
+
+
+def _run_forked_cell(i: int) -> tuple[int, dict[str, Any] | BaseException]:
+    assert _FORKED is not None, "a bench worker was started outside run_bench"
+    cells, prepared, device, eval_rows = _FORKED
+    try:
+        return i, run_cell(cells[i], prepared, device=device, eval_rows=eval_rows)
+    except Exception as e:
+        try:
+            pickle.dumps(e)
+        except Exception:
+            return i, RuntimeError(f"{type(e).__name__}: {e}")
+        return i, e
+
+
+def _parallel_outcomes(
+    cells: Sequence[Cell], prepared: Prepared, device: str, eval_rows: int | None, jobs: int
+) -> _Outcomes:
+    """Each cell's row, or its exception, from ``jobs`` forked workers, in completion order.
+
+    The cells with the most shots go first (longest first keeps the workers evenly loaded).
+    If the generator is closed early (an error to raise, Ctrl-C), unstarted cells are dropped
+    and the workers are killed.
+    """
+    global _FORKED
+    order = sorted(range(len(cells)), key=lambda i: -cells[i].shots)  # stable
+    _FORKED = (cells, prepared, device, eval_rows)
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(cells)),
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_worker,
+    )
+    clean = False
+    try:
+        futures = [pool.submit(_run_forked_cell, i) for i in order]
+        for future in as_completed(futures):
+            try:
+                i, outcome = future.result()
+            except BrokenProcessPool as e:
+                raise BenchError(
+                    f"a bench worker process died ({e}); the cells it was running are not "
+                    "recorded (out of memory? try fewer jobs); a later run retries them"
+                ) from None
+            yield cells[i], outcome
+        clean = True
+    finally:
+        if not clean:
+            for p in list(getattr(pool, "_processes", {}).values()):
+                p.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _FORKED = None
 
 
 def completed_rows(config: BenchConfig, out_jsonl: str | os.PathLike[str]) -> list[dict[str, Any]]:

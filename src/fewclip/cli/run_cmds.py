@@ -223,6 +223,14 @@ def bench(
     num_workers: int = typer.Option(0, min=0),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
     keep_going: bool = typer.Option(False, help="Skip failing cells instead of stopping."),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        "-j",
+        min=1,
+        help="Cells run at once, each in a worker process with one torch thread (CPU only; "
+        "e.g. the number of cores).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -267,6 +275,7 @@ def bench(
         quiet=quiet,
         progress=not quiet,
         on_error="skip" if keep_going else "raise",
+        jobs=jobs,
     )
     summary = _report(rows, list(cfg.methods), out, quiet or as_json)
     _plot(summary, out / "accuracy_vs_shots", quiet)
@@ -293,6 +302,14 @@ def reproduce(
     store: Path | None = typer.Option(None, help=STORE_HELP),
     pretrained: str | None = typer.Option(None, help="Weights for the backbone."),
     dry_run: bool = typer.Option(False, "--dry-run"),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        "-j",
+        min=1,
+        help="Cells run at once, each in a worker process with one torch thread (CPU only; "
+        "e.g. the number of cores).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Reproduce Tip-Adapter / CLIP-Adapter on the 11 datasets and print paper vs ours.
@@ -351,7 +368,9 @@ def reproduce(
             pretrained=pretrained,
             progress=False if quiet else None,
         )
-        all_rows += run_bench(c, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet)
+        all_rows += run_bench(
+            c, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet, jobs=jobs
+        )
     summary = _report(all_rows, list(cfg_all.methods), out, True)
     _plot(summary, out / "accuracy_vs_shots", quiet)
     lines = [
