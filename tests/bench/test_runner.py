@@ -375,3 +375,31 @@ def test_bad_jobs_are_named(tmp_path, prepare, jobs):
 def test_parallel_cells_need_the_cpu(tmp_path, prepare):
     with pytest.raises(ValueError, match="device is 'cuda'"):
         run_bench(tiny_config(device="cuda"), prepare, tmp_path / "x.jsonl", quiet=True, jobs=2)
+
+
+class Unpicklable(Exception):
+    """Pickles (by reference, with its message as the only argument) but cannot be rebuilt."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+
+def test_a_cell_error_that_cannot_be_pickled_still_reaches_the_caller(
+    tmp_path, prepare, monkeypatch
+):
+    from fewclip.methods.base import Method
+
+    real = Method.fit
+
+    def fit(self, task):
+        if self.name == "tip-adapter":
+            raise Unpicklable("bad", "fit")
+        return real(self, task)
+
+    monkeypatch.setattr(Method, "fit", fit)
+    cfg = tiny_config(datasets=("alpha",))
+    with pytest.warns(
+        RuntimeWarning, match=r"tip-adapter .*failed \(RuntimeError: Unpicklable: bad/fit"
+    ):
+        rows = run_bench(cfg, prepare, tmp_path / "u.jsonl", quiet=True, on_error="skip", jobs=2)
+    assert {r["method"] for r in rows} == {"zero-shot"}

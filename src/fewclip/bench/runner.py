@@ -524,8 +524,8 @@ def _run_forked_cell(i: int) -> tuple[int, dict[str, Any] | BaseException]:
     try:
         return i, run_cell(cells[i], prepared, device=device, eval_rows=eval_rows)
     except Exception as e:
-        try:
-            pickle.dumps(e)
+        try:  # the exception travels back pickled; some cannot be rebuilt on the other side
+            pickle.loads(pickle.dumps(e))
         except Exception:
             return i, RuntimeError(f"{type(e).__name__}: {e}")
         return i, e
