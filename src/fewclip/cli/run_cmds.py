@@ -20,6 +20,11 @@ from fewclip.cli._common import (
 )
 from fewclip.cli.data_cmds import ROOT_HELP, STORE_HELP
 
+JOBS_HELP = (
+    "Cells run at once, each in a worker process with one torch thread (CPU only; e.g. the "
+    "number of cores)."
+)
+
 DEMO_BACKBONE = "fewclip-tiny-vit"
 #: Shorter training schedules for the demo's 240-image dataset (the defaults are the papers').
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
@@ -223,14 +228,7 @@ def bench(
     num_workers: int = typer.Option(0, min=0),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
     keep_going: bool = typer.Option(False, help="Skip failing cells instead of stopping."),
-    jobs: int = typer.Option(
-        1,
-        "--jobs",
-        "-j",
-        min=1,
-        help="Cells run at once, each in a worker process with one torch thread (CPU only; "
-        "e.g. the number of cores).",
-    ),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -302,14 +300,7 @@ def reproduce(
     store: Path | None = typer.Option(None, help=STORE_HELP),
     pretrained: str | None = typer.Option(None, help="Weights for the backbone."),
     dry_run: bool = typer.Option(False, "--dry-run"),
-    jobs: int = typer.Option(
-        1,
-        "--jobs",
-        "-j",
-        min=1,
-        help="Cells run at once, each in a worker process with one torch thread (CPU only; "
-        "e.g. the number of cores).",
-    ),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Reproduce Tip-Adapter / CLIP-Adapter on the 11 datasets and print paper vs ours.
