@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +34,9 @@ from fewclip.features.extract import extract
 from fewclip.features.source import DatasetSource
 from fewclip.features.store import FeatureStore
 from fewclip.imageio import ImageSource
-from fewclip.methods.base import Method
+from fewclip.methods.base import ADAPTER_FILE, OWN_FILES, Method, describe_saved
 from fewclip.metrics import classification_report
+from fewclip.outputs import check_folder
 from fewclip.protocol import Protocol, SplitPlan, build_task
 from fewclip.text import sentence_weights
 
@@ -51,7 +51,6 @@ __all__ = [
     "fit_adapter",
 ]
 
-ADAPTER_FILE = "adapter.json"
 _FORMAT = "fewclip-adapter/1"
 
 
@@ -115,15 +114,27 @@ class Adapter:
     def backbone_id(self) -> str:
         return str(self.info.get("backbone", {}).get("id", ""))
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the adapter folder: the method (atomically), then ``adapter.json`` (atomic)."""
-        target = self.method.save(path)
-        record = {"format": _FORMAT, **self.info}
-        fd, tmp = tempfile.mkstemp(prefix=f".{ADAPTER_FILE}.", dir=target)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, default=str)
-        os.replace(tmp, target / ADAPTER_FILE)
-        return target
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the adapter folder (the method's files and ``adapter.json``) in one atomic step.
+
+        The folder must be new or empty; an adapter or method folder that fewclip wrote is
+        replaced only with ``overwrite=True``; a folder holding anything else is refused
+        (``fewclip.errors.OutputFolderError``, nothing written): see ``fewclip.outputs``.
+        """
+        text = json.dumps({"format": _FORMAT, **self.info}, indent=2, default=str)
+
+        def add_record(tmp: Path) -> None:
+            (tmp / ADAPTER_FILE).write_text(text)
+
+        return self.method._save(path, overwrite=overwrite, extra=add_record, what="adapter")
+
+    @staticmethod
+    def check_target(path: str | os.PathLike[str], *, overwrite: bool = False) -> str | None:
+        """What :meth:`save` would replace at ``path`` (``None``: nothing), or the
+        ``OutputFolderError`` it would raise; writes nothing (call it before a long fit)."""
+        return check_folder(
+            path, own_files=OWN_FILES, owner=describe_saved, overwrite=overwrite, what="adapter"
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Adapter:

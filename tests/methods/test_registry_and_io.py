@@ -62,7 +62,9 @@ def test_save_load_identical_logits(name, task, queries, tmp_path):
         assert type(loaded) is type(m)
         assert torch.equal(loaded.logits(queries), m.logits(queries))
         assert loaded.get_params() == m.get_params()
-    m.save(tmp_path / "m")  # overwriting an existing folder works
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        m.save(tmp_path / "m")  # an existing method folder is replaced only on request
+    m.save(tmp_path / "m", overwrite=True)
     assert torch.equal(methods.load(tmp_path / "m").logits(queries), m.logits(queries))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

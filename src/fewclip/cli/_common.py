@@ -131,6 +131,7 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
     """Map an exception to (message on stderr, exit code). Unknown exceptions are bugs."""
     from fewclip.adapter import AdapterError, BackboneMismatchError
     from fewclip.backbones.base import BackboneError, WeightsNotFoundError
+    from fewclip.errors import FewclipError
 
     if isinstance(exc, typer.Exit):
         return int(exc.exit_code)
@@ -154,6 +155,7 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
     elif isinstance(
         exc,
         (
+            FewclipError,
             AdapterError,
             BackboneError,
             ValueError,

@@ -40,7 +40,15 @@ def fit(
     method: str = typer.Option("tip-adapter", "--method", "-m", help="A registered method."),
     data: str = typer.Option(..., "--data", "-d", help=DATA_HELP),
     root: Path | None = typer.Option(None, "--root", help=ROOT_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Adapter folder to write."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Adapter folder to write: new or empty (or see --overwrite)."
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the adapter already in --out (only fewclip's own files; a folder holding "
+        "anything else is always refused).",
+    ),
     shots: int = typer.Option(16, "--shots", "-k", min=1, help="Images per class."),
     seed: int = typer.Option(1, help="Seed of the few-shot draw."),
     protocol: str = typer.Option("fewshot-val", help=PROTOCOL_HELP),
@@ -63,11 +71,14 @@ def fit(
 
     Example: fewclip fit -m tip-adapter-f -d ./my_images -k 8 -b ViT-B/16 -o ./my-adapter
     """
-    from fewclip.adapter import evaluate_model, fit_adapter
+    from fewclip.adapter import Adapter, evaluate_model, fit_adapter
+    from fewclip.outputs import check_outside
 
     name = _method_name(method)
     params = parse_params(param)
     ds = load_dataset(data, root)
+    check_outside(out, ds.input_folders(), what="--out")
+    replacing = Adapter.check_target(out, overwrite=overwrite)
     bb = load_backbone(backbone, pretrained, device, precision, quiet=quiet)
     adapter, plan, source = fit_adapter(
         name,
@@ -89,7 +100,9 @@ def fit(
         adapter.info["test"] = {
             k: v for k, v in evaluate_model(adapter.method, source).items() if k != "per_class"
         }
-    path = adapter.save(out)
+    path = adapter.save(out, overwrite=overwrite)
+    if replacing is not None:
+        echo(f"replaced {replacing} in {path} with this {name} adapter", quiet=quiet, err=True)
     if as_json:
         emit_json({"adapter": str(path), **adapter.info})
         return

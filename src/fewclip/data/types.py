@@ -231,6 +231,23 @@ class Dataset:
     def test(self) -> ImageList:
         return self.split("test")
 
+    def input_folders(self) -> list[Path]:
+        """The folders this dataset reads from, which no output may be written into.
+
+        For an image-folder dataset, its root (a new folder there would become a class); for
+        every other file-based source, the deepest folder holding all of a split's images.
+        In-memory sources (Hugging Face) have none.
+        """
+        folders: list[Path] = []
+        if self.name.startswith("folder:"):
+            folders.append(self.root)
+        for lst in self.splits.values():
+            if lst.loader is not None or not lst.paths:
+                continue
+            parents = {p.rpartition("/")[0] for p in lst.paths}
+            folders.append(Path(os.path.commonpath([str(lst.root / d) for d in parents])))
+        return folders
+
     def summary(self) -> dict[str, Any]:
         """Counts per split and class, JSON-able."""
         return {

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -21,6 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import Tensor
 
 from fewclip._version import __version__
+from fewclip.outputs import write_folder
 from fewclip.task import Task, check_features
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "NotFittedError",
     "available",
     "create",
+    "describe_saved",
     "get",
     "load",
     "register",
@@ -37,6 +38,11 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.safetensors"
+#: The record ``fewclip.Adapter`` adds to a method folder (named here so that saving a method
+#: over an adapter folder knows it as fewclip's own file).
+ADAPTER_FILE = "adapter.json"
+#: Every file name fewclip writes into a method or adapter folder; nothing else is ever removed.
+OWN_FILES = frozenset({CONFIG_FILE, STATE_FILE, ADAPTER_FILE})
 _FORMAT = "fewclip-method/1"
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -113,24 +119,18 @@ def load(path: str | os.PathLike[str]) -> Method:
     return get(cfg["method"])._from_saved(p, cfg)
 
 
-def _atomic_write_dir(target: Path, write: Any) -> None:
-    """Write a folder's files into a temporary sibling, then rename it into place.
-
-    A reader sees either the old folder or the complete new one, never a half-written one.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+def describe_saved(path: str | os.PathLike[str]) -> str | None:
+    """``"a tip-adapter adapter"`` / ``"a tip-adapter method"`` when ``path`` holds a folder
+    written by ``Method.save`` (with or without an adapter record), ``None`` otherwise."""
+    p = Path(path)
     try:
-        write(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        cfg = json.loads((p / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+        return None
+    kind = "adapter" if (p / ADAPTER_FILE).is_file() else "method"
+    return f"a {cfg.get('method', 'fewclip')} {kind}"
 
 
 #: Query rows per block in ``Method.logits``.
@@ -239,8 +239,25 @@ class Method(BaseEstimator, ClassifierMixin):  # type: ignore[misc]
     def _load_extra_state(self, tensors: dict[str, Tensor]) -> None:
         """Inverse of ``_extra_state``; called after plain attributes are restored."""
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the fitted method to the folder ``path`` (atomic): config JSON + safetensors."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the fitted method to the folder ``path``: config JSON + safetensors.
+
+        The folder must be new or empty; one that a previous ``save`` wrote is replaced only
+        with ``overwrite=True``, atomically, and a folder holding anything else is refused
+        (``fewclip.errors.OutputFolderError``): see ``fewclip.outputs``.
+        """
+        return self._save(path, overwrite=overwrite)
+
+    def _save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool,
+        extra: Callable[[Path], None] | None = None,
+        what: str = "method",
+    ) -> Path:
+        """``save``, with ``extra(tmp)`` adding files (e.g. ``adapter.json``) to the same
+        atomic write."""
         self._check_fitted()
         tensors = {k: getattr(self, k).detach().contiguous().cpu() for k in self._state_tensors}
         tensors.update({k: v.detach().contiguous().cpu() for k, v in self._extra_state().items()})
@@ -254,13 +271,18 @@ class Method(BaseEstimator, ClassifierMixin):  # type: ignore[misc]
             "n_features_in": self.n_features_in_,
             "state_values": values,
         }
+        text = json.dumps(cfg, indent=2, default=_json_default)
 
         def write(tmp: Path) -> None:
             save_file(tensors, str(tmp / STATE_FILE), metadata={"method": self.name})
-            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=_json_default))
+            (tmp / CONFIG_FILE).write_text(text)
+            if extra is not None:
+                extra(tmp)
 
         target = Path(path)
-        _atomic_write_dir(target, write)
+        write_folder(
+            target, write, own_files=OWN_FILES, owner=describe_saved, overwrite=overwrite, what=what
+        )
         return target
 
     @classmethod

@@ -1,0 +1,177 @@
+"""Output folders that never lose a user's files.
+
+The rules, shared by every writer (``Method.save``, ``Adapter.save``, the ``fit``, ``bench`` and
+``demo`` commands):
+
+- a folder that does not exist, or is empty, is written;
+- a non-empty folder that fewclip did not write is refused, whatever the flags;
+- a folder that fewclip wrote is replaced only with ``overwrite=True`` (CLI ``--overwrite``), and
+  only when it holds nothing but fewclip's own files; the new content is written to a hidden
+  sibling folder and renamed into place, so a reader sees the old folder or the complete new
+  one, and the old files are then removed one by one by name (never a recursive delete);
+- an output folder inside the input data is refused (:func:`check_outside`).
+
+This module touches only the file system; it knows neither images nor methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import uuid
+from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
+
+from fewclip.errors import OutputFolderError
+
+__all__ = ["check_folder", "check_outside", "describe_entries", "write_folder"]
+
+
+def describe_entries(folder: Path, names: Iterable[str], *, limit: int = 5) -> str:
+    """``"a.jpg, sub/ and 3 more"``: a short listing of some entries of ``folder``."""
+    names = sorted(names)
+    shown = [n + ("/" if (folder / n).is_dir() else "") for n in names[:limit]]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(shown) + more
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def check_outside(out: str | os.PathLike[str], inputs: Iterable[Path], *, what: str) -> None:
+    """Refuse ``out`` when it is one of the folders ``inputs`` or lies inside one.
+
+    ``what`` names the output in the message (e.g. ``"--out"``). Writing there would mix
+    fewclip's files into the user's data (a new folder under an image-folder dataset becomes a
+    class the next time it is read).
+    """
+    target = Path(out).expanduser().resolve()
+    for folder in inputs:
+        src = Path(folder).expanduser().resolve()
+        if _is_within(target, src):
+            raise OutputFolderError(
+                f"{what}: {out} is inside the input data {src}; fewclip does not write into a "
+                "dataset. Choose an output folder outside it (e.g. a sibling folder)."
+            )
+
+
+def check_folder(
+    target: str | os.PathLike[str],
+    *,
+    own_files: Collection[str],
+    owner: Callable[[Path], str | None],
+    overwrite: bool = False,
+    what: str = "output folder",
+) -> str | None:
+    """What :func:`write_folder` would replace in ``target`` (``None``: nothing), or the
+    :class:`~fewclip.errors.OutputFolderError` it would raise; writes nothing.
+
+    Commands call it before long work, so that a refused output folder costs no time.
+    """
+    path = Path(target)
+    if not (path.exists() or path.is_symlink()):
+        return None
+    if not path.is_dir():
+        raise OutputFolderError(f"{path}: expected a folder to write the {what} in, found a file")
+    entries = [e.name for e in path.iterdir()]
+    if not entries:
+        return None
+    replaced = owner(path)
+    if replaced is None:
+        raise OutputFolderError(
+            f"{path}: the folder is not empty ({describe_entries(path, entries)}) and does not "
+            f"hold a {what} written by fewclip; fewclip never writes into a folder of yours. "
+            "Choose a new or empty folder (CLI: --out/-o)."
+        )
+    foreign = [n for n in entries if n not in own_files]
+    if foreign:
+        raise OutputFolderError(
+            f"{path}: holds {replaced}, but also files fewclip did not write "
+            f"({describe_entries(path, foreign)}); move them out, or choose another folder "
+            "(CLI: --out/-o)"
+        )
+    if not overwrite:
+        raise OutputFolderError(
+            f"{path}: already holds {replaced}; pass --overwrite to replace it "
+            "(Python: overwrite=True), or choose another folder (CLI: --out/-o)"
+        )
+    return replaced
+
+
+def write_folder(
+    target: str | os.PathLike[str],
+    write: Callable[[Path], None],
+    *,
+    own_files: Collection[str],
+    owner: Callable[[Path], str | None],
+    overwrite: bool = False,
+    what: str = "output folder",
+) -> str | None:
+    """Write a folder atomically without touching anything fewclip did not write.
+
+    ``write(tmp)`` creates the new content in an empty temporary folder. ``owner(folder)`` says
+    what an existing folder holds when fewclip wrote it (e.g. ``"a tip-adapter adapter"``) and
+    ``None`` otherwise; ``own_files`` are the only names fewclip may replace or remove. Returns
+    the description of the folder that was replaced, or ``None`` when there was none.
+
+    Raises :class:`~fewclip.errors.OutputFolderError` (nothing written) for a path that is a
+    file, a non-empty folder fewclip did not write, fewclip's folder holding other files too, or
+    fewclip's folder without ``overwrite`` (:func:`check_folder`).
+    """
+    path = Path(target)
+    replaced = check_folder(path, own_files=own_files, owner=owner, overwrite=overwrite, what=what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    try:
+        write(tmp)
+        _umask_modes(tmp)
+        if replaced is None:
+            os.replace(tmp, path)  # rename(2) onto a missing or empty folder
+        else:
+            # re-check just before the swap: something may have appeared while we wrote
+            check_folder(path, own_files=own_files, owner=owner, overwrite=True, what=what)
+            old = _sibling(path, "old")
+            os.replace(path, old)  # `old` is empty, so the rename takes its place
+            os.replace(tmp, path)
+            _remove_own(old, own_files)
+    finally:
+        if tmp.exists():
+            _remove_own(tmp, os.listdir(tmp))
+    return replaced
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    """A new empty hidden folder next to ``path`` (created with the user's umask, unlike
+    ``tempfile.mkdtemp``'s private 0700)."""
+    while True:
+        candidate = path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:12]}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give the files of ``folder`` the user's usual permissions (some writers, safetensors
+    among them, create files readable by their owner only)."""
+    mode = stat.S_IMODE(folder.stat().st_mode) & 0o666
+    for p in folder.iterdir():
+        if p.is_file() and not p.is_symlink():
+            p.chmod(mode)
+
+
+def _remove_own(folder: Path, names: Iterable[str]) -> None:
+    """Remove the files ``names`` of ``folder``, then the folder if that left it empty."""
+    for name in names:
+        p = folder / name
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+    with contextlib.suppress(OSError):  # something else appeared in it: leave it for the user
+        folder.rmdir()

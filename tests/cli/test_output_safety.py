@@ -1,0 +1,75 @@
+"""The installed `fewclip` command never deletes or overwrites what it did not write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fewclip.testing.images import make_shapes_dataset
+
+from .conftest import run_fewclip
+
+FIT = ["fit", "-b", "fewclip-tiny-vit", "-k", "2", "--views", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("own")
+    classes = ("red_circle", "blue_square", "green_triangle")
+    return make_shapes_dataset(
+        root / "my_images", classes=classes, per_class={"train": 8, "test": 3}, size=32
+    )
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_out_inside_the_training_folder_is_refused(data: Path, tmp_path: Path) -> None:
+    before = _snapshot(data)
+    assert len([k for k in before if k.endswith(".png")]) == 33
+    for out in (data / "train", data, data / "train" / "adapter"):
+        res = run_fewclip(*FIT, "-m", "zero-shot", "-d", data, "-o", out, store=tmp_path / "s")
+        assert res.returncode == 1, res.stderr
+        assert "inside the input data" in res.stderr and "Traceback" not in res.stderr
+        assert _snapshot(data) == before
+    assert not (data / "train" / "adapter").exists()
+
+
+def test_out_at_a_folder_of_user_files_is_refused_with_and_without_overwrite(
+    data: Path, tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "important.txt").write_text("notes")
+    (mine / "sub" / "photo.jpg").write_bytes(b"\xff\xd8\xff...")
+    before = _snapshot(mine)
+    for extra in ([], ["--overwrite"]):
+        res = run_fewclip(
+            *FIT, "-m", "zero-shot", "-d", data, "-o", mine, *extra, store=tmp_path / "s"
+        )
+        assert res.returncode == 1
+        assert "not empty" in res.stderr and "important.txt" in res.stderr
+        assert _snapshot(mine) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_replacing_an_adapter_needs_overwrite_and_says_what_it_replaced(
+    data: Path, tmp_path: Path
+) -> None:
+    out, store = tmp_path / "adapter", tmp_path / "s"
+    res = run_fewclip(*FIT, "-m", "zero-shot", "-d", data, "-o", out, store=store)
+    assert res.returncode == 0, res.stderr
+    first = _snapshot(out)
+    res = run_fewclip(*FIT, "-m", "tip-adapter", "-d", data, "-o", out, store=store)
+    assert res.returncode == 1
+    assert "already holds a zero-shot adapter" in res.stderr and "--overwrite" in res.stderr
+    assert _snapshot(out) == first
+    res = run_fewclip(*FIT, "-m", "tip-adapter", "-d", data, "-o", out, "--overwrite", store=store)
+    assert res.returncode == 0, res.stderr
+    assert "replaced a zero-shot adapter" in res.stderr and "tip-adapter" in res.stderr
+    assert '"method": "tip-adapter"' in (out / "config.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
