@@ -104,12 +104,12 @@ def test_offline_error_names_model_places_and_fix(tmp_path) -> None:
     start = time.monotonic()
     with pytest.raises(fb.WeightsNotFoundError) as err:
         fb.load("ViT-B/16", cache_dir=tmp_path / "hf-cache")
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 5
     msg = str(err.value)
     assert "ViT-B/16" in msg and "ViT-B-16-quickgelu" in msg
     assert str(tmp_path / "hf-cache") in msg
     assert "timm/vit_base_patch16_clip_224.openai" in msg
-    assert "local-dir:" in msg and "pretrained=" in msg and "HF_HOME" in msg
+    assert "local-dir:" in msg and "--pretrained" in msg and "HF_HOME" in msg
 
 
 def test_plain_arch_with_openai_tag_uses_quickgelu(tmp_path) -> None:

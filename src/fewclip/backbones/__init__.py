@@ -14,6 +14,11 @@ Names accepted by :func:`load`:
 - ``hf:<id or folder>`` → transformers CLIP/SigLIP (extra ``hf``); a plain folder path is routed
   by its contents (``open_clip_config.json`` → open_clip, ``config.json`` → transformers);
 - ``fewclip-tiny-vit``, ``fewclip-tiny-rn``, ``fewclip-tiny-hf`` → tiny random models.
+
+Named weights come from the Hugging Face cache; a download is tried only when it can succeed
+quickly (offline mode off, the Hub reachable), so a missing model fails within seconds with a
+:class:`WeightsNotFoundError` that says how to use local weights. :func:`local_backbones` lists
+what loads without a network right now.
 """
 
 from __future__ import annotations
@@ -44,7 +49,30 @@ __all__ = [
     "Preprocess",
     "WeightsNotFoundError",
     "load",
+    "local_backbones",
 ]
+
+
+def local_backbones(cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Backbones that load without a network right now, fastest check first.
+
+    Reads the Hugging Face cache (``cache_dir``, default ``$HF_HUB_CACHE``) only: no network,
+    no model construction (milliseconds). In order:
+
+    - the tiny names (:data:`TINY_NAMES`): random, untrained toy models, always available;
+    - OpenAI names (``"RN50"``, ``"ViT-B/16"``, ...) whose weights are cached;
+    - other open_clip (architecture, tag) pairs with cached weights, spelled
+      ``"ARCH --pretrained TAG"``, the command-line form (in Python:
+      ``load(ARCH, pretrained=TAG)``); weights shared by several names are listed once;
+    - ``"hf-hub:org/repo"`` open_clip models and, with the ``hf`` extra, ``"hf:org/repo"``
+      transformers CLIP/SigLIP models found complete in the cache.
+
+    Models that need a Hugging Face tokenizer (SigLIP, ...) are listed only when it is cached too.
+    """
+    from fewclip.backbones.hf import local_hf_names
+    from fewclip.backbones.openclip import local_open_clip_names
+
+    return [*TINY_NAMES, *local_open_clip_names(cache_dir), *local_hf_names(cache_dir)]
 
 
 def load(

@@ -10,6 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -21,11 +27,22 @@ from torch import Tensor, nn
 from fewclip.backbones.transforms import Augment, AugmentTransform, Preprocess
 
 __all__ = [
+    "HUB_PROBE_TIMEOUT",
     "PRECISIONS",
     "Backbone",
     "BackboneError",
+    "HubMiss",
     "WeightsNotFoundError",
+    "cached_hub_file",
+    "fetch_hub_file",
     "fingerprint",
+    "first_line",
+    "hub_cache_dir",
+    "hub_download_blocker",
+    "hub_file_reachable",
+    "hub_offline_reason",
+    "hub_unreachable_reason",
+    "missing_files_message",
     "state_dict_digest",
 ]
 
@@ -45,8 +62,9 @@ class BackboneError(RuntimeError):
 
 class WeightsNotFoundError(BackboneError, FileNotFoundError):
     """Weights (or tokenizer files) for a named model are not available locally and could not
-    be downloaded. The message says which model, where fewclip looked and how to point it at
-    local weights."""
+    be downloaded. The message is one complete paragraph: which model, which files from which
+    repository, the cache folder fewclip looked in, why it did not download them, and the
+    command-line options that point fewclip at local weights."""
 
 
 def state_dict_digest(module: nn.Module) -> str:
@@ -259,3 +277,304 @@ class Backbone(ABC):
             f"embed_dim={self.embed_dim}, device={str(self.device)!r}, "
             f"precision={self.precision!r})"
         )
+
+
+# --- the Hugging Face Hub: the local cache first, a download only when the Hub answers ------
+#
+# huggingface_hub retries a failed download five times with back-off (about a minute of
+# "Retrying in 8s" lines when there is no network). fewclip never lets it get there: it looks in
+# the cache, then (unless offline mode is on) opens one TCP connection to the Hub endpoint, or to
+# the proxy, with a short timeout, then asks the Hub for the file's metadata with a single
+# request, and only when that answers does it call ``hf_hub_download``. A missing model
+# therefore fails in about the probe's timeout at most, without retry messages.
+
+HUB_PROBE_TIMEOUT = 2.0
+"""Seconds the connectivity probe waits for a TCP connection to the Hub (or the proxy)."""
+
+_PROBE_TTL = 30.0
+_probe_results: dict[tuple[str, int], tuple[float, str | None]] = {}
+_probe_lock = threading.Lock()
+
+
+class HubMiss(Exception):
+    """Files are not in the Hugging Face cache and were not downloaded.
+
+    ``reason`` completes "fewclip did not download them because ..."; ``hint`` is a complete
+    sentence on how a download could succeed (or ``""``). Callers turn this into a
+    :class:`WeightsNotFoundError` that names the model and the remedies.
+    """
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> str:
+    """The Hugging Face cache folder fewclip reads: ``cache_dir``, else ``$HF_HUB_CACHE``
+    (default ``$HF_HOME/hub``), as huggingface_hub resolved it when it was imported."""
+    if cache_dir is not None:
+        return os.fspath(cache_dir)
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT).rstrip("/")
+
+
+def hub_offline_reason() -> str | None:
+    """Why downloads are switched off (a phrase such as "offline mode is on (HF_HUB_OFFLINE is
+    set)"), or ``None`` when huggingface_hub may download."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return f"offline mode is on ({var} is set)"
+    return "offline mode is on (HF_HUB_OFFLINE)"
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy that an HTTP client configured from the environment would use for ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    return proxies.get(parts.scheme) or proxies.get("all") or None
+
+
+def _tcp_probe(host: str, port: int, timeout: float) -> str | None:
+    """``None`` when a TCP connection to ``host:port`` opens within ``timeout`` seconds, else
+    a phrase saying why not. Name resolution runs in a helper thread, so a resolver that hangs
+    cannot stretch the wait beyond ``timeout``."""
+    result: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(None)
+        except socket.gaierror:
+            result.append(f"the name {host} does not resolve")
+        except TimeoutError:
+            result.append(f"no answer from {host}:{port} within {timeout:g} s")
+        except ConnectionRefusedError:
+            result.append(f"{host}:{port} refused the connection")
+        except OSError as e:
+            result.append(f"{host}:{port}: {e.strerror or type(e).__name__}")
+
+    thread = threading.Thread(target=attempt, name="fewclip-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.2)
+    if not result:
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    return result[0]
+
+
+def hub_unreachable_reason(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """``None`` when a TCP connection to the Hub endpoint (``HF_ENDPOINT``, default
+    https://huggingface.co), or to the proxy the environment names for it, opens within
+    ``timeout`` seconds; otherwise a phrase saying why not. Results are remembered for 30 s."""
+    endpoint = _hub_endpoint()
+    proxy = _proxy_for(endpoint)
+    parts = urllib.parse.urlsplit(proxy or endpoint)
+    default_port = {"https": 443, "http": 80}.get(parts.scheme, 1080)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    if not host:
+        return f"the Hub endpoint {endpoint} has no host name"
+    key = (host, port)
+    now = time.monotonic()
+    with _probe_lock:
+        hit = _probe_results.get(key)
+    if hit is not None and now - hit[0] < _PROBE_TTL:
+        error = hit[1]
+    else:
+        error = _tcp_probe(host, port, timeout)
+        with _probe_lock:
+            _probe_results[key] = (time.monotonic(), error)
+    if error is None:
+        return None
+    via = f" through the proxy {proxy}" if proxy else ""
+    return f"the Hugging Face Hub at {endpoint} cannot be reached from this machine{via} ({error})"
+
+
+def _unreachable_hint() -> str:
+    return (
+        f"To download instead, run the same command on a machine that can reach "
+        f"{_hub_endpoint()} (set HTTPS_PROXY if it needs a proxy)."
+    )
+
+
+_OFFLINE_HINT = "To download instead, unset HF_HUB_OFFLINE on a machine with internet access."
+
+
+def hub_download_blocker() -> HubMiss | None:
+    """Why nothing can be downloaded right now (offline mode, or the Hub cannot be reached),
+    as a :class:`HubMiss`, or ``None`` when a download may be tried."""
+    reason = hub_offline_reason()
+    if reason is not None:
+        return HubMiss(reason, _OFFLINE_HINT)
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        return HubMiss(reason, _unreachable_hint())
+    return None
+
+
+def first_line(e: BaseException) -> str:
+    """``"TypeName: first line of the message"``, never cut inside the line."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def cached_hub_file(
+    repo: str, filenames: Sequence[str], cache_dir: str | os.PathLike | None = None
+) -> str | None:
+    """Path of the first of ``filenames`` of Hub ``repo`` (main revision) already in the
+    Hugging Face cache, or ``None``. Reads the cache only: no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cd = os.fspath(cache_dir) if cache_dir is not None else None
+    for fn in filenames:
+        try:
+            hit = try_to_load_from_cache(repo, fn, cache_dir=cd)
+        except ValueError:  # not a valid repository id
+            return None
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return hit
+    return None
+
+
+def _hub_error(e: Exception, repo: str, filename: str) -> tuple[bool, str]:
+    """``(file_is_missing, reason)`` for an error from a Hub metadata request."""
+    from huggingface_hub import errors
+
+    endpoint = _hub_endpoint()
+    login = "log in with hf auth login or set HF_TOKEN"
+    if isinstance(e, errors.GatedRepoError):
+        return False, f"{repo} is a gated repository: accept its terms on the Hub and {login}"
+    if isinstance(e, errors.RepositoryNotFoundError):
+        return False, f"the Hub at {endpoint} has no repository {repo}, or it is private ({login})"
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(e, errors.EntryNotFoundError) or status == 404:
+        return True, f"the Hub at {endpoint} has no file {filename} in {repo}"
+    if status in (401, 403):
+        return False, f"the Hub at {endpoint} refused access to {repo} (HTTP {status}; {login})"
+    if status is not None:
+        return False, f"the Hub at {endpoint} answered HTTP {status} for {repo}/{filename}"
+    return False, f"the request to the Hub at {endpoint} failed ({type(e).__name__})"
+
+
+def hub_file_reachable(repo: str, filename: str) -> tuple[bool, str | None]:
+    """Ask the Hub, in one request without retries, whether it serves ``repo/filename``.
+
+    Returns ``(file_is_missing, reason)``: ``reason`` is ``None`` when the Hub serves the file.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as e:  # network, 404, gated repo, ...
+        return _hub_error(e, repo, filename)
+    return False, None
+
+
+def fetch_hub_file(
+    repo: str, filenames: Sequence[str], *, cache_dir: str | os.PathLike | None = None
+) -> str:
+    """Path of the first of ``filenames`` of Hub ``repo``: from the Hugging Face cache, else
+    downloaded, when offline mode is off, the Hub can be reached and it serves the file.
+
+    Raises:
+        HubMiss: not in the cache and not downloaded; says why.
+    """
+    hit = cached_hub_file(repo, filenames, cache_dir)
+    if hit is not None:
+        return hit
+    blocker = hub_download_blocker()
+    if blocker is not None:
+        raise blocker
+    from huggingface_hub import hf_hub_download
+
+    for fn in filenames:
+        missing, reason = hub_file_reachable(repo, fn)
+        if reason is None:
+            try:
+                cd = os.fspath(cache_dir) if cache_dir is not None else None
+                return str(hf_hub_download(repo, fn, cache_dir=cd))
+            except Exception as e:
+                raise HubMiss(
+                    f"the download of {repo}/{fn} from {_hub_endpoint()} failed "
+                    f"({type(e).__name__})"
+                ) from e
+        if not missing:
+            raise HubMiss(reason)
+    raise HubMiss(f"the Hub at {_hub_endpoint()} has {_none_of(filenames)} in {repo}")
+
+
+def _none_of(filenames: Sequence[str]) -> str:
+    return "no such file" if len(filenames) == 1 else "none of these files"
+
+
+def or_list(items: Sequence[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+TINY_NOTE = (
+    "For a quick try without any download, -b fewclip-tiny-vit runs offline, but it is a tiny "
+    "untrained toy model whose results mean nothing."
+)
+
+
+def missing_files_message(
+    *,
+    model: str,
+    what: str,
+    filenames: Sequence[str],
+    repo: str,
+    cache: str,
+    miss: HubMiss,
+    remedies: str,
+    any_of: bool = True,
+) -> str:
+    """The :class:`WeightsNotFoundError` text: one paragraph of complete sentences.
+
+    Args:
+        model: the model as the user named it, with what it resolved to.
+        what: the missing thing ("weights", "tokenizer files", "open_clip configuration").
+        filenames: the files looked for: any one of them would do (``any_of``), or all of them
+            are needed and none was found.
+        repo: the Hub repository they come from.
+        cache: the Hugging Face cache folder that was searched.
+        miss: why nothing was downloaded.
+        remedies: complete sentences naming the command-line options that avoid a download.
+    """
+    if len(filenames) == 1:
+        files, found = filenames[0], "did not find it"
+    elif any_of:
+        files = or_list(filenames)
+        found = "found neither" if len(filenames) == 2 else "found none of them"
+    else:
+        files = ", ".join(filenames[:-1]) + " and " + filenames[-1]
+        found = "did not find them"
+    verb = "are" if what.endswith("s") else "is"
+    them = "it" if len(filenames) == 1 else "them"
+    parts = [
+        f"Model {model} cannot be loaded because its {what} {verb} not on this machine: fewclip "
+        f"looked for {files} from the Hugging Face repository {repo} in the Hugging Face cache "
+        f"{cache} and {found}, and it did not download {them} because {miss.reason}.",
+        remedies,
+        miss.hint,
+        TINY_NOTE,
+    ]
+    return " ".join(p.strip() for p in parts if p.strip())

@@ -26,12 +26,19 @@ from torch import Tensor
 from fewclip.backbones.base import (
     Backbone,
     BackboneError,
+    HubMiss,
     WeightsNotFoundError,
+    cached_hub_file,
+    first_line,
+    hub_cache_dir,
+    hub_download_blocker,
+    hub_file_reachable,
+    missing_files_message,
     state_dict_digest,
 )
 from fewclip.backbones.transforms import OPENAI_MEAN, OPENAI_STD, Augment, Preprocess
 
-__all__ = ["HFBackbone", "load_hf"]
+__all__ = ["HFBackbone", "load_hf", "local_hf_names"]
 
 _SUPPORTED = ("clip", "siglip")
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -162,23 +169,75 @@ def preprocess_from_hf(pp: dict[str, Any], model_type: str, image_size: int) -> 
     )
 
 
-def _hf_error(
-    source: str, name: str, cache_dir: str | os.PathLike | None, e: Exception
-) -> Exception:
-    from huggingface_hub import constants
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_NEEDED = (
+    ("config.json", ("config.json",)),
+    ("model.safetensors (or pytorch_model.bin)", _WEIGHTS),
+    ("tokenizer_config.json", ("tokenizer_config.json", "tokenizer.json")),
+)
+"""(name in messages, any of these files) for each file a transformers model needs."""
 
-    cache = os.fspath(cache_dir) if cache_dir is not None else str(constants.HF_HUB_CACHE)
-    offline = (
-        " (HF_HUB_OFFLINE is set, so nothing was downloaded)" if constants.HF_HUB_OFFLINE else ""
-    )
+
+def _missing_in_cache(repo: str, cache_dir: str | os.PathLike | None) -> list[str]:
+    """The needed files of Hub ``repo`` that are not in the Hugging Face cache (no network)."""
+    return [label for label, files in _NEEDED if cached_hub_file(repo, files, cache_dir) is None]
+
+
+def _download_blocker(repo: str, missing: list[str]) -> HubMiss | None:
+    """Why transformers could not download ``repo`` right now, or ``None`` when it may try.
+
+    Besides offline mode and the connectivity probe, one metadata request (no retries) for
+    config.json makes sure transformers never enters huggingface_hub's retry loop."""
+    blocker = hub_download_blocker()
+    if blocker is not None or not missing:
+        return blocker
+    _, reason = hub_file_reachable(repo, "config.json")
+    return None if reason is None else HubMiss(reason)
+
+
+def _hf_error(
+    src: str,
+    name: str,
+    *,
+    local: bool,
+    cache_dir: str | os.PathLike | None,
+    blocker: HubMiss | None,
+    e: Exception,
+) -> BackboneError:
+    if local:
+        return WeightsNotFoundError(
+            f"Model {name!r} cannot be loaded from the folder {src} ({first_line(e)}). The folder "
+            "must hold a transformers CLIP or SigLIP model as save_pretrained writes it: "
+            "config.json, model.safetensors, the tokenizer files and preprocessor_config.json."
+        )
+    missing = _missing_in_cache(src, cache_dir)
+    if not missing:
+        return BackboneError(
+            f"Model {name!r}: transformers could not load {src} from the Hugging Face cache "
+            f"{hub_cache_dir(cache_dir)}: {first_line(e)}"
+        )
+    miss = blocker or HubMiss(f"transformers could not download them ({first_line(e)})")
     return WeightsNotFoundError(
-        f"Model {name!r}: transformers could not load {source!r}{offline}: "
-        f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}\n"
-        f"fewclip looked in: the folder {source!r} if it exists, then the Hugging Face cache "
-        f"{cache}.\nTo use local weights: save the model with model.save_pretrained(folder) and "
-        "tokenizer.save_pretrained(folder) (plus preprocessor_config.json) and load "
-        "fewclip.backbones.load('hf:/path/to/folder'), or set HF_HOME / cache_dir to a cache "
-        "that holds the model."
+        missing_files_message(
+            model=f"{name!r} (transformers)",
+            what="model files",
+            filenames=missing,
+            repo=src,
+            cache=hub_cache_dir(cache_dir),
+            miss=miss,
+            any_of=False,
+            remedies=(
+                "To load it from local files instead, pass -b hf:PATH, where PATH is a folder "
+                f"holding the files of {src} (config.json, model.safetensors, the tokenizer files "
+                "and preprocessor_config.json, as save_pretrained writes them); or set HF_HOME "
+                f"(or HF_HUB_CACHE) to a Hugging Face cache that already holds {src}."
+            ),
+        )
     )
 
 
@@ -193,13 +252,16 @@ def load_hf(
 ) -> HFBackbone:
     """Load a transformers CLIP/SigLIP model from a Hub id or a local folder.
 
+    A Hub id is read from the Hugging Face cache; transformers downloads missing files only
+    when offline mode is off and the Hub answers (see
+    :func:`fewclip.backbones.base.hub_download_blocker`), so a missing model fails fast.
+
     Raises:
         BackboneError: transformers missing, or the model is not CLIP/SigLIP.
         WeightsNotFoundError: not in the folder/cache and not downloadable.
     """
     try:
         import transformers
-        from huggingface_hub import constants
         from transformers import AutoConfig, AutoModel, AutoTokenizer
     except ImportError as e:
         raise BackboneError(
@@ -208,13 +270,28 @@ def load_hf(
     src = os.fspath(source)
     name = name or f"hf:{src}"
     local = Path(src).is_dir()
+    if not local:
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(src)
+        except ValueError as e:
+            raise WeightsNotFoundError(
+                f"Model {name!r}: {src} is neither an existing folder nor a Hugging Face "
+                "repository id such as openai/clip-vit-base-patch16."
+            ) from e
     kw: dict[str, Any] = {"cache_dir": os.fspath(cache_dir) if cache_dir is not None else None}
-    if local or constants.HF_HUB_OFFLINE:
+    blocker = None if local else _download_blocker(src, _missing_in_cache(src, cache_dir))
+    if local or blocker is not None:
         kw["local_files_only"] = True
+
+    def fail(e: Exception) -> BackboneError:
+        return _hf_error(src, name, local=local, cache_dir=cache_dir, blocker=blocker, e=e)
+
     try:
         config = AutoConfig.from_pretrained(src, **kw)
     except Exception as e:
-        raise _hf_error(src, name, cache_dir, e) from e
+        raise fail(e) from e
     if config.model_type not in _SUPPORTED:
         raise BackboneError(
             f"Model {name!r}: expected a transformers model of type {_SUPPORTED}, found "
@@ -225,7 +302,7 @@ def load_hf(
         tokenizer = AutoTokenizer.from_pretrained(src, **kw)
         pp_path = transformers.utils.cached_file(src, "preprocessor_config.json", **kw)
     except Exception as e:
-        raise _hf_error(src, name, cache_dir, e) from e
+        raise fail(e) from e
     pp: dict[str, Any] = {}
     if pp_path is not None:
         with open(pp_path, encoding="utf-8") as f:
@@ -246,3 +323,34 @@ def load_hf(
         precision=precision,
         augment=augment,
     )
+
+
+def local_hf_names(cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """``"hf:org/repo"`` for every transformers CLIP/SigLIP model whose config, weights and
+    tokenizer are in the Hugging Face cache (empty without transformers). Reads the cache only:
+    no network, no model construction."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return []
+    cache = hub_cache_dir(cache_dir)
+    try:
+        entries = sorted(os.listdir(cache))
+    except OSError:
+        return []
+    names = []
+    for entry in entries:
+        if not entry.startswith("models--"):
+            continue
+        repo = entry[len("models--") :].replace("--", "/")
+        config_path = cached_hub_file(repo, ["config.json"], cache_dir)
+        if config_path is None or _missing_in_cache(repo, cache_dir):
+            continue
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                model_type = json.load(f).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if model_type in _SUPPORTED:
+            names.append(f"hf:{repo}")
+    return names

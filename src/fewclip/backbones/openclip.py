@@ -11,10 +11,14 @@ How a name is resolved (see :func:`load_open_clip`):
 - ``"hf-hub:org/repo"`` (an open_clip model on the Hugging Face Hub).
 
 Weights for tags and ``hf-hub:`` ids are looked up in the Hugging Face cache first
-(``cache_dir`` or ``$HF_HOME/hub``); only when they are missing, and ``HF_HUB_OFFLINE`` is not
-set, are they downloaded (with the hub client's timeouts). When that fails,
-:class:`~fewclip.backbones.base.WeightsNotFoundError` says which model, where fewclip looked and
-how to provide local weights. fewclip never changes environment variables or global settings.
+(``cache_dir`` or ``$HF_HUB_CACHE``, default ``$HF_HOME/hub``). Only when they are missing does
+fewclip try a download, and only in a way that fails fast: never with ``HF_HUB_OFFLINE`` set,
+never when a 2 s TCP probe cannot reach the Hub (``HF_ENDPOINT``) or the proxy, and only after
+one metadata request without retries has found the file (see
+:func:`fewclip.backbones.base.fetch_hub_file`). When that fails,
+:class:`~fewclip.backbones.base.WeightsNotFoundError` says, in one paragraph, which model and
+files, where fewclip looked, why it did not download them and which command-line options point
+it at local weights. fewclip never changes environment variables or global settings.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,51 +38,67 @@ from torch import Tensor, nn
 from fewclip.backbones.base import (
     Backbone,
     BackboneError,
+    HubMiss,
     WeightsNotFoundError,
+    cached_hub_file,
+    first_line,
+    hub_cache_dir,
+    hub_download_blocker,
+    missing_files_message,
     state_dict_digest,
 )
+from fewclip.backbones.base import fetch_hub_file as _fetch_hub_file
 from fewclip.backbones.names import OPENAI_ALIASES
 from fewclip.backbones.transforms import Augment, Preprocess
 
-__all__ = ["RANDOM", "OpenCLIPBackbone", "load_open_clip"]
+__all__ = [
+    "RANDOM",
+    "OpenCLIPBackbone",
+    "fetch_hub_file",
+    "load_open_clip",
+    "local_open_clip_names",
+]
 
 RANDOM = "random"
 """``pretrained=RANDOM`` builds an architecture with random (seeded) weights."""
 
 _PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode", "fill_color")
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+_CACHE_REMEDY = "set HF_HOME (or HF_HUB_CACHE) to a Hugging Face cache that already holds {repo}"
 
 
-def _how_to_fix(name: str) -> str:
+def _local_dir_remedy(holding: str) -> str:
+    return f"pass -b local-dir:PATH, where PATH is a folder holding {holding}"
+
+
+def _tag_remedies(name: str, arch: str, tag: str, tag_cfg: dict[str, Any], repo: str) -> str:
+    """Command-line ways to load ``name`` (resolved to ``arch`` + ``tag``) from local files."""
+    flag_name = name if name in OPENAI_ALIASES else arch
+    url = str(tag_cfg.get("url") or "")
+    example = f", such as {os.path.basename(url)} from {url}" if tag == "openai" and url else ""
     return (
-        "To use local weights instead:\n"
-        f"  - a checkpoint file: fewclip.backbones.load('<architecture>', "
-        "pretrained='/path/to/weights.safetensors' or '.bin'/'.pt');\n"
-        "  - a folder: fewclip.backbones.load('local-dir:/path/to/folder') with "
-        "open_clip_config.json + open_clip_model.safetensors;\n"
-        "  - or put the files in the Hugging Face cache (set HF_HOME, or pass cache_dir=) on a "
-        f"machine with internet: python -c \"import fewclip.backbones as b; b.load('{name}')\""
+        "To load it from local files instead, "
+        + _local_dir_remedy(
+            "an open_clip model (open_clip_config.json and open_clip_model.safetensors)"
+        )
+        + f"; or pass -b {flag_name} --pretrained FILE, where FILE is a local {arch} checkpoint "
+        f"(.safetensors, .bin or .pt){example}; or " + _CACHE_REMEDY.format(repo=repo) + "."
     )
 
 
-def _offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - huggingface_hub comes with open_clip
-        return True
-
-
-def _hub_cache(cache_dir: str | os.PathLike | None) -> str:
-    if cache_dir is not None:
-        return os.fspath(cache_dir)
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except ImportError:  # pragma: no cover
-        return "~/.cache/huggingface/hub"
+def _hub_remedies(repo: str) -> str:
+    """Command-line ways to load ``hf-hub:repo`` from local files."""
+    return (
+        "To load it from local files instead, "
+        + _local_dir_remedy(
+            f"the files of {repo} (open_clip_config.json, open_clip_model.safetensors and its "
+            "tokenizer files, if it has any)"
+        )
+        + "; or "
+        + _CACHE_REMEDY.format(repo=repo)
+        + "."
+    )
 
 
 def fetch_hub_file(
@@ -85,34 +106,31 @@ def fetch_hub_file(
     filenames: Sequence[str],
     *,
     model: str,
+    remedies: str,
     cache_dir: str | os.PathLike | None = None,
     what: str = "weights",
 ) -> str:
-    """Path of the first of ``filenames`` found for Hub ``repo``: the local cache first, then a
-    download unless offline. Raises :class:`WeightsNotFoundError` naming every place tried."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    """Path of the first of ``filenames`` of Hub ``repo``: the local cache first, then a
+    download that fails fast (see :func:`fewclip.backbones.base.fetch_hub_file`).
 
-    cache = _hub_cache(cache_dir)
-    cd = os.fspath(cache_dir) if cache_dir is not None else None
-    for fn in filenames:
-        hit = try_to_load_from_cache(repo, fn, cache_dir=cd)
-        if isinstance(hit, str) and os.path.isfile(hit):
-            return hit
-    looked = [f"Hugging Face cache {cache}: {repo}/{fn}" for fn in filenames]
-    if _offline():
-        reason = "HF_HUB_OFFLINE is set, so fewclip did not try to download"
-    else:
-        errors = []
-        for fn in filenames:
-            try:
-                return str(hf_hub_download(repo, fn, cache_dir=cd, etag_timeout=10))
-            except Exception as e:  # network, 404, gated repo, ...
-                errors.append(f"{repo}/{fn}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        reason = "download failed:\n    " + "\n    ".join(errors)
-    raise WeightsNotFoundError(
-        f"Model {model!r}: {what} not found locally and not downloaded.\n"
-        "fewclip looked in:\n  " + "\n  ".join(looked) + f"\n{reason}.\n" + _how_to_fix(model)
-    )
+    Raises:
+        WeightsNotFoundError: one paragraph naming ``model``, the files, the cache folder, why
+            nothing was downloaded, and ``remedies``.
+    """
+    try:
+        return _fetch_hub_file(repo, filenames, cache_dir=cache_dir)
+    except HubMiss as miss:
+        raise WeightsNotFoundError(
+            missing_files_message(
+                model=model,
+                what=what,
+                filenames=filenames,
+                repo=repo,
+                cache=hub_cache_dir(cache_dir),
+                miss=miss,
+                remedies=remedies,
+            )
+        ) from miss
 
 
 class OpenCLIPBackbone(Backbone):
@@ -251,18 +269,71 @@ def _finish(
     )
 
 
-def _tokenizer(source: str, model: str) -> Any:
+def _tokenizer(source: str, model: str, cache_dir: str | os.PathLike | None = None) -> Any:
     import open_clip
 
+    cd = os.fspath(cache_dir) if cache_dir is not None else None
     try:
-        return open_clip.get_tokenizer(source)
+        return open_clip.get_tokenizer(source, cache_dir=cd)
     except Exception as e:
         raise WeightsNotFoundError(
-            f"Model {model!r}: its tokenizer could not be loaded from {source!r} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}). "
-            "SigLIP and HF-text-tower models need their Hugging Face tokenizer files in the "
-            "Hugging Face cache (HF_HOME or cache_dir).\n" + _how_to_fix(model)
+            f"Model {model!r} cannot be loaded because its tokenizer could not be loaded from "
+            f"{source} ({first_line(e)}). Models with a Hugging Face tokenizer (SigLIP, "
+            "multilingual and other HF-text-tower models) need its files in the Hugging Face "
+            f"cache {hub_cache_dir(cache_dir)}: set HF_HOME (or HF_HUB_CACHE) to a cache that "
+            "holds them, or pass -b local-dir:PATH, where PATH is a folder holding "
+            "open_clip_config.json, open_clip_model.safetensors and the tokenizer files."
         ) from e
+
+
+def _require_text_files(
+    model_cfg: dict[str, Any], *, model: str, cache_dir: str | os.PathLike | None
+) -> None:
+    """Fail fast when the model's Hugging Face tokenizer or text-tower configuration is neither
+    cached nor downloadable (open_clip would otherwise try the Hub with its retries)."""
+    text_cfg = model_cfg.get("text_cfg") or {}
+    # open_clip reads the tokenizer from cache_dir, a text tower's config from the default cache.
+    wanted = [
+        (
+            str(text_cfg.get("hf_tokenizer_name") or ""),
+            _TOKENIZER_FILES,
+            "tokenizer files",
+            cache_dir,
+        ),
+        (str(text_cfg.get("hf_model_name") or ""), ("config.json",), "text-tower files", None),
+    ]
+    for repo, files, what, cd in wanted:
+        if not repo or Path(repo).is_dir() or cached_hub_file(repo, files, cd) is not None:
+            continue
+        blocker = hub_download_blocker()
+        if blocker is None:
+            return  # open_clip downloads them
+        raise WeightsNotFoundError(
+            missing_files_message(
+                model=model,
+                what=what,
+                filenames=files,
+                repo=repo,
+                cache=hub_cache_dir(cd),
+                miss=blocker,
+                remedies="To load it from local files instead, "
+                + _local_dir_remedy(
+                    "open_clip_config.json, open_clip_model.safetensors and the tokenizer files"
+                )
+                + "; or "
+                + _CACHE_REMEDY.format(repo=repo)
+                + ".",
+            )
+        )
+
+
+def _is_torchscript(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive, such as OpenAI's own ``RN50.pt``."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _create(model_name: str, *, user_name: str, **kwargs: Any) -> nn.Module:
@@ -271,19 +342,27 @@ def _create(model_name: str, *, user_name: str, **kwargs: Any) -> nn.Module:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
+            warnings.filterwarnings("ignore", message=".*TorchScript archive.*")
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated.*")
             model: nn.Module = open_clip.create_model(model_name, device="cpu", **kwargs)
         return model
     except (OSError, ValueError) as e:
         text = str(e)
         if any(s in text for s in ("offline", "connect", "resolve", "Hub", "hub", "huggingface")):
             raise WeightsNotFoundError(
-                f"Model {user_name!r}: open_clip needed files from the Hugging Face Hub while "
-                f"building {model_name!r} and could not get them ({type(e).__name__}: "
-                f"{text.splitlines()[0][:300]}).\n" + _how_to_fix(user_name)
+                f"Model {user_name!r} cannot be loaded because open_clip needed files from the "
+                f"Hugging Face Hub while building {model_name} and could not get them "
+                f"({first_line(e)}). Set HF_HOME (or HF_HUB_CACHE) to a Hugging Face cache "
+                "that holds them, or pass -b local-dir:PATH, where PATH is a folder holding "
+                "open_clip_config.json and open_clip_model.safetensors."
             ) from e
         raise BackboneError(
-            f"Model {user_name!r}: open_clip could not build {model_name!r}: "
-            f"{type(e).__name__}: {text}"
+            f"Model {user_name!r}: open_clip could not build {model_name}: {first_line(e)}"
+        ) from e
+    except RuntimeError as e:  # a checkpoint that does not fit the architecture
+        raise BackboneError(
+            f"Model {user_name!r}: the weights do not fit the open_clip architecture "
+            f"{model_name}: {first_line(e)}"
         ) from e
 
 
@@ -308,13 +387,24 @@ def load_open_clip(
         return _load_local_dir(name, Path(name[len("local-dir:") :]), device, precision, augment)
     if name.startswith("hf-hub:"):
         repo = name[len("hf-hub:") :]
+        remedies = _hub_remedies(repo)
         cfg_path = fetch_hub_file(
-            repo, ["open_clip_config.json"], model=name, cache_dir=cache_dir, what="config"
+            repo,
+            ["open_clip_config.json"],
+            model=repr(name),
+            remedies=remedies,
+            cache_dir=cache_dir,
+            what="open_clip configuration",
         )
-        fetch_hub_file(repo, _WEIGHT_FILES, model=name, cache_dir=cache_dir)
+        fetch_hub_file(
+            repo, _WEIGHT_FILES, model=repr(name), remedies=remedies, cache_dir=cache_dir
+        )
+        with open(cfg_path, encoding="utf-8") as f:
+            hub_cfg = json.load(f).get("model_cfg") or {}
+        _require_text_files(hub_cfg, model=repr(name), cache_dir=cache_dir)
         folder = Path(cfg_path).parent
         return _load_local_dir(
-            name, folder, device, precision, augment, tokenizer=_tokenizer(name, name)
+            name, folder, device, precision, augment, tokenizer=_tokenizer(name, name, cache_dir)
         )
 
     arch, tag = name, None if pretrained is None else os.fspath(pretrained)
@@ -348,13 +438,17 @@ def load_open_clip(
             model = _create(arch, user_name=name, pretrained=None, pretrained_text=False)
     elif tag_cfg:
         ckpt = _fetch_tag(name, arch, tag, tag_cfg, cache_dir)
+        _require_text_files(model_cfg, model=_describe(name, arch, tag), cache_dir=cache_dir)
         kwargs["force_preprocess_cfg"] = {k: tag_cfg[k] for k in _PREPROCESS_KEYS if k in tag_cfg}
         if tag_cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
             model_cfg["quick_gelu"] = True
         model = _create(arch, user_name=name, pretrained=ckpt, **kwargs)
     elif os.path.isfile(tag):
-        model = _create(arch, user_name=name, pretrained=tag)
+        _require_text_files(model_cfg, model=repr(name), cache_dir=cache_dir)
+        # OpenAI's own checkpoints (RN50.pt, ...) are TorchScript archives, which torch.load
+        # refuses with weights_only=True; they hold no pickled Python objects.
+        model = _create(arch, user_name=name, pretrained=tag, weights_only=not _is_torchscript(tag))
     else:
         raise BackboneError(
             f"Model {name!r}: pretrained={tag!r} is neither a known tag of {arch!r} "
@@ -363,13 +457,39 @@ def load_open_clip(
     return _finish(
         model,
         name=name,
-        tokenizer=_tokenizer(arch, name),
+        tokenizer=_tokenizer(arch, name, cache_dir),
         model_cfg=model_cfg,
         arch_name=arch,
         device=device,
         precision=precision,
         augment=augment,
     )
+
+
+def _describe(name: str, arch: str, tag: str) -> str:
+    """``'RN50' (open_clip RN50-quickgelu with the openai weights)``."""
+    return f"{name!r} (open_clip {arch} with the {tag} weights)"
+
+
+def _tag_source(tag_cfg: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """``(repo, filenames)`` a tag's weights come from on the Hub (any one file will do), or
+    ``None`` when the tag has no Hub location (a local file or a plain URL)."""
+    hub = str(tag_cfg.get("hf_hub") or "")
+    if not hub:
+        return None
+    if hub.endswith("/"):
+        return hub[:-1], list(_WEIGHT_FILES)
+    repo, filename = hub.rsplit("/", 1)
+    filenames = [filename]
+    if not filename.endswith(".safetensors"):
+        filenames.insert(0, filename.rsplit(".", 1)[0] + ".safetensors")
+    return repo, filenames
+
+
+def _url_file(tag_cfg: dict[str, Any], cache_dir: str | os.PathLike | None) -> Path:
+    """Where a URL-only tag's checkpoint is expected locally (open_clip's own download folder)."""
+    url = str(tag_cfg.get("url") or "")
+    return Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
 
 
 def _fetch_tag(
@@ -381,26 +501,112 @@ def _fetch_tag(
 ) -> str:
     if tag_cfg.get("file"):
         return str(tag_cfg["file"])
-    hub = tag_cfg.get("hf_hub", "")
-    if not hub:
-        url = tag_cfg.get("url", "")
-        local = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
+    source = _tag_source(tag_cfg)
+    if source is None:
+        local = _url_file(tag_cfg, cache_dir)
         if local.is_file():
             return str(local)
+        flag_name = name if name in OPENAI_ALIASES else arch
         raise WeightsNotFoundError(
-            f"Model {name!r} ({arch}, tag {tag!r}): weights not found at {local} "
-            f"(download URL {url}).\n" + _how_to_fix(name)
+            f"Model {_describe(name, arch, tag)} cannot be loaded because its weights are not on "
+            f"this machine: fewclip looked for {local} and did not find it, and it does not "
+            f"download from plain URLs ({tag_cfg.get('url', '')}). Download that file "
+            f"elsewhere and pass -b {flag_name} --pretrained FILE, or pass -b local-dir:PATH, "
+            "where PATH is a folder holding an open_clip model (open_clip_config.json and "
+            "open_clip_model.safetensors)."
         )
-    if hub.endswith("/"):
-        repo, filenames = hub[:-1], list(_WEIGHT_FILES)
-    else:
-        repo, filename = os.path.split(hub)
-        filenames = [filename]
-        if not filename.endswith(".safetensors"):
-            filenames.insert(0, filename.rsplit(".", 1)[0] + ".safetensors")
+    repo, filenames = source
     return fetch_hub_file(
-        repo, filenames, model=f"{name} ({arch}, tag {tag!r})", cache_dir=cache_dir
+        repo,
+        filenames,
+        model=_describe(name, arch, tag),
+        remedies=_tag_remedies(name, arch, tag, tag_cfg, repo),
+        cache_dir=cache_dir,
     )
+
+
+def _cached_repos(cache: str) -> set[str]:
+    """Repository ids with a folder in the Hugging Face cache ``cache`` (no network)."""
+    try:
+        entries = os.listdir(cache)
+    except OSError:
+        return set()
+    prefix = "models--"
+    return {e[len(prefix) :].replace("--", "/") for e in entries if e.startswith(prefix)}
+
+
+def _text_files_cached(
+    model_cfg: dict[str, Any], repos: set[str], cache_dir: str | os.PathLike | None
+) -> bool:
+    """Whether a model's Hugging Face tokenizer / text-tower config (if any) is cached.
+    ``repos`` are the repositories present in ``cache_dir``."""
+    text_cfg = model_cfg.get("text_cfg") or {}
+    # open_clip reads the tokenizer from cache_dir, a text tower's config from the default cache.
+    for key, files, cd in (
+        ("hf_tokenizer_name", _TOKENIZER_FILES, cache_dir),
+        ("hf_model_name", ("config.json",), None),
+    ):
+        repo = str(text_cfg.get(key) or "")
+        if not repo or Path(repo).is_dir():
+            continue
+        present = repos if cd is cache_dir else _cached_repos(hub_cache_dir(cd))
+        if repo not in present or cached_hub_file(repo, files, cd) is None:
+            return False
+    return True
+
+
+def local_open_clip_names(cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """open_clip models whose weights (and Hugging Face tokenizer, if any) are on this machine.
+
+    Reads the Hugging Face cache only: no network, no model construction. Entries, in order:
+    OpenAI names (``"RN50"``), then other open_clip (architecture, tag) pairs spelled
+    ``"ARCH --pretrained TAG"`` (the command-line form; in Python,
+    ``load(ARCH, pretrained=TAG)``), then ``"hf-hub:org/repo"`` ids. Weights shared by several
+    names are listed once, under the first name.
+    """
+    import open_clip
+
+    cache = hub_cache_dir(cache_dir)
+    repos = _cached_repos(cache)
+    seen: set[str] = set()
+    names: list[str] = []
+
+    def weights_key(arch: str, tag: str) -> str | None:
+        """An id of the tag's weights when they are local, else ``None``."""
+        cfg = open_clip.get_pretrained_cfg(arch, tag)
+        if not cfg:
+            return None
+        if cfg.get("file"):
+            return str(cfg["file"]) if os.path.isfile(str(cfg["file"])) else None
+        source = _tag_source(cfg)
+        if source is None:
+            local = _url_file(cfg, cache_dir)
+            return str(local) if local.is_file() else None
+        repo, files = source
+        if repo not in repos or cached_hub_file(repo, files, cache_dir) is None:
+            return None
+        model_cfg = open_clip.get_model_config(arch) or {}
+        return repo if _text_files_cached(model_cfg, repos, cache_dir) else None
+
+    candidates = [(alias, arch, tag) for alias, (arch, tag) in OPENAI_ALIASES.items()]
+    candidates += [(f"{a} --pretrained {t}", a, t) for a, t in open_clip.list_pretrained()]
+    for entry, arch, tag in candidates:
+        key = weights_key(arch, tag)
+        if key is not None and key not in seen:
+            seen.add(key)
+            names.append(entry)
+    for repo in sorted(repos - seen):
+        cfg_path = cached_hub_file(repo, ["open_clip_config.json"], cache_dir)
+        if cfg_path is None or cached_hub_file(repo, _WEIGHT_FILES, cache_dir) is None:
+            continue
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                model_cfg = json.load(f).get("model_cfg")
+        except (OSError, ValueError):
+            continue
+        if isinstance(model_cfg, dict) and _text_files_cached(model_cfg, repos, cache_dir):
+            names.append(f"hf-hub:{repo}")
+    return names
 
 
 def _load_local_dir(
