@@ -82,8 +82,8 @@ class BadImageError(ValueError):
         super().__init__(
             f"{n}{of} images could not be decoded:\n"
             + "\n".join(lines)
-            + "\nFix or remove these files, or pass skip_bad=True to skip them "
-            "(skipped files are reported in the result's bad_files)."
+            + "\nFix or remove these files, or skip them: --skip-bad on the command line, "
+            "skip_bad=True in Python (every skipped file is listed in the output and records)."
         )
 
 

@@ -62,6 +62,8 @@ class ExtractResult:
         keys: store key of each view (``"plain"``, ``"view0"``, ...), empty without a store.
         n_encoded: number of images run through the model by this call (0 when every entry
             came from the store).
+        bad_accepted_earlier: ``bad_files`` were dropped without ``skip_bad`` because an
+            earlier ``skip_bad=True`` extraction of the same images accepted them.
     """
 
     features: Tensor | None
@@ -72,6 +74,7 @@ class ExtractResult:
     bad_index: list[int] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)
     n_encoded: int = 0
+    bad_accepted_earlier: bool = False
 
     def feature_set(self) -> FeatureSet:
         """The result as a :class:`fewclip.task.FeatureSet` (needs labels and plain features)."""
@@ -268,8 +271,9 @@ def extract(
         batch_size: images per model call (views of an image count separately).
         num_workers: DataLoader worker processes for decoding and transforms.
         skip_bad: drop undecodable images from the result (they are listed in ``bad_files``
-            and recorded in the store); when False such images raise :class:`BadImageError`
-            listing every one, after the whole pass.
+            and the choice is recorded in the store); when False such images raise
+            :class:`BadImageError` listing every one, after the whole pass, unless an earlier
+            ``skip_bad=True`` extraction of the same images accepted exactly those files.
         dtype: storage dtype (float32 default; float16/bfloat16 halve the disk space).
         shard_size: rows per shard file (the granularity of resuming).
         progress: show a progress bar (default: only when stderr is a terminal).
@@ -346,6 +350,7 @@ def extract(
     # Gather results and bad files.
     bad: dict[int, BadImage] = {}
     tensors: dict[int, Tensor] = {}
+    accepted = True  # every stored entry with bad files was accepted by an earlier skip_bad
     for v in view_ids:
         if store is None:
             sink = sinks[v]
@@ -358,10 +363,17 @@ def extract(
             info = store.info(keys[v])
             tensors[v] = store.load(keys[v], mmap=False)
             bad.update(dict(info.bad_files))
+            if info.bad_files and not info.bad_accepted:
+                accepted = False
     bad_index = sorted(bad)
     bad_files = [bad[i] for i in bad_index]
-    if bad_files and not skip_bad:
+    accepted_earlier = bool(bad_files) and store is not None and accepted
+    if bad_files and not (skip_bad or accepted_earlier):
         raise BadImageError(bad_files, total=n)
+    if bad_files and skip_bad and store is not None:
+        for key in keys.values():
+            if store.info(key).bad_files:
+                store.accept_bad(key)
     keep = torch.ones(n, dtype=torch.bool)
     if bad_index:
         keep[torch.tensor(bad_index)] = False
@@ -378,6 +390,7 @@ def extract(
         bad_index=bad_index,
         keys={_view_name(v): k for v, k in keys.items()},
         n_encoded=n_encoded,
+        bad_accepted_earlier=accepted_earlier and not skip_bad,
     )
 
 

@@ -10,10 +10,17 @@ image is encoded once and every method, seed and shot count reuses it:
   for; the entry is keyed by exactly those images, so repeating a draw is still free.
 
 The source never reads a split it is not asked for; the protocol decides what it is asked for.
+
+Undecodable images: with ``skip_bad=True`` (or when an earlier ``skip_bad`` extraction of the
+same images accepted them) a split's bad images are found before anything is planned on it, and
+the split is seen without them: ``labels``, ``features`` and ``dataset`` all describe the
+remaining images, in their original order, and ``skipped`` lists what was left out (path and
+reason). Store entries stay keyed by the full image list, so nothing is encoded twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +32,7 @@ from fewclip.backbones.base import Backbone
 from fewclip.data.types import Dataset, ImageList
 from fewclip.features.extract import ExtractResult, extract
 from fewclip.features.store import FeatureStore
+from fewclip.imageio import BadImage, BadImageError, decode_image
 from fewclip.task import FeatureSet
 
 __all__ = ["DatasetSource"]
@@ -42,6 +50,13 @@ class DatasetSource:
         view_seed: seed of the augmented views (view ``v`` of image ``i`` depends only on it).
         whole_split_limit: splits with at most this many images are extracted whole.
         batch_size, num_workers, progress: passed to :func:`fewclip.features.extract`.
+        skip_bad: leave undecodable images out (listed in ``skipped``) instead of raising
+            :class:`~fewclip.imageio.BadImageError` (see the module docstring).
+
+    Attributes:
+        dataset: the dataset as seen through the source (without skipped images).
+        original: the dataset as given.
+        skipped: split → the images left out of it, with reasons (only splits read so far).
     """
 
     def __init__(
@@ -56,10 +71,15 @@ class DatasetSource:
         batch_size: int = 64,
         num_workers: int = 0,
         progress: bool | None = None,
+        skip_bad: bool = False,
     ) -> None:
         if views < 0:
             raise ValueError(f"views: expected a non-negative number, found {views}")
         self.dataset = dataset
+        self.original = dataset
+        self.skip_bad = skip_bad
+        self.skipped: dict[str, list[BadImage]] = {}
+        self._kept: dict[str, Tensor] = {}
         self.backbone = backbone
         self.store = FeatureStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.views = views
@@ -75,7 +95,45 @@ class DatasetSource:
         return list(self.dataset.splits)
 
     def labels(self, split: str) -> Tensor:
+        self._drop_bad(split)
         return torch.tensor(self.dataset.split(split).labels, dtype=torch.long)
+
+    def skipped_images(self) -> list[dict[str, str]]:
+        """Every image left out so far, as ``{"split", "path", "reason"}`` records."""
+        return [{"split": s, **b.to_dict()} for s, bad in self.skipped.items() for b in bad]
+
+    def _drop_bad(self, split: str) -> None:
+        """Find the undecodable images of ``split`` once and hide them from ``dataset``.
+
+        A split of up to ``whole_split_limit`` images is found out by extracting its plain
+        features (needed anyway); a larger one only with ``skip_bad``, by decoding every image.
+        """
+        if split in self._kept or split not in self.original.splits:
+            return
+        lst = self.original.split(split)
+        if len(lst) <= self.whole_split_limit:
+            res = self._extract(split, None, 0)
+            bad_index, bad = res.bad_index, res.bad_files
+        elif self.skip_bad:
+            bad_index, bad = [], []
+            for i in range(len(lst)):
+                try:
+                    decode_image(lst.open(i) if lst.loader is not None else lst.abspath(i))
+                except ValueError as e:
+                    bad_index.append(i)
+                    bad.append(BadImage(str(lst.abspath(i)), getattr(e, "reason", str(e))))
+        else:
+            bad_index, bad = [], []
+        keep = torch.ones(len(lst), dtype=torch.bool)
+        if bad_index:
+            keep[torch.tensor(bad_index, dtype=torch.long)] = False
+        self._kept[split] = torch.nonzero(keep).flatten()
+        self.skipped[split] = list(bad)
+        if bad_index:
+            clean = lst.subset(self._kept[split].tolist())
+            self.dataset = dataclasses.replace(
+                self.dataset, splits={**self.dataset.splits, split: clean}
+            )
 
     def _images(self, lst: ImageList) -> list[Any]:
         if lst.loader is not None:
@@ -86,9 +144,10 @@ class DatasetSource:
         memo_key = (split, index, views)
         if memo_key in self._memo:
             return self._memo[memo_key]
-        lst = self.dataset.split(split)
+        lst = self.original.split(split)
         if index is not None:
-            lst = lst.subset(index)
+            kept = self._kept.get(split)
+            lst = lst.subset(index if kept is None else kept[list(index)].tolist())
         res = extract(
             self.backbone,
             self._images(lst),
@@ -101,7 +160,11 @@ class DatasetSource:
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             progress=self.progress,
+            skip_bad=self.skip_bad,
         )
+        if index is not None and res.bad_files:
+            # only rows of a split too large to scan up front get here with bad images
+            raise BadImageError(res.bad_files, total=len(lst))
         self.n_encoded += res.n_encoded
         self._memo[memo_key] = res
         return res
@@ -111,6 +174,7 @@ class DatasetSource:
     ) -> FeatureSet:
         """Raw features (and, with ``views``, the augmented views) of ``split`` rows ``index``
         (all rows when ``None``), in that order."""
+        self._drop_bad(split)
         n_split = len(self.dataset.split(split))
         n_views = self.views if views else 0
         whole = index is None or n_split <= self.whole_split_limit

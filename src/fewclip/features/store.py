@@ -141,6 +141,8 @@ class EntryInfo:
         bad_files: images that could not be decoded (their rows hold zeros), with row indices.
         meta: free-form information (backbone name and description, ...), not part of the key.
         created: UTC timestamp of completion.
+        bad_accepted: a caller chose to skip ``bad_files`` (``extract(skip_bad=True)``, CLI
+            ``--skip-bad``); later extractions of the same images honour that choice.
     """
 
     key: str
@@ -154,6 +156,7 @@ class EntryInfo:
     bad_files: list[tuple[int, BadImage]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    bad_accepted: bool = False
 
     @property
     def kind(self) -> str:
@@ -219,7 +222,21 @@ class FeatureStore:
             bad_files=bad,
             meta=rec.get("meta", {}),
             created=rec.get("created", ""),
+            bad_accepted=bool(rec.get("bad_accepted", False)),
         )
+
+    def accept_bad(self, key: str) -> None:
+        """Record that the bad files of ``key`` are to be skipped from now on (atomic rewrite of
+        its ``record.json``; the key and the tensors do not change)."""
+        path = self._record_path(key)
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise KeyError(f"key: no complete entry {key!r} in {self.root}") from None
+        if rec.get("bad_accepted"):
+            return
+        rec["bad_accepted"] = True
+        _atomic_write_bytes(path, json.dumps(rec, indent=1, sort_keys=True).encode())
 
     def entries(self, **match: Any) -> list[EntryInfo]:
         """All complete entries whose key record matches every ``field=value`` given, e.g.

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPE_CLASSES", "draw_shape_image", "make_shapes_dataset"]
+__all__ = [
+    "BAD_IMAGE_KINDS",
+    "SHAPE_CLASSES",
+    "draw_shape_image",
+    "make_shapes_dataset",
+    "write_bad_images",
+]
 
 _COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -211,3 +217,39 @@ def make_shapes_dataset(
                 os.replace(tmp, folder / f"{i:03d}.png")
     marker.write_text(signature)
     return out
+
+
+#: What :func:`write_bad_images` writes: file name → how it is broken.
+BAD_IMAGE_KINDS = {
+    "broken.jpg": "random bytes with a JPEG name",
+    "truncated.png": "the first half of a valid PNG",
+    "empty.jpg": "a file of 0 bytes",
+}
+
+
+def write_bad_images(
+    folder: str | os.PathLike[str], kinds: Sequence[str] = tuple(BAD_IMAGE_KINDS)
+) -> list[Path]:
+    """Write undecodable image files into ``folder`` (see :data:`BAD_IMAGE_KINDS`) and return
+    their paths: the faults a real photo folder has (a failed copy, a cut download, an empty
+    placeholder), for tests and for trying ``--skip-bad``."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for kind in kinds:
+        if kind not in BAD_IMAGE_KINDS:
+            raise ValueError(f"kinds: expected some of {sorted(BAD_IMAGE_KINDS)}, found {kind!r}")
+        path = out / kind
+        if kind == "broken.jpg":
+            data = np.random.default_rng(0).bytes(512)
+        elif kind == "truncated.png":
+            import io
+
+            buf = io.BytesIO()
+            draw_shape_image("red_circle", np.random.default_rng(0), 32).save(buf, format="PNG")
+            data = buf.getvalue()[: len(buf.getvalue()) // 2]
+        else:
+            data = b""
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
