@@ -8,7 +8,16 @@ expect (``FileExistsError``, ``ValueError`` ...), so existing ``except`` clauses
 
 from __future__ import annotations
 
-__all__ = ["FewclipError", "OutputFolderError"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "FewclipError",
+    "OutputFolderError",
+    "UnknownNameError",
+    "UnknownParameterError",
+    "did_you_mean",
+]
 
 
 class FewclipError(Exception):
@@ -20,3 +29,24 @@ class OutputFolderError(FewclipError, FileExistsError):
     """An output folder cannot be written without losing or mixing files fewclip did not write
     (a non-empty foreign folder, an existing output without ``overwrite``, a folder inside the
     input data)."""
+
+
+class UnknownNameError(FewclipError, KeyError):
+    """A name (method, backbone, dataset, preset) that fewclip does not know; the message lists
+    the close matches and the valid names."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownParameterError(FewclipError, TypeError):
+    """A hyper-parameter that the method does not have; the message lists the valid ones."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'tip-adapter'?)"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=2, cutoff=0.6)
+    lookup = {c.lower(): c for c in choices}
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(lookup[c]) for c in close) + "?)"

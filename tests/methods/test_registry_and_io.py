@@ -169,3 +169,52 @@ def test_bad_hyper_parameters(task):
         methods.create("tip-adapter", prototypes=0).fit(task)
     with pytest.raises(ValueError, match="C: expected a positive"):
         methods.create("linear-probe", C=0.0).fit(task)
+
+
+def test_method_names_are_case_insensitive_and_typos_get_suggestions():
+    from fewclip.errors import FewclipError, UnknownNameError
+
+    assert methods.resolve("Tip-Adapter-F") == "tip-adapter-f"
+    assert methods.get(" ZERO-SHOT ") is methods.ZeroShot
+    with pytest.raises(UnknownNameError, match="did you mean 'tip-adapter'") as e:
+        methods.create("tip-adaptor")
+    assert isinstance(e.value, FewclipError) and isinstance(e.value, KeyError)
+    assert not str(e.value).startswith('"')  # no KeyError quoting
+
+
+def test_unknown_parameter_lists_the_valid_ones():
+    from fewclip.errors import UnknownParameterError
+
+    with pytest.raises(UnknownParameterError, match="'alpah' \\(did you mean 'alpha'\\?\\)") as e:
+        methods.create("tip-adapter", alpah=2.0)
+    assert "alpha, beta" in str(e.value) and isinstance(e.value, TypeError)
+
+
+def test_run_params_gives_the_seed_only_to_methods_that_take_one():
+    assert methods.run_params("clip-adapter", {"epochs": 3}, seed=7) == {"epochs": 3, "seed": 7}
+    assert methods.run_params("clip-adapter", {"seed": 2}, seed=7) == {"seed": 2}
+    assert methods.run_params("zero-shot", None, seed=7) == {}
+
+
+def _uneven_task():
+    g = torch.Generator().manual_seed(3)
+    counts = [2, 7, 3, 12]
+    means = torch.randn(4, 16, generator=g)
+    labels = torch.cat([torch.full((n,), i) for i, n in enumerate(counts)])
+    feats = 3 * (means[labels] + 0.5 * torch.randn(len(labels), 16, generator=g))
+    bank = feats + 0.2 * torch.randn(3, len(labels), 16, generator=g)
+    vy = torch.tensor([0, 1, 1, 2, 3, 3, 3])
+    vx = 3 * (means[vy] + 0.5 * torch.randn(len(vy), 16, generator=g))
+    text = torch.nn.functional.normalize(means + 0.5 * torch.randn(4, 16, generator=g), dim=1)
+    return Task(
+        [f"c{i}" for i in range(4)], text, FeatureSet(feats, labels, bank), FeatureSet(vx, vy)
+    )
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_uneven_class_sizes_fit_and_predict(name):
+    """`-k all` on a user's folder gives classes of different sizes: every method fits them."""
+    task = _uneven_task()
+    m = fast(name).fit(task)
+    logits = m.logits(task.val.features)
+    assert logits.shape == (7, 4) and torch.isfinite(logits).all()

@@ -257,12 +257,7 @@ def run_cell(
     source: FeatureSource = prepared.source
     if cell.views is not None:
         source = _ViewLimit(source, cell.views, cell.dataset)  # type: ignore[assignment]
-    params = dict(cell.params)
-    names = set(methods.get(cell.method)._get_param_names())
-    if "seed" in names:
-        params.setdefault("seed", cell.seed)
-    if "device" in names:
-        params.setdefault("device", device)
+    params = methods.run_params(cell.method, cell.params, seed=cell.seed, device=device)
     meta = {
         "dataset": cell.dataset,
         "backbone": cell.backbone,

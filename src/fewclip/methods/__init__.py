@@ -10,10 +10,13 @@ from fewclip.methods.base import (
     Method,
     NotFittedError,
     available,
+    check_params,
     create,
     get,
     load,
     register,
+    resolve,
+    run_params,
 )
 from fewclip.methods.clap import CLAP, ZSLP
 from fewclip.methods.clip_adapter import CLIPAdapter
@@ -46,8 +49,11 @@ __all__ = [
     "TipX",
     "ZeroShot",
     "available",
+    "check_params",
     "create",
     "get",
     "load",
     "register",
+    "resolve",
+    "run_params",
 ]

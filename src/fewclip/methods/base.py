@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import Tensor
 
 from fewclip._version import __version__
+from fewclip.errors import UnknownNameError, UnknownParameterError, did_you_mean
 from fewclip.outputs import write_folder
 from fewclip.task import Task, check_features
 
@@ -29,11 +30,14 @@ __all__ = [
     "Method",
     "NotFittedError",
     "available",
+    "check_params",
     "create",
     "describe_saved",
     "get",
     "load",
     "register",
+    "resolve",
+    "run_params",
 ]
 
 CONFIG_FILE = "config.json"
@@ -73,19 +77,60 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def resolve(name: str) -> str:
+    """The registered name ``name`` refers to (matched case-insensitively).
+
+    Raises :class:`~fewclip.errors.UnknownNameError` listing close matches and every name.
+    """
+    if name in _REGISTRY:
+        return name
+    folded = {n.lower(): n for n in _REGISTRY}
+    if isinstance(name, str) and name.strip().lower() in folded:
+        return folded[name.strip().lower()]
+    raise UnknownNameError(
+        f"unknown method {name!r}{did_you_mean(str(name), available())}; available methods: "
+        f"{', '.join(available())}"
+    )
+
+
 def get(name: str) -> type[Method]:
-    """The method class registered under ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown method {name!r}; available methods: {', '.join(available())}"
-        ) from None
+    """The method class registered under ``name`` (case-insensitive, see :func:`resolve`)."""
+    return _REGISTRY[resolve(name)]
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> None:
+    """Raise :class:`~fewclip.errors.UnknownParameterError` for a key of ``params`` that the
+    method ``name`` has no constructor parameter for; the message lists the valid ones."""
+    cls = get(name)
+    valid = sorted(cls._get_param_names())
+    unknown = [k for k in params if k not in valid]
+    if unknown:
+        hints = "; ".join(f"{k!r}{did_you_mean(k, valid)}" for k in unknown)
+        raise UnknownParameterError(
+            f"{cls.name}: unknown parameter {hints}. Its parameters are: {', '.join(valid)}"
+        )
 
 
 def create(name: str, **params: Any) -> Method:
-    """An unfitted instance of the method ``name`` with the given hyper-parameters."""
+    """An unfitted instance of the method ``name`` with the given hyper-parameters (each one
+    checked: an unknown key raises ``UnknownParameterError`` naming the valid ones)."""
+    check_params(name, params)
     return get(name)(**params)
+
+
+def run_params(
+    name: str, params: Mapping[str, Any] | None, *, seed: int, device: str | None = None
+) -> dict[str, Any]:
+    """``params`` plus the run's ``seed`` (and ``device``) for methods that take them and where
+    ``params`` does not set them: the rule by which ``fewclip fit`` and every bench cell give
+    the draw's seed to the method too, so both build the same adapter."""
+    out = dict(params or {})
+    names = set(get(name)._get_param_names())
+    if "seed" in names:
+        out.setdefault("seed", seed)
+    if device is not None and "device" in names:
+        out.setdefault("device", device)
+    return out
 
 
 def _read_config(path: Path) -> dict[str, Any]:
