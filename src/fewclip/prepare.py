@@ -90,7 +90,10 @@ def dataset_prepare(
         }
         if Path(dataset).expanduser().exists():
             meta["path"] = str(Path(dataset).expanduser().resolve())
+        toy = bb.name.startswith("fewclip-tiny")
         return Prepared(
+            toy=toy,
+            backbone_note=f"{bb.name}: tiny model with random, untrained weights" if toy else None,
             source=source,
             classnames=list(ds.classnames),
             text_weights=weights,

@@ -23,11 +23,11 @@ from fewclip.bench.synthetic import SyntheticSource
 from .conftest import SHAPES, CountingPrepare, tiny_config
 
 ROW_KEYS = {
-    "format", "hash", "cell", "method", "dataset", "backbone", "shots", "seed", "protocol",
-    "leaky", "mark", "accuracy", "n_test", "n_support", "n_val", "val_split", "prompts",
-    "n_views", "params", "fitted", "dataset_fingerprint", "data", "versions", "device",
-    "threads", "jobs", "plan_s", "fit_s", "eval_s", "wall_s", "peak_rss_mib", "peak_rss_scope",
-    "cuda_peak_mib", "timestamp",
+    "format", "hash", "cell", "method", "dataset", "backbone", "toy", "backbone_note", "shots",
+    "seed", "protocol", "leaky", "mark", "accuracy", "n_test", "n_support", "n_val", "val_split",
+    "prompts", "n_views", "params", "fitted", "dataset_fingerprint", "data", "versions",
+    "device", "threads", "jobs", "plan_s", "fit_s", "eval_s", "wall_s", "peak_rss_mib",
+    "peak_rss_scope", "cuda_peak_mib", "timestamp",
 }  # fmt: skip
 
 
@@ -51,6 +51,7 @@ def test_rows_hold_the_cell_result_and_environment(tmp_path, prepare, fit_counte
         assert r["n_support"] == c.shots * n_classes
         assert r["n_val"] == min(c.shots, 4) * n_classes and r["val_split"] == "train"
         assert r["protocol"] == "fewshot-val" and r["leaky"] is False and r["mark"] == ""
+        assert r["toy"] is False and r["backbone_note"] is None  # Prepared's defaults
         assert r["n_views"] == 3 and r["prompts"] == "synthetic"
         assert r["params"]["seed" if c.method == "tip-adapter" else "scale"] is not None
         assert set(r["versions"]) >= {"fewclip", "torch", "python", "open_clip"}

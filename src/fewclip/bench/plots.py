@@ -4,7 +4,8 @@
 dataset plus the average panel: one line per method over a log₂ shots axis (ticks 1, 2, 4, 8,
 16), a band of ± one std over seeds, the zero-shot method as a dashed horizontal line (its
 accuracy does not depend on K), LEAKY results as hollow markers with "LEAKY" in the legend
-and the title. Each figure is written as PNG and SVG, atomically.
+and the title, and "(TOY backbone)" with the TOY warning in the title of a toy backbone's figure
+(``Group.toy``). Each figure is written as PNG and SVG, atomically.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fewclip.bench.results import Group, Stat, Summary, Table, write_atomic
+from fewclip.bench.results import TOY_WARNING, Group, Stat, Summary, Table, write_atomic
 
 __all__ = ["PLOT_EXTRA_HINT", "plot_group", "plot_summary"]
 
@@ -164,8 +165,16 @@ def plot_group(group: Group, *, methods: list[str] | None = None, ncols: int | N
         fontsize=8,
         frameon=False,
     )
-    title = f"{group.backbone} — protocol {group.protocol}" + (" — LEAKY" if leaky_any else "")
-    fig.suptitle(title + "  (mean ± std over seeds)", fontsize=11)
+    title = (
+        group.backbone
+        + (" (TOY backbone)" if group.toy else "")
+        + f" — protocol {group.protocol}"
+        + (" — LEAKY" if leaky_any else "")
+        + "  (mean ± std over seeds)"
+    )
+    if group.toy:
+        title += f"\nTOY: {TOY_WARNING}"
+    fig.suptitle(title, fontsize=11)
     return fig
 
 

@@ -5,6 +5,9 @@ dataset (rows = methods, columns = shots) plus an average over datasets. The ave
 datasets that have a result for every (method, shots) of the table, and says which were left out.
 ``format_tables(summary, "text" | "markdown")`` renders them; ``summary_json(summary)`` is the
 machine-readable form. Cells with a LEAKY row (``oracle-test``) carry a ``†`` and a footnote.
+Rows with ``toy: true`` (a toy backbone that never saw a real image, e.g. the demo's) make their
+group TOY: its header says so and the rendered tables start with a TOY BACKBONE line.
+A group with a single dataset shows no average table (it would repeat that dataset's).
 
 Accuracies are top-1 in percent. ``std`` is the sample standard deviation (n − 1) over seeds;
 ``None`` for a single seed. The average's std is the std over seeds of the dataset-averaged
@@ -27,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "LEAKY_MARK",
+    "TOY_WARNING",
     "Group",
     "Stat",
     "Summary",
@@ -36,6 +40,7 @@ __all__ = [
     "read_rows",
     "summarize",
     "summary_json",
+    "toy_warning",
     "write_atomic",
     "write_reports",
 ]
@@ -46,6 +51,8 @@ _LEAKY_NOTE = (
     f"{LEAKY_MARK} LEAKY: hyper-parameters/epochs selected on the test set (protocol "
     "oracle-test); not comparable with honest protocols."
 )
+#: Said of every TOY backbone, in tables, reports and plots.
+TOY_WARNING = "it never saw a real image; these numbers say nothing about CLIP"
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -149,12 +156,15 @@ class Table:
 
 @dataclass
 class Group:
-    """All tables of one (backbone, protocol)."""
+    """All tables of one (backbone, protocol). ``toy``: some row says its backbone is a toy
+    (``toy: true``); ``backbone_note``: the first ``backbone_note`` of the group's rows."""
 
     backbone: str
     protocol: str
     tables: dict[str, Table]  # dataset → table, in dataset order
     average: Table | None
+    toy: bool = False
+    backbone_note: str | None = None
 
     @property
     def leaky(self) -> bool:
@@ -265,8 +275,16 @@ def summarize(
             shots = sorted({k for m in per.values() for k in m})
             cells = {m: {k: _stat(v) for k, v in sorted(per[m].items())} for m in mlist}
             tables[ds] = Table(f"{ds} — {backbone} — {protocol}", mlist, shots, cells)
+        notes = [str(r["backbone_note"]) for r in grows if r.get("backbone_note")]
         out.append(
-            Group(backbone, protocol, tables, _average(tables, backbone, protocol, values, methods))
+            Group(
+                backbone,
+                protocol,
+                tables,
+                _average(tables, backbone, protocol, values, methods),
+                toy=any(r.get("toy") is True for r in grows),
+                backbone_note=notes[0] if notes else None,
+            )
         )
     return Summary(out, len(uniq), dups)
 
@@ -361,18 +379,36 @@ def format_table(table: Table, fmt: str = "text", *, digits: int = 2) -> str:
     return _render(table, fmt, digits)
 
 
+def toy_warning(group: Group) -> str | None:
+    """The one-line TOY BACKBONE warning of a toy group (``None`` for a real backbone)."""
+    if not group.toy:
+        return None
+    note = f" ({group.backbone_note})" if group.backbone_note else ""
+    return f"TOY BACKBONE: {group.backbone}{note}: {TOY_WARNING}."
+
+
 def format_tables(summary: Summary, fmt: str = "text", *, digits: int = 2) -> str:
     """All tables of ``summary`` as terminal text (``"text"``) or GitHub markdown
-    (``"markdown"``): per group, one table per dataset, then the average with the datasets it
-    covers. Top-1 accuracy in percent, mean ± std over seeds."""
+    (``"markdown"``): per group, one table per dataset, then (with two datasets or more) the
+    average with the datasets it covers. Top-1 accuracy in percent, mean ± std over seeds.
+    Toy backbones get a TOY BACKBONE line first (bold in markdown) and TOY in their group
+    header."""
     if fmt not in ("text", "markdown"):
         raise ValueError(f"fmt: expected 'text' or 'markdown', found {fmt!r}")
     md = fmt == "markdown"
     parts: list[str] = []
+    for line in dict.fromkeys(w for g in summary.groups if (w := toy_warning(g))):
+        parts.append(f"**{line}**" if md else line)
     for g in summary.groups:
-        head = f"{g.backbone} — protocol {g.protocol}" + (" — LEAKY" if g.leaky else "")
+        head = (
+            f"{g.backbone} — protocol {g.protocol}"
+            + (" — TOY" if g.toy else "")
+            + (" — LEAKY" if g.leaky else "")
+        )
         parts.append(f"## {head}" if md else f"== {head} ==")
-        for t in [*g.tables.values(), *([g.average] if g.average else [])]:
+        # one dataset: its average would repeat its table
+        average = [g.average] if g.average is not None and len(g.tables) > 1 else []
+        for t in [*g.tables.values(), *average]:
             title = t.title + (" — LEAKY" if t.leaky else "")
             parts.append(f"### {title}" if md else title)
             if t is g.average:
@@ -409,6 +445,8 @@ def summary_json(summary: Summary) -> dict[str, Any]:
                     "backbone": g.backbone,
                     "protocol": g.protocol,
                     "leaky": g.leaky,
+                    "toy": g.toy,
+                    "backbone_note": g.backbone_note,
                     "datasets": {d: t.to_dict() for d, t in g.tables.items()},
                     "average": None if g.average is None else g.average.to_dict(),
                 }

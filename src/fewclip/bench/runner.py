@@ -64,6 +64,10 @@ class Prepared:
         class_index: logit columns to keep at evaluation (ImageNet-A/-R); ``None`` = all.
         meta: JSON-able facts recorded in every row under ``data``: ``prompts`` (the prompt
             set actually used), ``n_views``, sizes, paths, ...
+        toy: the backbone is a toy (tiny, random or toy-trained weights: it never saw a real
+            image); recorded in every row as ``toy`` and marked TOY in tables and plots.
+        backbone_note: what the backbone actually is (e.g. where a toy checkpoint lives);
+            recorded in every row as ``backbone_note``.
     """
 
     source: FeatureSource
@@ -72,6 +76,8 @@ class Prepared:
     fingerprint: str | None = None
     class_index: Sequence[int] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    toy: bool = False
+    backbone_note: str | None = None
 
 
 PrepareFn = Callable[[str, str], Prepared]
@@ -299,6 +305,8 @@ def run_cell(
         "method": cell.method,
         "dataset": cell.dataset,
         "backbone": cell.backbone,
+        "toy": bool(prepared.toy),
+        "backbone_note": prepared.backbone_note,
         "shots": cell.shots,
         "seed": cell.seed,
         "protocol": result.protocol,
@@ -388,7 +396,8 @@ def run_bench(
 
     Each row is one JSON object: ``format``, ``hash`` and ``cell`` (the hashed identity:
     method, dataset, backbone, shots, seed, protocol, protocol_options, params, views,
-    prompts), the same keys flat for convenience, ``leaky``/``mark`` (``"LEAKY"`` under
+    prompts), the same keys flat for convenience, ``toy``/``backbone_note`` (``Prepared``'s),
+    ``leaky``/``mark`` (``"LEAKY"`` under
     ``oracle-test``), ``accuracy`` (top-1, percent), ``n_test``, ``n_support``, ``n_val``,
     ``val_split``, ``prompts``, ``n_views``, ``params`` (the method's resolved and selected
     hyper-parameters, ``EvalResult.params``), ``fitted`` (scalar fitted values),

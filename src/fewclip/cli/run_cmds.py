@@ -26,6 +26,9 @@ JOBS_HELP = (
 )
 
 DEMO_BACKBONE = "fewclip-tiny-vit"
+#: Written into the demo's toy checkpoint folder, so that the folder says what it holds (and a
+#: demo run with ``-b local-dir:FOLDER`` is still marked TOY). First line: what the weights are.
+DEMO_TOY_MARKER = "TOY_BACKBONE.txt"
 #: Shorter training schedules for the demo's 240-image dataset (the defaults are the papers').
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
     "clip-adapter": {"epochs": 50},
@@ -45,6 +48,9 @@ def _plot(summary: Any, stem: Path, quiet: bool) -> list[Path]:
 
 
 def _report(rows: list[dict[str, Any]], methods: list[str], out: Path, quiet: bool) -> Any:
+    """Write OUT/results.{md,txt,summary.json} and print the tables (with any TOY BACKBONE
+    line) on stdout; ``quiet``: print nothing (callers pass ``--json``, or ``True`` when they
+    print their own table)."""
     from fewclip.bench import format_tables, summarize, write_reports
 
     summary = summarize(rows, methods=methods)
@@ -81,6 +87,10 @@ def demo(
     registered method at each shot count and seed, prints a table and writes results.jsonl,
     results.md and accuracy_vs_shots.png/.svg to --out.
 
+    The default backbone is a TOY: fewclip-tiny-vit (random init) + --warmup-steps of toy
+    training on generated shapes, saved in OUT/tiny-backbone-warmupN (reuse it with
+    -b local-dir:OUT/tiny-backbone-warmupN). Every output names it and marks it TOY.
+
     Example: fewclip demo --out ./fewclip-demo      (real weights: --backbone RN50)
     """
     from fewclip import methods as registry
@@ -104,7 +114,7 @@ def demo(
         raise CLIError("--shots: the demo dataset has 24 training images per class (max 20 shots)")
     out.mkdir(parents=True, exist_ok=True)
     data_dir = make_shapes_dataset(out / "data")
-    bb = _demo_backbone(backbone, pretrained, out, warmup_steps, quiet)
+    bb, toy_note, checkpoint = _demo_backbone(backbone, pretrained, out, warmup_steps, quiet)
     config = BenchConfig(
         methods=tuple(method_list),
         datasets=("shapes",),
@@ -130,7 +140,10 @@ def demo(
     )
 
     def prepare(dataset: str, backbone_name: str) -> Any:
-        return inner(str(data_dir), backbone_name)
+        import dataclasses
+
+        prepared = inner(str(data_dir), backbone_name)
+        return dataclasses.replace(prepared, toy=toy_note is not None, backbone_note=toy_note)
 
     echo(
         f"running {config.n_cells} cells: {len(method_list)} methods x shots {shot_list} x "
@@ -139,7 +152,7 @@ def demo(
         err=True,
     )
     rows = run_bench(config, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet)
-    summary = _report(rows, method_list, out, quiet or as_json)
+    summary = _report(rows, method_list, out, as_json)  # -q still prints the table
     plots = _plot(summary, out / "accuracy_vs_shots", quiet)
     if as_json:
         from fewclip.bench import summary_json
@@ -152,57 +165,85 @@ def demo(
         + f" in {time.perf_counter() - t_start:.0f} s",
         quiet=quiet,
     )
-    if backbone == DEMO_BACKBONE:
-        echo(
-            "These numbers come from a TINY TOY backbone (random weights"
-            + (
-                f" + {warmup_steps} steps of toy training on generated shapes"
-                if warmup_steps
-                else ""
+    if toy_note is not None:
+        lines = [
+            f"These numbers come from a TINY TOY backbone, {bb.name} ({toy_note}), not from "
+            "CLIP: it never saw a real image."
+        ]
+        if checkpoint is not None:
+            lines.append(
+                f"Its checkpoint is saved in {checkpoint}; reuse it with "
+                f"-b local-dir:{checkpoint}, e.g. fewclip fit -m tip-adapter -d DIR -k 8 "
+                f"-b local-dir:{checkpoint} -o ADAPTER"
             )
-            + "), not from CLIP. Same demo with real weights: fewclip demo --backbone RN50 "
-            "(weights from the Hugging Face cache, or --pretrained /path/to/RN50.pt).",
-            quiet=quiet,
+        lines.append(
+            "Same demo with real weights: fewclip demo --backbone RN50 "
+            "(weights from the Hugging Face cache, or --pretrained /path/to/RN50.pt)."
         )
+        echo("\n".join(lines), quiet=quiet)
 
 
 def _demo_backbone(
     name: str, pretrained: str | None, out: Path, warmup_steps: int, quiet: bool
-) -> Any:
+) -> tuple[Any, str | None, Path | None]:
+    """The demo's backbone, renamed to the label every output uses; what it is (``None``:
+    real weights; else the note that marks it TOY); the toy checkpoint folder, if one.
+
+    ``fewclip-tiny-vit`` gets ``warmup_steps`` of toy training, saved in
+    OUT/tiny-backbone-warmupN (label ``fewclip-tiny-vit+toyN``); without warm-up, or for the
+    other ``fewclip-tiny-*`` backbones, random weights (label ``NAME+random``). A
+    ``local-dir:`` folder holding :data:`DEMO_TOY_MARKER` is TOY under its own name.
+    """
     import fewclip.backbones as fb
 
     bb: Any
 
-    if name != DEMO_BACKBONE:
-        return fb.load(name, pretrained=pretrained)
-    if warmup_steps == 0:
+    if not name.startswith("fewclip-tiny-"):
+        bb = fb.load(name, pretrained=pretrained)
+        marker = Path(name.removeprefix("local-dir:")) / DEMO_TOY_MARKER
+        if not (name.startswith("local-dir:") and marker.is_file()):
+            return bb, None, None
+        what = (marker.read_text(encoding="utf-8").splitlines() or ["toy weights"])[0]
+        note = f"{what}; checkpoint {marker.parent.resolve()}"
+        echo(f"backbone: {name} is a TOY checkpoint ({what})", quiet=quiet, err=True)
+        return bb, note, None
+    if warmup_steps == 0 or name != DEMO_BACKBONE:
         echo(
             f"backbone: {name} with RANDOM weights (untrained); zero-shot and cache methods "
             "sit near chance on it",
             quiet=quiet,
             err=True,
         )
-        return fb.load(name)
+        bb = fb.load(name)
+        bb.name = f"{name}+random"
+        return bb, "random init, untrained weights", None
     folder = out / f"tiny-backbone-warmup{warmup_steps}"
+    what = f"random init + {warmup_steps} steps of toy CLIP training on generated shapes"
+    note = f"{what}; checkpoint {folder.resolve()}"
     if (folder / "open_clip_model.safetensors").is_file():
         bb = fb.load(f"local-dir:{folder}")
-        bb.name = name
         echo(f"backbone: {name}, toy-trained, reused from {folder}", quiet=quiet, err=True)
-        return bb
-    from fewclip.testing.pretrain import pretrain_tiny
+    else:
+        from fewclip.testing.pretrain import pretrain_tiny
 
-    echo(
-        f"backbone: {name} (random init) + {warmup_steps} steps of toy CLIP training on freshly "
-        "generated shapes with noisy captions (UNTRAINED on real images)",
-        quiet=quiet,
-        err=True,
-    )
-    bb = fb.load(name)
-    pretrain_tiny(bb, steps=warmup_steps)
-    bb.save_pretrained(folder)
-    bb = fb.load(f"local-dir:{folder}")  # the path a user's local checkpoint takes
-    bb.name = name
-    return bb
+        echo(
+            f"backbone: {name} (random init) + {warmup_steps} steps of toy CLIP training on "
+            "freshly generated shapes with noisy captions (UNTRAINED on real images)",
+            quiet=quiet,
+            err=True,
+        )
+        bb = fb.load(name)
+        pretrain_tiny(bb, steps=warmup_steps)
+        bb.save_pretrained(folder)
+        bb = fb.load(f"local-dir:{folder}")  # the path a user's local checkpoint takes
+    if not (folder / DEMO_TOY_MARKER).is_file():
+        atomic_write_text(
+            folder / DEMO_TOY_MARKER,
+            f"{name} {what} (fewclip demo)\nTOY BACKBONE: it never saw a real image; numbers "
+            "from it say nothing about CLIP.\n",
+        )
+    bb.name = f"{name}+toy{warmup_steps}"
+    return bb, note, folder
 
 
 def _load_bench_config(config: str | None, overrides: list[str]) -> Any:
