@@ -46,6 +46,7 @@ __all__ = [
     "AdapterError",
     "BackboneMismatchError",
     "Prediction",
+    "choose_defaults",
     "class_weights",
     "evaluate_model",
     "fit_adapter",
@@ -236,6 +237,50 @@ class Adapter:
                 )
             )
         return out
+
+
+def choose_defaults(
+    dataset: Dataset, shots: int | str | None, protocol: str | None, *, val_shots: int = 4
+) -> tuple[int | str, str, str]:
+    """The shots and protocol to use when the user left either unset, and why (one sentence).
+
+    A benchmark keeps the papers' setting: 16 shots, ``fewshot-val``. For one's own images the
+    choice of an experienced practitioner: every training image (``"all"``), validated on the
+    dataset's own val split when it has one (``full-val``), else on a few-shot hold-out from
+    train when every class can spare images (``fewshot-val``), else no validation
+    (``val-free``: the methods' fixed defaults).
+    """
+    from collections import Counter
+
+    from fewclip.data.benchmarks import benchmark_names
+    from fewclip.data.fewshot import ALL, VAL_EVERY
+
+    if shots is not None and protocol is not None:
+        return shots, protocol, ""
+    if dataset.name in benchmark_names():
+        k = 16 if shots is None else shots
+        return k, protocol or "fewshot-val", "the papers' setting for a benchmark"
+    counts = Counter(dataset.split("train").labels).values() if dataset.has_split("train") else []
+    lo, hi = (min(counts), max(counts)) if counts else (0, 0)
+    k = ALL if shots is None else shots
+    spread = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    why = [f"every training image ({spread} per class)" if k == ALL else f"{k} shots"]
+    if protocol is None:
+        if dataset.has_split("val"):
+            protocol = "full-val"
+            why.append(f"validated on the folder's val split ({len(dataset.split('val'))} images)")
+        elif (
+            (lo >= VAL_EVERY) if k == ALL else (isinstance(k, int) and lo >= k + min(k, val_shots))
+        ):
+            protocol = "fewshot-val"
+            why.append("validated on images held out of train")
+        else:
+            protocol = "val-free"
+            why.append(
+                "no validation (too few images per class to hold some out), so the methods' "
+                "fixed default hyper-parameters"
+            )
+    return k, protocol, "; ".join(why)
 
 
 def fit_adapter(

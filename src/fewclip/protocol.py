@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +46,14 @@ import torch
 from torch import Tensor
 
 from fewclip.data.fewshot import (
+    ALL,
+    all_val_count,
     check_shots,
+    draw_all,
     draw_coop,
     draw_fewshot_val,
     draw_support,
+    sample_few_shot,
 )
 from fewclip.task import FeatureSet, Task
 
@@ -192,7 +197,7 @@ class SplitPlan:
     """
 
     protocol: str
-    shots: int
+    shots: int | str  # K, or ALL ("all": every training image of each class)
     seed: int
     support: SplitRef
     val: SplitRef | None
@@ -296,7 +301,7 @@ class Protocol:
         self,
         train_labels: Any,
         *,
-        shots: int,
+        shots: int | str,
         seed: int,
         val_labels: Any | None = None,
         n_test: int | None = None,
@@ -307,7 +312,11 @@ class Protocol:
         Args:
             train_labels: class ids of the whole training split (support and, for
                 ``fewshot-val``, validation are drawn from it).
-            shots: K images per class.
+            shots: K images per class, or ``"all"`` (``fewclip.data.fewshot.ALL``): every
+                training image of each class, uneven classes allowed. Under ``fewshot-val``
+                "all" holds out ``min(val_shots, n // 5)`` images of a class of n for
+                validation (``draw_all``); under ``coop-val`` the validation set is
+                min(4, n) images per class of the val split.
             seed: the draw's seed (CoOp: 1, 2, 3; Tip-Adapter: 1).
             val_labels: class ids of the val split (``coop-val`` and ``full-val`` need it).
             n_test: size of the test split (``oracle-test`` needs it; nothing else reads it).
@@ -318,6 +327,10 @@ class Protocol:
         fewer = self.allow_fewer
         meta: dict[str, Any] = {"description": self.description}
         val: SplitRef | None
+        if shots == ALL:
+            return self._plan_all(tl, seed, val_labels, n_test, classnames, meta)
+        if isinstance(shots, str):
+            raise ValueError(f"shots: expected a positive integer or 'all', found {shots!r}")
         if name == "fewshot-val":
             support, vidx = draw_fewshot_val(
                 tl,
@@ -367,7 +380,46 @@ class Protocol:
             name, shots, seed, SplitRef("train", tuple(support)), val, self.leaky, meta
         )
 
-    def plan_dataset(self, dataset: Dataset, *, shots: int, seed: int) -> SplitPlan:
+    def _plan_all(
+        self,
+        tl: list[Any],
+        seed: int,
+        val_labels: Any | None,
+        n_test: int | None,
+        classnames: Sequence[str] | None,
+        meta: dict[str, Any],
+    ) -> SplitPlan:
+        """``plan`` with ``shots="all"`` (see ``plan``)."""
+        name = self.name
+        val: SplitRef | None = None
+        if name == "fewshot-val":
+            support, vidx = draw_all(tl, seed=seed, val_shots=self.val_shots, classnames=classnames)
+            val = SplitRef("train", tuple(vidx))
+            held = [all_val_count(n, self.val_shots) for n in Counter(tl).values()]
+            meta.update(sampler="draw_all", val_per_class=[min(held), max(held)])
+        else:
+            support, _ = draw_all(tl, seed=seed, classnames=classnames)
+            meta.update(sampler="all")
+            if name in ("coop-val", "full-val"):
+                if val_labels is None:
+                    raise ValueError(_no_val_msg(name))
+                vl = _labels_list(val_labels)
+                if not vl:
+                    raise ValueError(f"{name}: the val split is empty")
+                check_shots(vl, 1, classnames=classnames, where="val", allow_fewer=True)
+                if name == "coop-val":
+                    val = SplitRef("val", tuple(sample_few_shot(vl, 4, seed=seed)))
+                else:
+                    val = SplitRef("val", None)
+            elif name == "oracle-test":
+                if n_test is None or n_test < 1:
+                    raise ValueError("oracle-test: n_test (the size of the test split) is needed")
+                val = SplitRef("test", None)
+        counts = Counter(tl).values()
+        meta.update(repeat=False, train_per_class=[min(counts), max(counts)])
+        return SplitPlan(name, ALL, seed, SplitRef("train", tuple(support)), val, self.leaky, meta)
+
+    def plan_dataset(self, dataset: Dataset, *, shots: int | str, seed: int) -> SplitPlan:
         """``plan`` with the labels of a ``fewclip.data.Dataset``."""
         needs_val = self.name in ("coop-val", "full-val")
         if needs_val and not dataset.has_split("val"):
@@ -385,7 +437,7 @@ class Protocol:
         self,
         source: FeatureSource,
         *,
-        shots: int,
+        shots: int | str,
         seed: int,
         classnames: Sequence[str] | None = None,
     ) -> SplitPlan:
@@ -417,7 +469,7 @@ def plan_splits(
     protocol: str | Protocol = "fewshot-val",
     *,
     train_labels: Any,
-    shots: int,
+    shots: int | str,
     seed: int,
     val_labels: Any | None = None,
     n_test: int | None = None,
@@ -519,7 +571,7 @@ class EvalResult:
     accuracy: float
     n: int
     split: str = "test"
-    shots: int | None = None
+    shots: int | str | None = None
     seed: int | None = None
     method: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -639,7 +691,7 @@ def run(
     *,
     classnames: Sequence[str],
     text_weights: Tensor,
-    shots: int,
+    shots: int | str,
     seed: int,
     protocol: str | Protocol = "fewshot-val",
     params: Mapping[str, Any] | None = None,

@@ -24,8 +24,12 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 __all__ = [
+    "ALL",
+    "VAL_EVERY",
     "NotEnoughImagesError",
+    "all_val_count",
     "check_shots",
+    "draw_all",
     "draw_coop",
     "draw_fewshot_val",
     "draw_support",
@@ -36,8 +40,74 @@ __all__ = [
 ]
 
 
+#: ``shots`` value meaning "every training image of each class" (``-k all``; uneven classes).
+ALL = "all"
+
+#: With ``shots=ALL`` under ``fewshot-val``, one validation image is held out per this many
+#: training images of a class (at most ``val_shots``; see :func:`all_val_count`).
+VAL_EVERY = 5
+
+#: The command-line ways out of a class that is too small, appended to the messages.
+_CLI_WAYS_OUT = (
+    "-k all (every image of each class; uneven classes are fine), "
+    "--repeat (sample with replacement, Tip-Adapter's choice; Python: repeat=True), "
+    "--allow-fewer (take all images of the short classes, CoOp's choice; Python: "
+    "allow_fewer=True), --protocol val-free (no validation images held out), or a smaller -k"
+)
+
+
 class NotEnoughImagesError(ValueError):
     """A class has fewer images than a draw asks for."""
+
+
+def all_val_count(n: int, val_shots: int = 4) -> int:
+    """Validation images held out of a class of ``n`` training images by ``shots=ALL`` under
+    ``fewshot-val``: ``min(val_shots, n // VAL_EVERY)`` (one per five images, at most
+    ``val_shots``; 0 for a class of fewer than five)."""
+    return min(val_shots, n // VAL_EVERY)
+
+
+def draw_all(
+    labels: Any,
+    *,
+    seed: int,
+    val_shots: int | None = None,
+    classnames: Sequence[str] | None = None,
+    where: str = "train",
+) -> tuple[list[int], list[int]]:
+    """Every image of each class as support (``shots=ALL``), minus a seeded validation hold-out.
+
+    With ``val_shots=None`` the support is every index, in order, and the validation list is
+    empty. Otherwise, per label in order of first appearance, ``random.Random(seed)`` samples
+    :func:`all_val_count` validation items; the support is every other index, in input order.
+    A class too small to give one validation image raises ``NotEnoughImagesError``.
+    """
+    rng = random.Random(_check_seed(seed))
+    groups = group_by_label(labels)
+    check_shots(labels, 1, classnames=classnames, where=where)
+    if val_shots is None:
+        return sorted(i for items in groups.values() for i in items), []
+    _check_count(val_shots, "val_shots")
+    short = [
+        f"{_name(y, classnames)} has {len(items)}"
+        for y, items in groups.items()
+        if all_val_count(len(items), val_shots) == 0
+    ]
+    if short:
+        raise NotEnoughImagesError(
+            f"{where}: -k all with a few-shot validation set holds out one image per "
+            f"{VAL_EVERY} of a class, so each class needs at least {VAL_EVERY} images; "
+            + "; ".join(short[:5])
+            + (" ..." if len(short) > 5 else "")
+            + ". Use --protocol val-free (fixed hyper-parameters, nothing held out), or add "
+            "images."
+        )
+    val: list[int] = []
+    for items in groups.values():
+        val.extend(rng.sample(items, all_val_count(len(items), val_shots)))
+    held = set(val)
+    support = sorted(i for items in groups.values() for i in items if i not in held)
+    return support, val
 
 
 def _as_list(labels: Any) -> list[Hashable]:
@@ -184,13 +254,30 @@ def check_shots(
             short.append(f"{_name(y, classnames)} has {n} images")
     if short:
         what = f"{shots} shots" + (f" + {reserve} validation images" if reserve else "")
+        smallest = min(len(items) for items in groups.values())
+        fits = _largest_fitting_shots(smallest, reserve)
+        largest = f" The largest -k every class can give is {fits}." if fits else ""
+        ways = (
+            _CLI_WAYS_OUT
+            if not reserve
+            else _CLI_WAYS_OUT.replace(
+                "--repeat (sample", "--repeat with --protocol val-free (sample"
+            )
+        )
         raise NotEnoughImagesError(
-            f"{where}: {len(short)} classes have fewer images than {what}: "
+            f"{where}: {len(short)} of {len(groups)} classes have fewer images than {what}: "
             + "; ".join(short[:5])
             + (" ..." if len(short) > 5 else "")
-            + ". Pass repeat=True to sample with replacement (Tip-Adapter), allow_fewer=True to "
-            "take all images of such classes (CoOp), or ask for fewer shots."
+            + f".{largest} Ways out: {ways}."
         )
+
+
+def _largest_fitting_shots(n: int, reserve: int) -> int:
+    """The largest K with K + min(K, reserve-rule) ≤ n (``reserve`` > 0: validation images of
+    min(K, 4)), or K ≤ n without a reserve."""
+    if not reserve:
+        return n
+    return max((k for k in range(1, n + 1) if k + min(k, 4) <= n), default=0)
 
 
 def draw_support(

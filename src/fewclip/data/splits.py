@@ -79,7 +79,7 @@ def write_split(
     dataset: Dataset,
     parts: Mapping[str, tuple[str, Sequence[int] | None] | None],
     *,
-    shots: int,
+    shots: int | str,
     seed: int,
     protocol: str,
     leaky: bool = False,
@@ -101,7 +101,7 @@ def write_split(
         "root": str(dataset.root),
         "protocol": protocol,
         "leaky": bool(leaky),
-        "shots": int(shots),
+        "shots": shots if shots == "all" else int(shots),
         "seed": int(seed),
     }
     if extra:
