@@ -166,3 +166,32 @@ def test_input_folders_of_an_image_folder_dataset(tmp_path: Path) -> None:
     assert (tmp_path / "imgs").resolve() in folders
     with pytest.raises(OutputFolderError):
         check_outside(tmp_path / "imgs" / "train", ds.input_folders(), what="--out")
+
+
+def test_claim_folder_marks_new_folders_and_reuses_its_own(tmp_path: Path) -> None:
+    from fewclip.outputs import OUTPUT_MARKER, claim_folder
+
+    out = claim_folder(tmp_path / "bench", "bench", ["results.*"])
+    assert (out / OUTPUT_MARKER).is_file()
+    (out / "results.jsonl").write_text("{}\n")
+    assert claim_folder(out, "bench", ["results.*"]) == out  # a resumed run
+    with pytest.raises(OutputFolderError, match="holds fewclip bench results, not demo"):
+        claim_folder(out, "demo", ["results.*"])
+
+
+def test_claim_folder_refuses_user_files_and_adopts_old_fewclip_folders(tmp_path: Path) -> None:
+    from fewclip.outputs import OUTPUT_MARKER, claim_folder
+
+    mine = tmp_path / "mine"
+    before = _user_files(mine)
+    with pytest.raises(OutputFolderError, match="did not write.*important.txt"):
+        claim_folder(mine, "bench", ["results.*"])
+    assert _snapshot(mine) == before and not (mine / OUTPUT_MARKER).exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.jsonl").write_text("{}\n")
+    claim_folder(old, "bench", ["results.*"])
+    assert (old / OUTPUT_MARKER).is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputFolderError, match="found a file"):
+        claim_folder(tmp_path / "file", "bench", [])

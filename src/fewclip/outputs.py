@@ -25,7 +25,17 @@ from pathlib import Path
 
 from fewclip.errors import OutputFolderError
 
-__all__ = ["check_folder", "check_outside", "describe_entries", "write_folder"]
+__all__ = [
+    "OUTPUT_MARKER",
+    "check_folder",
+    "check_outside",
+    "claim_folder",
+    "describe_entries",
+    "write_folder",
+]
+
+#: The file that marks a folder of results (``bench``, ``demo``, ``reproduce``) as fewclip's.
+OUTPUT_MARKER = ".fewclip-output.json"
 
 
 def describe_entries(folder: Path, names: Iterable[str], *, limit: int = 5) -> str:
@@ -59,6 +69,48 @@ def check_outside(out: str | os.PathLike[str], inputs: Iterable[Path], *, what: 
                 f"{what}: {out} is inside the input data {src}; fewclip does not write into a "
                 "dataset. Choose an output folder outside it (e.g. a sibling folder)."
             )
+
+
+def claim_folder(target: str | os.PathLike[str], kind: str, own: Collection[str]) -> Path:
+    """Make ``target`` a results folder of ``kind`` (``"bench"``, ``"demo"`` ...) or refuse.
+
+    A missing or empty folder is created and marked with :data:`OUTPUT_MARKER`; a folder
+    marked for the same ``kind`` is reused (runs resume there); an unmarked folder holding only
+    names that such a run writes (``own``: file names or ``fnmatch`` patterns, e.g. a folder
+    from an older fewclip) is marked and reused. Anything else is refused with
+    :class:`~fewclip.errors.OutputFolderError`, and nothing is written.
+    """
+    import fnmatch
+    import json
+
+    path = Path(target)
+    if path.exists() and not path.is_dir():
+        raise OutputFolderError(f"{path}: expected a folder for the {kind} results, found a file")
+    marker = path / OUTPUT_MARKER
+    if marker.is_file():
+        try:
+            found = json.loads(marker.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if found != kind:
+            raise OutputFolderError(
+                f"{path}: holds fewclip {found or 'unknown'} results, not {kind} results; "
+                "choose another folder (CLI: --out/-o)"
+            )
+        return path
+    entries = [e.name for e in path.iterdir()] if path.is_dir() else []
+    foreign = [n for n in entries if not any(fnmatch.fnmatchcase(n, pat) for pat in own)]
+    if foreign:
+        raise OutputFolderError(
+            f"{path}: the folder holds files that a fewclip {kind} run did not write "
+            f"({describe_entries(path, foreign)}); fewclip never writes into a folder of yours. "
+            "Choose a new or empty folder (CLI: --out/-o)."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{OUTPUT_MARKER}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps({"kind": kind, "format": "fewclip-output/1"}) + "\n")
+    os.replace(tmp, marker)
+    return path
 
 
 def check_folder(

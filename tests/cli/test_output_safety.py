@@ -73,3 +73,36 @@ def test_replacing_an_adapter_needs_overwrite_and_says_what_it_replaced(
     assert "replaced a zero-shot adapter" in res.stderr and "tip-adapter" in res.stderr
     assert '"method": "tip-adapter"' in (out / "config.json").read_text()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("command", ["bench", "demo"])
+def test_bench_and_demo_refuse_a_folder_of_user_files(
+    command: str, data: Path, tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.md").write_text("my own results")
+    (mine / "notes.txt").write_text("notes")
+    before = _snapshot(mine)
+    grid = ["methods=zero-shot", "shots=1", "seeds=1", "backbones=fewclip-tiny-vit", "views=1"]
+    args = ["bench", f"datasets={data}", *grid] if command == "bench" else ["demo", "--fast"]
+    res = run_fewclip(*args, "-o", mine, store=tmp_path / "s")
+    assert res.returncode == 1, res.stderr
+    assert "notes.txt" in res.stderr and "did not write" in res.stderr
+    assert _snapshot(mine) == before
+
+
+def test_bench_output_inside_the_dataset_is_refused_and_its_own_folder_resumes(
+    data: Path, tmp_path: Path
+) -> None:
+    grid = [f"datasets={data}", "methods=zero-shot", "shots=1", "seeds=1"]
+    grid += ["backbones=fewclip-tiny-vit", "views=1", "-q"]
+    res = run_fewclip("bench", *grid, "-o", data / "results", store=tmp_path / "s")
+    assert res.returncode == 1 and "inside the input data" in res.stderr
+    assert not (data / "results").exists()
+    out = tmp_path / "bench"
+    for _ in range(2):  # the second run resumes in the folder it marked
+        res = run_fewclip("bench", *grid, "-o", out, store=tmp_path / "s")
+        assert res.returncode == 0, res.stderr
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    assert res.stdout.count("zero-shot") == 1  # -q prints the table (once)

@@ -523,13 +523,13 @@ def load_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     overrides: Sequence[str] = (),
 ) -> BenchConfig:
-    """A ``BenchConfig`` from a YAML file, a preset name, a mapping or nothing (the defaults),
-    with ``key=value`` overrides applied in order.
+    """A ``BenchConfig`` from a YAML file, a preset name, a mapping or nothing / ``"defaults"``
+    (the defaults), with ``key=value`` overrides applied in order.
 
     A ``source`` that names an existing file is read as YAML; otherwise it must be a preset name
     (``presets()``), else ``ConfigError`` lists the presets.
     """
-    if source is None:
+    if source is None or source == "defaults":
         data: dict[str, Any] = {}
         where = "defaults"
     elif isinstance(source, Mapping):
@@ -542,9 +542,12 @@ def load_config(
         else:
             name = os.fspath(source)
             if name not in presets():
+                from fewclip.errors import did_you_mean
+
                 raise ConfigError(
-                    f"config {name!r}: no such file and no such preset; presets: "
-                    f"{', '.join(presets())}"
+                    f"config {name!r}: no such file and no such preset"
+                    f"{did_you_mean(name, presets())}; presets: {', '.join(presets())} "
+                    "(or defaults)"
                 )
             where = f"preset {name!r}"
             res = resources.files("fewclip.bench") / "presets" / f"{name}.yaml"

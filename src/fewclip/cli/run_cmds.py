@@ -25,6 +25,34 @@ JOBS_HELP = (
     "number of cores)."
 )
 
+#: What a bench / reproduce / demo run writes into its --out folder (file names or patterns): an
+#: unmarked folder holding only these (from an older fewclip) is adopted; anything else is refused.
+BENCH_FILES = (
+    "results.jsonl",
+    "results.md",
+    "results.txt",
+    "results.summary.json",
+    "accuracy_vs_shots*",
+    "config.yaml",
+    "paper_vs_ours.md",
+    ".results*",
+    ".config.yaml*",
+    ".paper_vs_ours.md*",
+    ".accuracy_vs_shots*",
+)
+DEMO_FILES = (*BENCH_FILES, "data", "store", "tiny-backbone-*")
+
+
+def _claim_out(out: Path, kind: str, inputs: list[str] | None = None) -> None:
+    """Refuse an --out folder that holds files fewclip did not write, or lies inside an input
+    image folder; mark it as fewclip's otherwise (``fewclip.outputs.claim_folder``)."""
+    from fewclip.outputs import check_outside, claim_folder
+
+    folders = [Path(d).expanduser() for d in inputs or [] if Path(d).expanduser().is_dir()]
+    check_outside(out, folders, what="--out")
+    claim_folder(out, kind, DEMO_FILES if kind == "demo" else BENCH_FILES)
+
+
 DEMO_BACKBONE = "fewclip-tiny-vit"
 #: Written into the demo's toy checkpoint folder, so that the folder says what it holds (and a
 #: demo run with ``-b local-dir:FOLDER`` is still marked TOY). First line: what the weights are.
@@ -112,7 +140,7 @@ def demo(
         method_list = str_list(methods)
     if max(shot_list) + min(max(shot_list), 4) > 24:
         raise CLIError("--shots: the demo dataset has 24 training images per class (max 20 shots)")
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_out(out, "demo")
     data_dir = make_shapes_dataset(out / "data")
     bb, toy_note, checkpoint = _demo_backbone(backbone, pretrained, out, warmup_steps, quiet)
     config = BenchConfig(
@@ -247,8 +275,13 @@ def _demo_backbone(
 
 
 def _load_bench_config(config: str | None, overrides: list[str]) -> Any:
+    """``load_config`` with the CLI's reading: a first argument of the form key=value is an
+    override (the defaults are the base), not the name of a config file."""
     from fewclip.bench import load_config
 
+    if config is not None and "=" in config and not Path(config).is_file():
+        overrides = [config, *overrides]
+        config = None
     for ov in overrides:
         if "=" not in ov:
             raise CLIError(f"override {ov!r}: expected key=value (e.g. shots=1,2,4)")
@@ -294,7 +327,7 @@ def bench(
             typer.echo(cfg.to_yaml(), nl=False)
             typer.echo(f"# {cfg.n_cells} cells")
         return
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_out(out, "bench", list(cfg.datasets))
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
     prepare = dataset_prepare(
         root=root,
@@ -316,7 +349,7 @@ def bench(
         on_error="skip" if keep_going else "raise",
         jobs=jobs,
     )
-    summary = _report(rows, list(cfg.methods), out, quiet or as_json)
+    summary = _report(rows, list(cfg.methods), out, as_json)  # -q still prints the table
     _plot(summary, out / "accuracy_vs_shots", quiet)
     if as_json:
         from fewclip.bench import summary_json
@@ -388,7 +421,7 @@ def reproduce(
             typer.echo(c.to_yaml(), nl=False)
             typer.echo(f"# {c.n_cells} cells\n---")
         return
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_out(out, "reproduce")
     all_rows: list[dict[str, Any]] = []
     for c in configs:
         prepare = dataset_prepare(
