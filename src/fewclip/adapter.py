@@ -83,14 +83,18 @@ def class_weights(
 
 @dataclass(frozen=True)
 class Prediction:
-    """Top-k classes of one image: ``labels`` (class ids), ``names`` and ``probs``."""
+    """Top-k classes of one image: ``labels`` (class ids), ``names`` and ``probs``; for an
+    image that could not be decoded, empty lists and the reason in ``error``."""
 
     image: str
     labels: list[int]
     names: list[str]
     probs: list[float]
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
         return {
             "image": self.image,
             "top": [
@@ -202,10 +206,13 @@ class Adapter:
         batch_size: int = 64,
         num_workers: int = 0,
         progress: bool | None = None,
+        skip_bad: bool = False,
     ) -> list[Prediction]:
         """Top-k predictions with probabilities (``method.predict_proba``) for each image.
 
-        Undecodable images raise one ``BadImageError`` that lists every bad file.
+        Undecodable images raise one ``BadImageError`` that lists every bad file; with
+        ``skip_bad`` they get a ``Prediction`` of their own whose ``error`` says why, so the
+        result has one entry per input image, in input order.
         """
         if top_k < 1:
             raise ValueError(f"top_k: expected a positive integer, found {top_k}")
@@ -217,23 +224,34 @@ class Adapter:
             batch_size=batch_size,
             num_workers=num_workers,
             progress=progress,
+            skip_bad=skip_bad,
         )
         assert res.features is not None
         if not images:
             return []
-        probs = self.method.predict_proba(res.features).cpu()
-        k = min(top_k, probs.shape[1])
-        top = probs.topk(k, dim=1)
+        n_classes = len(self.classnames)
+        probs = (
+            self.method.predict_proba(res.features).cpu()
+            if len(res.index)
+            else torch.empty(0, n_classes)
+        )
+        top = probs.topk(min(top_k, n_classes), dim=1)
         names = self.classnames
+        row = {int(i): r for r, i in enumerate(res.index.tolist())}
+        errors = dict(zip(res.bad_index, res.bad_files, strict=True))
         out = []
         for i, src in enumerate(images):
-            ids = top.indices[i].tolist()
+            label = str(src) if isinstance(src, (str, os.PathLike)) else f"<image {i}>"
+            if i in errors:
+                out.append(Prediction(label, [], [], [], error=errors[i].reason))
+                continue
+            ids = top.indices[row[i]].tolist()
             out.append(
                 Prediction(
-                    image=str(src) if isinstance(src, (str, os.PathLike)) else f"<image {i}>",
+                    image=label,
                     labels=ids,
                     names=[names[j] for j in ids],
-                    probs=[float(p) for p in top.values[i]],
+                    probs=[float(p) for p in top.values[row[i]]],
                 )
             )
         return out
@@ -288,7 +306,7 @@ def fit_adapter(
     dataset: Dataset,
     backbone: Backbone,
     *,
-    shots: int,
+    shots: int | str,
     seed: int = 1,
     protocol: str | Protocol = "fewshot-val",
     params: Mapping[str, Any] | None = None,
@@ -298,21 +316,28 @@ def fit_adapter(
     source: DatasetSource | None = None,
     backbone_spec: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    skip_bad: bool = False,
 ) -> tuple[Adapter, SplitPlan, DatasetSource]:
-    """Fit ``method`` on ``dataset`` at ``shots`` per class under ``protocol``.
+    """Fit ``method`` on ``dataset`` at ``shots`` per class (``"all"``: every training image)
+    under ``protocol``.
 
-    Draws the support (and validation) rows with ``seed``, extracts only what the plan needs
-    through the store, fits, and returns the adapter, the plan and the feature source (reuse it
-    to evaluate without re-reading anything). ``backbone_spec`` records how to load the backbone
-    again (``{"name": ..., "pretrained": ...}``; default: its name).
+    Draws the support (and validation) rows with ``seed``, which also seeds a method that
+    takes a ``seed`` (as every bench cell does) unless ``params`` sets one; extracts only what
+    the plan needs through the store, fits, and returns the adapter, the plan and the feature
+    source (reuse it to evaluate without re-reading anything). ``backbone_spec`` records how
+    to load the backbone again (``{"name": ..., "pretrained": ...}``; default: its name). With
+    ``skip_bad``,
+    undecodable images are left out before the draw and listed in ``info["skipped_images"]``.
     """
     proto = protocol if isinstance(protocol, Protocol) else Protocol(protocol)
     if source is None:
-        source = DatasetSource(dataset, backbone, store=store, views=views, progress=progress)
+        source = DatasetSource(
+            dataset, backbone, store=store, views=views, progress=progress, skip_bad=skip_bad
+        )
     weights, pset = class_weights(
         backbone, dataset.classnames, prompts, dataset=dataset.name, store=source.store
     )
-    plan = proto.plan_dataset(dataset, shots=shots, seed=seed)
+    plan = proto.plan_source(source, shots=shots, seed=seed, classnames=dataset.classnames)
     task = build_task(
         plan,
         source,
@@ -320,7 +345,10 @@ def fit_adapter(
         text_weights=weights,
         meta={"dataset": dataset.name, "backbone": backbone.id},
     )
-    model = methods.create(method, **dict(params or {})) if isinstance(method, str) else method
+    if isinstance(method, str):
+        model = methods.create(method, **methods.run_params(method, params, seed=seed))
+    else:
+        model = method
     t0 = time.perf_counter()
     model.fit(task)
     fit_seconds = time.perf_counter() - t0
@@ -337,7 +365,8 @@ def fit_adapter(
         "protocol": plan.protocol,
         "leaky": plan.leaky,
         "draw": plan.to_dict(),
-        "dataset": dataset.summary(),
+        "dataset": source.dataset.summary(),
+        "skipped_images": source.skipped_images(),
         "views": source.views,
         "view_seed": source.view_seed,
         "fit_seconds": round(fit_seconds, 3),

@@ -38,8 +38,13 @@ def dataset_prepare(
     num_workers: int = 0,
     progress: bool | None = None,
     load_backbone: Callable[[str], Backbone] | None = None,
+    skip_bad: bool = False,
 ) -> Callable[[str, str], Prepared]:
     """A ``prepare(dataset, backbone)`` over real images (see the module docstring).
+
+    With ``skip_bad``, every split's undecodable images are found while preparing and left out
+    (``DatasetSource(skip_bad=True)``); each row's ``data.skipped_images`` lists them, and they
+    are part of the dataset fingerprint.
 
     ``load_backbone(name)`` overrides how backbones are loaded (default:
     ``fewclip.backbones.load(name, pretrained=..., device=..., precision=...)``); loaded
@@ -74,19 +79,27 @@ def dataset_prepare(
             batch_size=batch_size,
             num_workers=num_workers,
             progress=progress,
+            skip_bad=skip_bad,
         )
+        if skip_bad:
+            for split in ds.splits:
+                source.labels(split)  # finds and hides the split's bad images now
+        skipped = source.skipped_images()
         weights, pset = class_weights(bb, ds.classnames, prompts, dataset=ds.name, store=fs)
         h = hashlib.sha256()
         for split in sorted(ds.splits):
             h.update(f"{split}:{ds.split(split).fingerprint()}\n".encode())
         h.update(f"backbone:{bb.id}\nviews:{views}:{view_seed}".encode())
+        for rec in skipped:
+            h.update(f"\nskipped:{rec['split']}:{rec['path']}".encode())
         meta: dict[str, Any] = {
             "prompts": pset.name,
             "prompts_sha256": pset.fingerprint(),
             "n_views": views,
             "view_seed": view_seed,
             "backbone_id": bb.id,
-            "dataset": ds.summary(),
+            "dataset": source.dataset.summary(),
+            "skipped_images": skipped,
         }
         if Path(dataset).expanduser().exists():
             meta["path"] = str(Path(dataset).expanduser().resolve())

@@ -31,7 +31,12 @@ def run_fewclip(
     """Run ``fewclip ARGS`` in a fresh process with its own feature store and no network."""
     full_env = dict(os.environ)
     full_env.update(
-        FEWCLIP_STORE=str(store), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **(env or {})
+        {
+            "FEWCLIP_STORE": str(store),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            **(env or {}),
+        }
     )
     return subprocess.run(
         [fewclip_exe(), *map(str, args)],

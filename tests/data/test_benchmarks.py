@@ -196,8 +196,15 @@ def test_load_dispatch(
     assert load("eurosat").n_classes == 2
     # the dataset folder itself is accepted as root
     assert load_benchmark("dtd", root / "dtd").name == "dtd"
-    with pytest.raises(FileNotFoundError, match="neither a benchmark name"):
+    with pytest.raises(KeyError, match="not a benchmark name"):
         load("no-such-thing")
+    with pytest.raises(KeyError, match="did you mean 'eurosat'"):
+        load("eurosta")
+    with pytest.raises(FileNotFoundError, match="no such folder or file"):
+        load("./my_photos/train")
+    (root / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="found a .txt file"):
+        load(root / "notes.txt")
 
 
 @pytest.mark.parametrize("name", ["caltech101", "fgvc_aircraft", "imagenet", "imagenet_a"])

@@ -8,7 +8,9 @@ Commands: ``demo``, ``extract``, ``fit``, ``predict``, ``evaluate``, ``bench``, 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from fewclip.cli import data_cmds, fit_cmds, run_cmds  # noqa: F401  (register commands)
 from fewclip.cli._app import STATE, app
@@ -21,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script: one clear line per user error, exit codes by kind."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = app(args=args, prog_name="fewclip", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            rv = app(args=args, prog_name="fewclip", standalone_mode=False)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             code = exc.code if isinstance(exc.code, int) else 1
@@ -34,3 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+    **_: Any,
+) -> None:
+    """Library warnings as one ``note:`` line on stderr, without a source path."""
+    print(f"note: {message}", file=sys.stderr)

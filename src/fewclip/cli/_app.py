@@ -14,13 +14,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: flags without "<bool>", one wrapping
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 cache_app = typer.Typer(
-    help="Inspect and clean the feature store.", no_args_is_help=True, add_completion=False
+    help="Inspect and clean the feature store.\n\n\b\nExamples:\n  fewclip cache ls --kind "
+    "image\n  fewclip cache info 3fa2c1 --verify\n  fewclip cache rm 3fa2c1",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 datasets_app = typer.Typer(
-    help="Check datasets on disk.", no_args_is_help=True, add_completion=False
+    help="Check datasets on disk.\n\n\b\nExample:\n  fewclip datasets check dtd eurosat "
+    "--root ~/data",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cache_app, name="cache")
 app.add_typer(datasets_app, name="datasets")

@@ -69,6 +69,57 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:1, ..."
+PRECISION_HELP = "amp (float16 autocast on a GPU, float32 on the CPU), fp32, fp16 or bf16."
+QUIET_HELP = "Print only the result: no notes, no progress bars."
+JSON_HELP = "Print the result as JSON on stdout (accuracies in percent, as in the text)."
+BATCH_HELP = "Images per model call."
+WORKERS_HELP = "Worker processes that decode images (0: decode in the main process)."
+PROMPTS_HELP = (
+    "Prompt set: default (the references' choice), single, imagenet-7, openai-80, or a file "
+    "(.txt templates with {} / .json class -> sentences)."
+)
+VIEWS_HELP = "Augmented views of each training image (the cache's training-time variety)."
+PRETRAINED_HELP = "open_clip weights: a tag (openai, laion2b_s34b_b79k) or a local checkpoint."
+
+SKIP_BAD_HELP = (
+    "Skip images that cannot be decoded (broken, truncated, empty files) instead of stopping; "
+    "every skipped file is listed with its reason in the output and in the records."
+)
+
+
+def in_percent(report: dict[str, Any]) -> dict[str, Any]:
+    """A ``classification_report`` with every accuracy in percent (as the text output shows
+    them), rounded to 4 decimals, and ``"units": "percent"``."""
+    out: dict[str, Any] = {}
+    for key, value in report.items():
+        if key == "per_class":
+            out[key] = [
+                {**row, "accuracy": None if row["accuracy"] is None else _pct(row["accuracy"])}
+                for row in value
+            ]
+        elif (key.startswith("top") or key == "macro") and isinstance(value, float):
+            out[key] = _pct(value)
+        else:
+            out[key] = value
+    out["units"] = "percent"
+    return out
+
+
+def _pct(x: float) -> float:
+    return round(100.0 * x, 4)
+
+
+def report_skipped(records: Sequence[dict[str, Any]], *, quiet: bool = False) -> None:
+    """Print every skipped image (``{"path", "reason"[, "split"]}``) on stderr, one per line."""
+    if not records:
+        return
+    echo(f"skipped {len(records)} image(s) that could not be decoded:", quiet=quiet, err=True)
+    for r in records:
+        where = f"[{r['split']}] " if r.get("split") else ""
+        echo(f"  {where}{r['path']}: {r['reason']}", quiet=quiet, err=True)
+
+
 def int_list(option: str, text: str) -> list[int]:
     """``"1,2,4"`` → ``[1, 2, 4]``; a ``BadParameter`` naming the option otherwise."""
     try:
@@ -111,11 +162,47 @@ def load_dataset(data: str, root: Path | None) -> Dataset:
     return fdata.load(data, root)
 
 
+#: The backbone the commands use when -b is not given, but only if its weights are local.
+DEFAULT_BACKBONE = "RN50"
+
+
+def default_backbone(pretrained: str | None, *, quiet: bool = False) -> str:
+    """The backbone for a command run without ``-b``: ``RN50`` when its weights are on this
+    machine (or ``--pretrained`` names a file), never one that needs a download; otherwise a
+    usage error (exit 2) listing the models that load here."""
+    import fewclip.backbones as fb
+
+    local = fb.local_backbones()
+    if DEFAULT_BACKBONE in local or (pretrained and Path(pretrained).expanduser().is_file()):
+        echo(
+            f"using -b {DEFAULT_BACKBONE} (no -b given; its weights are local)",
+            quiet=quiet,
+            err=True,
+        )
+        return DEFAULT_BACKBONE
+    real = [n for n in local if not n.startswith("fewclip-tiny")]
+    have = (
+        f"models whose weights are on this machine: {', '.join(real)}; "
+        if real
+        else "no real CLIP weights are on this machine; "
+    )
+    raise typer.BadParameter(
+        "no backbone given and the default RN50 is not on this machine (fewclip does not "
+        f"download one unasked). {have.capitalize()}"
+        "-b fewclip-tiny-vit runs offline but is an untrained toy. Give a model with "
+        "-b ViT-B/16 (downloads once where there is internet), -b local-dir:PATH (a local "
+        "open_clip folder) or -b RN50 --pretrained FILE (a local checkpoint).",
+        param_hint="'--backbone' / '-b'",
+    )
+
+
 def load_backbone(
-    name: str, pretrained: str | None, device: str, precision: str, *, quiet: bool = False
+    name: str | None, pretrained: str | None, device: str, precision: str, *, quiet: bool = False
 ) -> Backbone:
     import fewclip.backbones as fb
 
+    if name is None:
+        name = default_backbone(pretrained, quiet=quiet)
     bb = fb.load(name, pretrained=pretrained, device=device, precision=precision)
     if name.startswith("fewclip-tiny"):
         echo(
@@ -131,7 +218,7 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
     """Map an exception to (message on stderr, exit code). Unknown exceptions are bugs."""
     from fewclip.adapter import AdapterError, BackboneMismatchError
     from fewclip.backbones.base import BackboneError, WeightsNotFoundError
-    from fewclip.errors import FewclipError
+    from fewclip.errors import FewclipError, UnknownNameError
 
     if isinstance(exc, typer.Exit):
         return int(exc.exit_code)
@@ -148,6 +235,8 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
         traceback.print_exception(type(exc), exc, exc.__traceback__)
     if isinstance(exc, CLIError):
         code = exc.code
+    elif isinstance(exc, UnknownNameError):
+        code = EXIT_USAGE  # a mistyped method, backbone, dataset or preset name
     elif isinstance(exc, WeightsNotFoundError):
         code = EXIT_WEIGHTS
     elif isinstance(exc, BackboneMismatchError):

@@ -10,12 +10,15 @@ import typer
 
 from fewclip.cli._app import app, cache_app, datasets_app
 from fewclip.cli._common import (
+    BATCH_HELP,
+    SKIP_BAD_HELP,
     CLIError,
     default_store,
     echo,
     emit_json,
     load_backbone,
     load_dataset,
+    report_skipped,
     str_list,
 )
 
@@ -25,7 +28,10 @@ if TYPE_CHECKING:
 DATA_HELP = "Benchmark name (with --root), image folder, or .csv/.jsonl manifest."
 ROOT_HELP = "The $DATA folder holding the benchmarks (default: $FEWCLIP_DATA or $DATA)."
 STORE_HELP = "Feature store folder (default: $FEWCLIP_STORE or ~/.cache/fewclip/features)."
-BACKBONE_HELP = "Model: RN50, ViT-B/16, an open_clip name, local-dir:/hf-hub:/hf: ids, a folder."
+BACKBONE_HELP = (
+    "Model: RN50, ViT-B/16, an open_clip name, local-dir:/hf-hub:/hf: ids, a folder. Default: "
+    "RN50 if its weights are on this machine (nothing is downloaded unasked)."
+)
 
 
 def _size(n: int) -> str:
@@ -40,17 +46,17 @@ def _size(n: int) -> str:
 def extract(
     data: str = typer.Option(..., "--data", "-d", help=DATA_HELP),
     root: Path | None = typer.Option(None, "--root", help=ROOT_HELP),
-    backbone: str = typer.Option("RN50", "--backbone", "-b", help=BACKBONE_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
     pretrained: str | None = typer.Option(None, help="open_clip weights tag or checkpoint file."),
     splits: str = typer.Option("", help="Comma-separated splits (default: every split)."),
     views: int = typer.Option(10, min=0, help="Augmented views of each train image."),
     view_seed: int = typer.Option(0, help="Seed of the augmented views."),
     store: Path | None = typer.Option(None, help=STORE_HELP),
-    batch_size: int = typer.Option(64, min=1),
+    batch_size: int = typer.Option(64, min=1, help=BATCH_HELP),
     num_workers: int = typer.Option(0, min=0, help="DataLoader workers for decoding."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     precision: str = typer.Option("amp", help="amp (fp16 autocast on GPU), fp32, fp16, bf16."),
-    skip_bad: bool = typer.Option(False, help="Skip undecodable images (listed, recorded)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
@@ -59,7 +65,9 @@ def extract(
     The train split also gets --views augmented views. Already stored entries are reused;
     an interrupted extraction resumes from its finished shards.
 
-    Example: fewclip extract --data dtd --root ~/data --backbone RN50 --views 10
+    \b
+    Example:
+      fewclip extract --data dtd --root ~/data --backbone RN50 --views 10
     """
     from fewclip.features import FeatureStore
     from fewclip.features import extract as run_extract
@@ -114,6 +122,9 @@ def extract(
     if as_json:
         emit_json({"dataset": ds.name, "backbone": bb.id, "store": str(fs.root), "splits": summary})
         return
+    report_skipped(
+        [{"split": row["split"], **b} for row in summary for b in row["bad_files"]], quiet=quiet
+    )
     for row in summary:
         how = "from the store" if row["from_store"] else f"{row['encoded']} images encoded"
         bad = f", {len(row['bad_files'])} bad files skipped" if row["bad_files"] else ""
@@ -129,11 +140,15 @@ def cache_ls(
 ) -> None:
     """List the entries of the feature store.
 
-    Example: fewclip cache ls --kind image
+    \b
+    Example:
+      fewclip cache ls --kind image
     """
     from fewclip.features import FeatureStore
 
     fs = FeatureStore(store or default_store())
+    if store is not None and not fs.root.is_dir():
+        raise CLIError(f"--store: {fs.root} does not exist (no feature store there)")
     infos = fs.entries(kind=kind) if kind else fs.entries()
     rows = []
     for info in infos:
@@ -146,6 +161,7 @@ def cache_ls(
                 "split": rec.get("split", ""),
                 "view": view.get("type", "") + (f"{view['index']}" if "index" in view else ""),
                 "backbone": rec.get("backbone", ""),
+                "backbone_name": str(info.meta.get("backbone", {}).get("name", "")),
                 "rows": info.n_rows,
                 "dim": info.dim,
                 "dtype": info.dtype,
@@ -159,11 +175,16 @@ def cache_ls(
     if not rows:
         echo(f"{fs.root}: no entries")
         return
-    echo(f"{'key':14} {'kind':5} {'split':28} {'view':9} {'rows':>8} {'dim':>5} {'size':>9}")
-    for r in rows:
+    names = [f"{r['backbone_name'] or '?'} ({str(r['backbone'])[-8:]})" for r in rows]
+    width = min(40, max(len("backbone"), *(len(n) for n in names)))
+    echo(
+        f"{'key':14} {'kind':5} {'split':28} {'backbone':{width}} {'view':9} {'rows':>8} "
+        f"{'dim':>5} {'size':>9}"
+    )
+    for r, name in zip(rows, names, strict=True):
         echo(
-            f"{r['key'][:12]:14} {r['kind']:5} {str(r['split'])[:28]:28} {r['view']:9} "
-            f"{r['rows']:>8} {r['dim']:>5} {_size(r['bytes']):>9}"
+            f"{r['key'][:12]:14} {r['kind']:5} {str(r['split'])[:28]:28} {name[:width]:{width}} "
+            f"{r['view']:9} {r['rows']:>8} {r['dim']:>5} {_size(r['bytes']):>9}"
         )
     echo(f"{len(rows)} entries, {_size(sum(r['bytes'] for r in rows))} in {fs.root}")
 
@@ -185,7 +206,9 @@ def cache_info(
 ) -> None:
     """Show one entry's key record, shape, shards and bad files (JSON).
 
-    Example: fewclip cache info 3fa9c2
+    \b
+    Example:
+      fewclip cache info 3fa9c2
     """
     from fewclip.features import FeatureStore
 
@@ -217,7 +240,9 @@ def cache_rm(
 ) -> None:
     """Delete entries from the feature store.
 
-    Example: fewclip cache rm 3fa9c2 77b1e0   |   fewclip cache rm --all --yes
+    \b
+    Example:
+      fewclip cache rm 3fa9c2 77b1e0   |   fewclip cache rm --all --yes
     """
     from fewclip.features import FeatureStore
 
@@ -245,7 +270,9 @@ def datasets_check(
 
     Exit code 1 when any dataset has problems.
 
-    Example: fewclip datasets check dtd eurosat --root ~/data
+    \b
+    Example:
+      fewclip datasets check dtd eurosat --root ~/data
     """
     import os
 

@@ -11,28 +11,113 @@ import typer
 
 from fewclip.cli._app import app
 from fewclip.cli._common import (
+    BATCH_HELP,
+    DEVICE_HELP,
+    JSON_HELP,
+    PRECISION_HELP,
+    PRETRAINED_HELP,
+    PROMPTS_HELP,
+    QUIET_HELP,
+    SKIP_BAD_HELP,
+    VIEWS_HELP,
     CLIError,
     default_store,
     echo,
     emit_json,
+    in_percent,
     load_backbone,
     load_dataset,
     parse_params,
+    report_skipped,
 )
 from fewclip.cli.data_cmds import BACKBONE_HELP, DATA_HELP, ROOT_HELP, STORE_HELP
 
-PROTOCOL_HELP = "fewshot-val (default), coop-val, full-val, val-free, oracle-test (LEAKY)."
+PROTOCOL_HELP = (
+    "Where hyper-parameters are validated: fewshot-val (held out of train), coop-val, full-val "
+    "(the val split), val-free (none), oracle-test (LEAKY). Default: fewshot-val for a "
+    "benchmark; for your own folder full-val if it has a val split, else fewshot-val when every "
+    "class can spare images, else val-free."
+)
+SHOTS_HELP = (
+    "Training images per class, or 'all' (every one; uneven classes are fine). Default: 16 for "
+    "a benchmark, all for your own folder."
+)
+REPEAT_HELP = "Draw with replacement for classes with fewer than -k images (Tip-Adapter)."
+ALLOW_FEWER_HELP = "Take every image of classes with fewer than -k images (CoOp)."
+PARAM_HELP = "A method hyper-parameter key=value (repeatable); a wrong key lists the valid ones."
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def _method_name(method: str) -> str:
+    """The registered method ``method`` names (case-insensitive); exit 2 with "did you mean"."""
     from fewclip import methods
+    from fewclip.errors import UnknownNameError
 
-    if method not in methods.available():
-        raise CLIError(
-            f"--method: unknown method {method!r}; available: {', '.join(methods.available())}"
+    try:
+        return methods.resolve(method)
+    except UnknownNameError as e:
+        raise typer.BadParameter(str(e), param_hint="'--method' / '-m'") from None
+
+
+def _method_params(name: str, items: list[str]) -> dict[str, Any]:
+    """``-p key=value`` items checked against the method's parameters (exit 2 when unknown)."""
+    from fewclip import methods
+    from fewclip.errors import UnknownParameterError
+
+    params = parse_params(items)
+    try:
+        methods.check_params(name, params)
+    except UnknownParameterError as e:
+        raise typer.BadParameter(str(e), param_hint="'--param' / '-p'") from None
+    return params
+
+
+def _shots(text: str | None) -> int | str | None:
+    """``-k``: a positive integer or ``all``; ``None`` (not given) picks the default."""
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise typer.BadParameter(
+            f"expected a positive integer or 'all', found {text!r}", param_hint="'--shots' / '-k'"
         )
-    return method
+    return k
+
+
+def _plan_choice(
+    ds: Any,
+    shots: int | str | None,
+    protocol: str | None,
+    repeat: bool,
+    allow_fewer: bool,
+    quiet: bool,
+    seed: int,
+) -> tuple[int | str, Any]:
+    """Shots and ``Protocol`` from the options, the defaults filled in (and said) for unset
+    ones (``fewclip.adapter.choose_defaults``), checked against the dataset's labels before
+    any model is loaded (a class too small for them fails here, naming the flags that work)."""
+    from fewclip.adapter import choose_defaults
+    from fewclip.protocol import PROTOCOLS, Protocol
+
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(PROTOCOLS)}, found {protocol!r}", param_hint="'--protocol'"
+        )
+    k, name, why = choose_defaults(ds, shots, protocol)
+    if why:
+        echo(
+            f"using -k {k} --protocol {name}: {why} (pass -k / --protocol to choose)",
+            quiet=quiet,
+            err=True,
+        )
+    proto = Protocol(name, repeat=repeat, allow_fewer=allow_fewer)
+    proto.plan_dataset(ds, shots=k, seed=seed)
+    return k, proto
 
 
 @app.command()
@@ -49,57 +134,69 @@ def fit(
         help="Replace the adapter already in --out (only fewclip's own files; a folder holding "
         "anything else is always refused).",
     ),
-    shots: int = typer.Option(16, "--shots", "-k", min=1, help="Images per class."),
-    seed: int = typer.Option(1, help="Seed of the few-shot draw."),
-    protocol: str = typer.Option("fewshot-val", help=PROTOCOL_HELP),
-    param: list[str] = typer.Option([], "--param", "-p", help="Hyper-parameter key=value."),
-    prompts: str = typer.Option("default", help="default, single, imagenet-7, openai-80, file."),
-    backbone: str = typer.Option("RN50", "--backbone", "-b", help=BACKBONE_HELP),
-    pretrained: str | None = typer.Option(None, help="open_clip weights tag or checkpoint file."),
-    views: int = typer.Option(10, min=0, help="Augmented views per support image."),
+    shots: str | None = typer.Option(None, "--shots", "-k", help=SHOTS_HELP),
+    seed: int = typer.Option(1, help="Seed of the few-shot draw and of the method's training."),
+    protocol: str | None = typer.Option(None, help=PROTOCOL_HELP),
+    repeat: bool = typer.Option(False, "--repeat", help=REPEAT_HELP),
+    allow_fewer: bool = typer.Option(False, "--allow-fewer", help=ALLOW_FEWER_HELP),
+    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP),
+    prompts: str = typer.Option("default", help=PROMPTS_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
+    pretrained: str | None = typer.Option(None, help=PRETRAINED_HELP),
+    views: int = typer.Option(10, min=0, help=VIEWS_HELP),
     store: Path | None = typer.Option(None, help=STORE_HELP),
-    device: str = typer.Option("cpu"),
-    precision: str = typer.Option("amp"),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    precision: str = typer.Option("amp", help=PRECISION_HELP),
     evaluate_test: bool = typer.Option(False, "--evaluate", help="Also report test accuracy."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json", help="Print the adapter record as JSON."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the adapter record as JSON (accuracies in percent)."
+    ),
 ) -> None:
     """Fit a method at K shots on a dataset and save an adapter folder.
 
     The adapter holds the fitted method (safetensors + JSON) and adapter.json: backbone id,
     class names, prompts, hyper-parameters, protocol, the exact draw and the fewclip version.
 
-    Example: fewclip fit -m tip-adapter-f -d ./my_images -k 8 -b ViT-B/16 -o ./my-adapter
+    \b
+    Example:
+      fewclip fit -m tip-adapter-f -d ./my_images -k 8 -b ViT-B/16 -o ./my-adapter
     """
     from fewclip.adapter import Adapter, evaluate_model, fit_adapter
     from fewclip.outputs import check_outside
 
     name = _method_name(method)
-    params = parse_params(param)
+    params = _method_params(name, param)
+    k_given = _shots(shots)
     ds = load_dataset(data, root)
     check_outside(out, ds.input_folders(), what="--out")
     replacing = Adapter.check_target(out, overwrite=overwrite)
+    k, proto = _plan_choice(ds, k_given, protocol, repeat, allow_fewer, quiet or as_json, seed)
     bb = load_backbone(backbone, pretrained, device, precision, quiet=quiet)
     adapter, plan, source = fit_adapter(
         name,
         ds,
         bb,
-        shots=shots,
+        shots=k,
         seed=seed,
-        protocol=protocol,
+        protocol=proto,
         params=params,
         prompts=prompts,
         views=views,
         store=store or default_store(),
-        backbone_spec={"name": backbone, "pretrained": pretrained},
+        backbone_spec={"name": backbone or bb.name, "pretrained": pretrained},
         progress=False if quiet else None,
+        skip_bad=skip_bad,
     )
     if evaluate_test:
         if not ds.has_split("test"):
             raise CLIError(f"--evaluate: {ds.name} has no test split")
-        adapter.info["test"] = {
-            k: v for k, v in evaluate_model(adapter.method, source).items() if k != "per_class"
-        }
+        rep = in_percent(evaluate_model(adapter.method, source))
+        adapter.info["test"] = {k: v for k, v in rep.items() if k != "per_class"}
+        adapter.info["skipped_images"] = source.skipped_images()
+        adapter.info["dataset"] = source.dataset.summary()
+    report_skipped(adapter.info["skipped_images"], quiet=quiet or as_json)
     path = adapter.save(out, overwrite=overwrite)
     if replacing is not None:
         echo(f"replaced {replacing} in {path} with this {name} adapter", quiet=quiet, err=True)
@@ -108,16 +205,17 @@ def fit(
         return
     mark = " [LEAKY]" if plan.leaky else ""
     echo(
-        f"fitted {name} on {ds.name}: {shots} shots, seed {seed}, protocol {plan.protocol}{mark}, "
-        f"{len(ds.classnames)} classes, in {adapter.info['fit_seconds']} s"
+        f"fitted {name} on {ds.name}: {k} shots, seed {seed}, protocol {plan.protocol}{mark}, "
+        f"{len(ds.classnames)} classes, in {adapter.info['fit_seconds']} s",
+        quiet=quiet,
     )
-    chosen = {k: v for k, v in adapter.info["params"].items() if k.endswith("_")}
+    chosen = {p: v for p, v in adapter.info["params"].items() if p.endswith("_")}
     if chosen:
-        echo("selected: " + ", ".join(f"{k}={v:.4g}" for k, v in chosen.items()))
+        echo("selected: " + ", ".join(f"{p}={v:.4g}" for p, v in chosen.items()), quiet=quiet)
     if "test" in adapter.info:
         t = adapter.info["test"]
-        echo(f"test: top-1 {100 * t['top1']:.2f}%, macro {100 * t['macro']:.2f}% of {t['n']}")
-    echo(f"adapter written to {path}")
+        echo(f"test: top-1 {t['top1']:.2f}%, macro {t['macro']:.2f}% of {t['n']} images")
+    echo(f"adapter written to {path.resolve()}")
 
 
 def _collect_images(items: list[str], recursive: bool = True) -> list[str]:
@@ -178,16 +276,25 @@ def predict(
         None, "--backbone", "-b", help="Load the backbone from here instead (same id required)."
     ),
     pretrained: str | None = typer.Option(None, help="Weights for --backbone."),
-    device: str = typer.Option("cpu"),
-    precision: str = typer.Option("amp"),
-    batch_size: int = typer.Option(64, min=1),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    precision: str = typer.Option("amp", help=PRECISION_HELP),
+    batch_size: int = typer.Option(64, min=1, help=BATCH_HELP),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Exit 0 even when some images cannot be decoded (each still gets an error row).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Predict classes of new images with a fitted adapter (top-k with probabilities).
 
     Loads the backbone named in the adapter and refuses one whose id differs (exit code 4).
+    Every image gets a row; one that cannot be decoded gets an error row instead, and the exit
+    code is then 1 (0 with --skip-bad).
 
-    Example: fewclip predict ./my-adapter photos/ --top-k 3 --format csv
+    \b
+    Example:
+      fewclip predict ./my-adapter photos/ --top-k 3 --format csv
     """
     from fewclip.adapter import Adapter
 
@@ -197,23 +304,36 @@ def predict(
     files = _collect_images(images)
     bb = ad.load_backbone(name=backbone, pretrained=pretrained, device=device, precision=precision)
     preds = ad.predict_images(
-        bb, files, top_k=top_k, batch_size=batch_size, progress=False if quiet else None
+        bb,
+        files,
+        top_k=top_k,
+        batch_size=batch_size,
+        progress=False if quiet else None,
+        skip_bad=True,
     )
     if fmt == "json":
         emit_json([p.to_dict() for p in preds])
     elif fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["image", "rank", "label", "class", "prob"])
+        w.writerow(["image", "rank", "label", "class", "prob", "error"])
         for p in preds:
+            if p.error is not None:
+                w.writerow([p.image, "", "", "", "", p.error])
             for r, (y, n, pr) in enumerate(zip(p.labels, p.names, p.probs, strict=True), 1):
-                w.writerow([p.image, r, y, n, f"{pr:.6f}"])
+                w.writerow([p.image, r, y, n, f"{pr:.6f}", ""])
         typer.echo(buf.getvalue(), nl=False)
     else:
         width = max((len(p.image) for p in preds), default=5)
         for p in preds:
             tops = "  ".join(f"{n} {100 * pr:.1f}%" for n, pr in zip(p.names, p.probs, strict=True))
-            typer.echo(f"{p.image:{width}}  {tops}")
+            typer.echo(f"{p.image:{width}}  {tops if p.error is None else 'ERROR: ' + p.error}")
+    failed = [p for p in preds if p.error is not None]
+    if failed:
+        how = "skipped (--skip-bad)" if skip_bad else "failed; --skip-bad makes this exit 0"
+        echo(f"{len(failed)} of {len(preds)} images could not be decoded: {how}", err=True)
+        if not skip_bad:
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -225,25 +345,30 @@ def evaluate(
     root: Path | None = typer.Option(None, "--root", help=ROOT_HELP),
     split: str = typer.Option("test", help="Split to evaluate on."),
     method: str | None = typer.Option(None, "--method", "-m", help="Fit this method first."),
-    shots: int = typer.Option(16, "--shots", "-k", min=1),
-    seed: int = typer.Option(1),
-    protocol: str = typer.Option("fewshot-val", help=PROTOCOL_HELP),
-    param: list[str] = typer.Option([], "--param", "-p", help="Hyper-parameter key=value."),
-    prompts: str = typer.Option("default"),
-    backbone: str = typer.Option("RN50", "--backbone", "-b", help=BACKBONE_HELP),
-    pretrained: str | None = typer.Option(None),
-    views: int = typer.Option(10, min=0),
+    shots: str | None = typer.Option(None, "--shots", "-k", help=SHOTS_HELP),
+    seed: int = typer.Option(1, help="Seed of the few-shot draw and of the method's training."),
+    protocol: str | None = typer.Option(None, help=PROTOCOL_HELP),
+    repeat: bool = typer.Option(False, "--repeat", help=REPEAT_HELP),
+    allow_fewer: bool = typer.Option(False, "--allow-fewer", help=ALLOW_FEWER_HELP),
+    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP),
+    prompts: str = typer.Option("default", help=PROMPTS_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
+    pretrained: str | None = typer.Option(None, help=PRETRAINED_HELP),
+    views: int = typer.Option(10, min=0, help=VIEWS_HELP),
     store: Path | None = typer.Option(None, help=STORE_HELP),
-    device: str = typer.Option("cpu"),
-    precision: str = typer.Option("amp"),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    precision: str = typer.Option("amp", help=PRECISION_HELP),
     per_class: bool = typer.Option(False, "--per-class", help="Also print per-class accuracy."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Accuracy (top-1, top-5, per-class, macro) of an adapter, or of a method fitted on the fly.
 
-    Examples: fewclip evaluate ./my-adapter --data ./my_images
-              fewclip evaluate --method tip-adapter --data dtd --root ~/data -k 16 -b RN50
+    \b
+    Examples:
+      fewclip evaluate ./my-adapter --data ./my_images
+      fewclip evaluate --method tip-adapter --data dtd --root ~/data -k 16 -b RN50
     """
     from fewclip.adapter import Adapter, evaluate_model, fit_adapter
     from fewclip.features.source import DatasetSource
@@ -266,7 +391,12 @@ def evaluate(
             )
         bb = ad.load_backbone(device=device, precision=precision)
         source = DatasetSource(
-            ds, bb, store=store or default_store(), views=0, progress=False if quiet else None
+            ds,
+            bb,
+            store=store or default_store(),
+            views=0,
+            progress=False if quiet else None,
+            skip_bad=skip_bad,
         )
         model = ad.method
         info = {
@@ -279,26 +409,31 @@ def evaluate(
         assert method is not None
         if data is None:
             raise CLIError("--data: give the dataset to fit and evaluate on")
+        name = _method_name(method)
+        params = _method_params(name, param)
+        k_given = _shots(shots)
         ds = load_dataset(data, root)
+        k, proto = _plan_choice(ds, k_given, protocol, repeat, allow_fewer, quiet or as_json, seed)
         bb = load_backbone(backbone, pretrained, device, precision, quiet=quiet)
         ad, plan, source = fit_adapter(
-            _method_name(method),
+            name,
             ds,
             bb,
-            shots=shots,
+            shots=k,
             seed=seed,
-            protocol=protocol,
-            params=parse_params(param),
+            protocol=proto,
+            params=params,
             prompts=prompts,
             views=views,
             store=store or default_store(),
-            backbone_spec={"name": backbone, "pretrained": pretrained},
+            backbone_spec={"name": backbone or bb.name, "pretrained": pretrained},
             progress=False if quiet else None,
+            skip_bad=skip_bad,
         )
         model = ad.method
         info = {
-            "method": method,
-            "shots": shots,
+            "method": name,
+            "shots": k,
             "seed": seed,
             "protocol": plan.protocol,
             "leaky": plan.leaky,
@@ -306,18 +441,20 @@ def evaluate(
         }
     if not ds.has_split(split):
         raise CLIError(f"--split: {ds.name} has no {split!r} split")
-    rep = evaluate_model(model, source, split=split)
-    result = {**info, "dataset": ds.name, "split": split, **rep}
+    rep = in_percent(evaluate_model(model, source, split=split))
+    skipped = source.skipped_images()
+    report_skipped(skipped, quiet=quiet or as_json)
+    result = {**info, "dataset": ds.name, "split": split, **rep, "skipped_images": skipped}
     if as_json:
         emit_json(result if per_class else {k: v for k, v in result.items() if k != "per_class"})
         return
     mark = " [LEAKY]" if result.get("leaky") else ""
     echo(
         f"{result['method']} on {ds.name}/{split} ({result['n']} images, protocol "
-        f"{result.get('protocol')}{mark}): top-1 {100 * rep['top1']:.2f}%  "
-        f"top-5 {100 * rep['top5']:.2f}%  macro {100 * rep['macro']:.2f}%"
+        f"{result.get('protocol')}{mark}): top-1 {rep['top1']:.2f}%  "
+        f"top-5 {rep['top5']:.2f}%  macro {rep['macro']:.2f}%"
     )
     if per_class:
         for row in rep["per_class"]:
-            acc = "n/a" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
+            acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.1f}%"
             echo(f"  {row['class']:30} {acc:>7}  ({row['n']} images)")

@@ -10,12 +10,17 @@ import typer
 
 from fewclip.cli._app import app
 from fewclip.cli._common import (
+    PRECISION_HELP,
+    QUIET_HELP,
+    SKIP_BAD_HELP,
+    WORKERS_HELP,
     CLIError,
     atomic_write_text,
     default_store,
     echo,
     emit_json,
     int_list,
+    report_skipped,
     str_list,
 )
 from fewclip.cli.data_cmds import ROOT_HELP, STORE_HELP
@@ -119,7 +124,9 @@ def demo(
     training on generated shapes, saved in OUT/tiny-backbone-warmupN (reuse it with
     -b local-dir:OUT/tiny-backbone-warmupN). Every output names it and marks it TOY.
 
-    Example: fewclip demo --out ./fewclip-demo      (real weights: --backbone RN50)
+    
+    Example:
+      fewclip demo --out ./fewclip-demo      (real weights: --backbone RN50)
     """
     from fewclip import methods as registry
     from fewclip.bench import BenchConfig
@@ -298,12 +305,13 @@ def bench(
     root: Path | None = typer.Option(None, "--root", help=ROOT_HELP),
     store: Path | None = typer.Option(None, help=STORE_HELP),
     pretrained: str | None = typer.Option(None, help="Weights for every backbone."),
-    precision: str = typer.Option("amp"),
-    num_workers: int = typer.Option(0, min=0),
+    precision: str = typer.Option("amp", help=PRECISION_HELP),
+    num_workers: int = typer.Option(0, min=0, help=WORKERS_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
     keep_going: bool = typer.Option(False, help="Skip failing cells instead of stopping."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run a grid methods x datasets x shots x seeds x backbones into a resumable JSONL.
@@ -312,8 +320,10 @@ def bench(
     already there are skipped, so an interrupted bench resumes. Then OUT/results.md and the
     accuracy-vs-shots plots are written.
 
-    Examples: fewclip bench smoke --root ~/data --dry-run
-              fewclip bench tip-adapter --root ~/data protocol=coop-val seeds=1,2,3
+    
+    Examples:
+      fewclip bench smoke --root ~/data --dry-run
+      fewclip bench tip-adapter --root ~/data protocol=coop-val seeds=1,2,3
     """
     from fewclip.bench.runner import run_bench
     from fewclip.prepare import dataset_prepare
@@ -339,7 +349,16 @@ def bench(
         pretrained=pretrained,
         num_workers=num_workers,
         progress=False if quiet else None,
+        skip_bad=skip_bad,
     )
+    if skip_bad:
+        inner = prepare
+
+        def prepare(dataset: str, backbone: str) -> Any:
+            prepared = inner(dataset, backbone)
+            report_skipped(prepared.meta["skipped_images"], quiet=quiet or as_json)
+            return prepared
+
     rows = run_bench(
         cfg,
         prepare,
@@ -370,12 +389,14 @@ def reproduce(
         None, help="Default: the paper's (oracle-test = LEAKY for ImageNet, full-val elsewhere)."
     ),
     overrides: list[str] = typer.Argument(None, help="Extra key=value overrides."),
-    out: Path = typer.Option(Path("fewclip-reproduce"), "--out", "-o"),
+    out: Path = typer.Option(
+        Path("fewclip-reproduce"), "--out", "-o", help="Output folder: new, empty or its own."
+    ),
     store: Path | None = typer.Option(None, help=STORE_HELP),
     pretrained: str | None = typer.Option(None, help="Weights for the backbone."),
-    dry_run: bool = typer.Option(False, "--dry-run"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the configs and stop."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Reproduce Tip-Adapter / CLIP-Adapter on the 11 datasets and print paper vs ours.
 
@@ -383,7 +404,9 @@ def reproduce(
     initial alpha, EuroSAT's 100 epochs). Each result is printed beside the paper's number, with
     the protocol used. The paper tuned ImageNet on its test set: that run is marked LEAKY.
 
-    Example: fewclip reproduce --datasets dtd,eurosat --root ~/data shots=16 seeds=1
+    
+    Example:
+      fewclip reproduce --datasets dtd,eurosat --root ~/data shots=16 seeds=1
     """
     import yaml
 

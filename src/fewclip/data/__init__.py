@@ -57,6 +57,7 @@ from fewclip.data.types import (
     MissingDataError,
     safe_relpath,
 )
+from fewclip.errors import UnknownNameError, did_you_mean
 
 __all__ = [
     "BENCHMARKS",
@@ -121,18 +122,29 @@ def load(
         return load_folder(p, **kwargs)
     if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
         return load_manifest(p, **kwargs)
+    if p.is_file():
+        raise DatasetError(
+            f"{s}: expected an image folder or a .csv/.tsv/.jsonl manifest, found a "
+            f"{p.suffix or 'suffix-less'} file"
+        )
+    looks_like_path = any(c in s for c in "/\\") or s.startswith((".", "~")) or bool(p.suffix)
     try:
         get_spec(s)
     except KeyError:
-        raise FileNotFoundError(
-            f"{s!r} is neither a benchmark name ({', '.join(benchmark_names())}), an image "
-            "folder, nor a .csv/.jsonl manifest"
+        if looks_like_path:
+            raise MissingDataError(
+                f"{s}: no such folder or file (expected an image folder such as "
+                "photos/<class>/*.jpg, or a .csv/.jsonl manifest)"
+            ) from None
+        raise UnknownNameError(
+            f"{s!r} is not a benchmark name{did_you_mean(s, benchmark_names())} and no folder "
+            f"or file of that name exists here; benchmarks: {', '.join(benchmark_names())}"
         ) from None
     if root is None:
         root = os.environ.get("FEWCLIP_DATA") or os.environ.get("DATA")
         if not root:
             raise ValueError(
-                f"load({s!r}): pass root=<$DATA folder> or set FEWCLIP_DATA to the folder that "
-                "holds the benchmark folders"
+                f"{s}: a benchmark needs the folder that holds the benchmark folders: --root "
+                "on the command line, root= in Python, or the FEWCLIP_DATA environment variable"
             )
     return load_benchmark(s, root, **kwargs)

@@ -1,0 +1,120 @@
+"""Small and uneven folders, mistyped names, and `fit --seed`, through the installed command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fewclip.testing.images import make_shapes_dataset
+
+from .conftest import run_fewclip
+
+TINY = ["-b", "fewclip-tiny-vit", "--views", "1"]
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train: red_circle 3, blue_square 7, green_triangle 12 images; test: 2 each."""
+    root = make_shapes_dataset(
+        tmp_path_factory.mktemp("uneven") / "photos",
+        classes=("red_circle", "blue_square", "green_triangle"),
+        per_class={"train": 12, "test": 2},
+        size=24,
+    )
+    for name, keep in (("red_circle", 3), ("blue_square", 7)):
+        for p in sorted((root / "train" / name).glob("*.png"))[keep:]:
+            p.unlink()
+    return root
+
+
+def test_defaults_use_every_image_and_say_what_was_chosen(uneven: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a"
+    res = run_fewclip("fit", "-m", "tip-adapter", "-d", uneven, "-o", out, *TINY, store=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "using -k all --protocol val-free" in res.stderr and "3–12 per class" in res.stderr
+    rec = json.loads((out / "adapter.json").read_text())
+    assert rec["draw"]["shots"] == "all" and rec["protocol"] == "val-free"
+    assert len(rec["draw"]["support"]["indices"]) == 3 + 7 + 12
+    assert rec["draw"]["meta"]["train_per_class"] == [3, 12]
+
+
+def test_all_with_fewshot_val_holds_out_images_of_big_classes(uneven: Path, tmp_path: Path) -> None:
+    res = run_fewclip(
+        "fit", "-k", "all", "--protocol", "fewshot-val", "-m", "zero-shot", "-d", uneven,
+        "-o", tmp_path / "a", *TINY, store=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert "'red circle') has 3" in res.stderr and "--protocol val-free" in res.stderr
+
+
+def test_too_many_shots_fails_before_loading_a_model_and_names_the_flags(
+    uneven: Path, tmp_path: Path
+) -> None:
+    res = run_fewclip(
+        "fit", "-k", "16", "-m", "zero-shot", "-d", uneven, "-o", tmp_path / "a", *TINY,
+        store=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and "note: fewclip-tiny-vit" not in res.stderr
+    assert "'red circle') has 3 images" in res.stderr
+    for flag in ("-k all", "--repeat", "--allow-fewer", "--protocol val-free"):
+        assert flag in res.stderr
+    res = run_fewclip(
+        "fit", "-k", "16", "--allow-fewer", "-m", "zero-shot", "-d", uneven,
+        "-o", tmp_path / "b", *TINY, store=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["-m", "tip-adaptor"], "did you mean 'tip-adapter'"),
+        (["-m", "zero-shot", "-p", "alpah=2"], "unknown parameter 'alpah'"),
+        (["-m", "tip-adapter", "-p", "alpah=2"], "did you mean 'alpha'"),
+        (["-m", "zero-shot", "-k", "many"], "expected a positive integer or 'all'"),
+        (["-m", "zero-shot", "--protocol", "fewshot"], "expected one of fewshot-val"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_suggestion(
+    uneven: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    res = run_fewclip("fit", *args, "-d", uneven, "-o", tmp_path / "a", *TINY, store=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_method_names_are_case_insensitive(uneven: Path, tmp_path: Path) -> None:
+    res = run_fewclip(
+        "fit", "-m", "Zero-Shot", "-d", uneven, "-o", tmp_path / "a", *TINY, store=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    assert "fitted zero-shot" in res.stdout
+
+
+def test_fit_seed_gives_the_same_adapter_as_the_bench_cell(uneven: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    common = {"shots": 1, "seed": 2, "epochs": 5}
+    res = run_fewclip(
+        "fit", "-m", "clip-adapter", "-d", uneven, "-o", tmp_path / "a", *TINY,
+        "-k", str(common["shots"]), "--seed", str(common["seed"]), "--protocol", "fewshot-val",
+        "-p", f"epochs={common['epochs']}", "--evaluate", store=store,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((tmp_path / "a" / "adapter.json").read_text())
+    assert rec["params"]["seed"] == 2
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(
+        f"methods: [clip-adapter]\ndatasets: [{uneven}]\nshots: [1]\nseeds: [2]\n"
+        "backbones: [fewclip-tiny-vit]\nviews: 1\nprotocol: fewshot-val\n"
+        "params: {clip-adapter: {epochs: 5}}\n"
+    )
+    res = run_fewclip("bench", cfg, "-o", tmp_path / "bench", "-q", store=store)
+    assert res.returncode == 0, res.stderr
+    (row,) = [json.loads(ln) for ln in (tmp_path / "bench" / "results.jsonl").open()]
+    assert row["params"]["seed"] == 2
+    assert rec["test"]["units"] == "percent"
+    assert row["accuracy"] == pytest.approx(rec["test"]["top1"], abs=1e-3)
+    assert row["n_support"] == 3 and rec["draw"]["support"]["indices"]
