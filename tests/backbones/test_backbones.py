@@ -120,8 +120,10 @@ def test_plain_arch_with_openai_tag_uses_quickgelu(tmp_path) -> None:
 def test_missing_pretrained_and_unknown_names() -> None:
     with pytest.raises(fb.BackboneError, match="laion2b"):
         fb.load("ViT-B-32")
-    with pytest.raises(fb.BackboneError, match="not an open_clip architecture"):
+    with pytest.raises(fb.UnknownBackboneError, match="not an OpenAI name, open_clip arch"):
         fb.load("no-such-model")
+    with pytest.raises(KeyError, match="did you mean 'ViT-B/16'"):
+        fb.load("ViT-B/17")
     with pytest.raises(fb.BackboneError, match="neither a known tag"):
         fb.load("ViT-B-32", pretrained="no-such-tag")
     with pytest.raises(ValueError, match="precision"):

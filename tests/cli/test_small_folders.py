@@ -76,12 +76,14 @@ def test_too_many_shots_fails_before_loading_a_model_and_names_the_flags(
         (["-m", "tip-adapter", "-p", "alpah=2"], "did you mean 'alpha'"),
         (["-m", "zero-shot", "-k", "many"], "expected a positive integer or 'all'"),
         (["-m", "zero-shot", "--protocol", "fewshot"], "expected one of fewshot-val"),
+        (["-m", "zero-shot", "-b", "ViT-B/17"], "did you mean 'ViT-B/16'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_suggestion(
     uneven: Path, tmp_path: Path, args: list[str], needle: str
 ) -> None:
-    res = run_fewclip("fit", *args, "-d", uneven, "-o", tmp_path / "a", *TINY, store=tmp_path)
+    tail = ["--views", "1"] if "-b" in args else TINY
+    res = run_fewclip("fit", *args, "-d", uneven, "-o", tmp_path / "a", *tail, store=tmp_path)
     assert res.returncode == 2, res.stderr
     assert needle in res.stderr and "Traceback" not in res.stderr
 

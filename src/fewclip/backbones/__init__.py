@@ -32,6 +32,7 @@ from fewclip.backbones.base import (
     PRECISIONS,
     Backbone,
     BackboneError,
+    UnknownBackboneError,
     WeightsNotFoundError,
 )
 from fewclip.backbones.names import HF_OPENAI_IDS, OPENAI_ALIASES, TINY_NAMES
@@ -47,6 +48,7 @@ __all__ = [
     "Backbone",
     "BackboneError",
     "Preprocess",
+    "UnknownBackboneError",
     "WeightsNotFoundError",
     "load",
     "local_backbones",

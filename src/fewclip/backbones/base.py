@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from fewclip.backbones.transforms import Augment, AugmentTransform, Preprocess
+from fewclip.errors import UnknownNameError
 
 __all__ = [
     "HUB_PROBE_TIMEOUT",
@@ -58,6 +59,11 @@ PRECISIONS = ("amp", "fp32", "fp16", "bf16", "amp_bf16")
 
 class BackboneError(RuntimeError):
     """A backbone could not be created (unknown name, bad configuration, ...)."""
+
+
+class UnknownBackboneError(BackboneError, UnknownNameError):
+    """A model name that is neither an OpenAI name, an open_clip architecture nor another form
+    fewclip loads; the message suggests the closest names (CLI: exit 2, a bad argument)."""
 
 
 class WeightsNotFoundError(BackboneError, FileNotFoundError):

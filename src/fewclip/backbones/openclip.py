@@ -39,6 +39,7 @@ from fewclip.backbones.base import (
     Backbone,
     BackboneError,
     HubMiss,
+    UnknownBackboneError,
     WeightsNotFoundError,
     cached_hub_file,
     first_line,
@@ -48,7 +49,7 @@ from fewclip.backbones.base import (
     state_dict_digest,
 )
 from fewclip.backbones.base import fetch_hub_file as _fetch_hub_file
-from fewclip.backbones.names import OPENAI_ALIASES
+from fewclip.backbones.names import OPENAI_ALIASES, TINY_NAMES
 from fewclip.backbones.transforms import Augment, Preprocess
 
 __all__ = [
@@ -413,17 +414,22 @@ def load_open_clip(
         tag = tag or default_tag
     arch = arch.replace("/", "-") if arch not in open_clip.list_models() else arch
     if arch not in open_clip.list_models():
-        raise BackboneError(
-            f"Model {name!r}: not an open_clip architecture, OpenAI name or fewclip tiny model. "
-            f"OpenAI names: {sorted(OPENAI_ALIASES)}; open_clip architectures: "
-            "open_clip.list_models(); also accepted: 'local-dir:/folder', 'hf-hub:org/repo', "
-            "'hf:<transformers id or folder>', a local folder, 'fewclip-tiny-vit'."
+        from fewclip.errors import did_you_mean
+
+        known = [*OPENAI_ALIASES, *TINY_NAMES, *open_clip.list_models()]
+        raise UnknownBackboneError(
+            f"Model {name!r}: not an OpenAI name, open_clip architecture or fewclip tiny "
+            f"model{did_you_mean(name, known)}. OpenAI names: {', '.join(sorted(OPENAI_ALIASES))}; "
+            "open_clip architectures: python -c 'import open_clip; print(open_clip.list_models())'"
+            "; also accepted: local-dir:FOLDER, hf-hub:org/repo, hf:<transformers id or "
+            "folder>, a local folder, fewclip-tiny-vit."
         )
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if tag is None:
         raise BackboneError(
-            f"Model {name!r}: no weights given. Pass pretrained= one of the tags {tags}, a local "
-            f"checkpoint file, or {RANDOM!r} for random weights."
+            f"Model {name!r}: no weights given. Pass --pretrained (Python: pretrained=) with one "
+            f"of the tags {', '.join(tags)}, a local checkpoint file, or {RANDOM} for random "
+            "weights."
         )
     tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag != RANDOM else {}
     # The silent-wrong-features case: plain GELU architecture with QuickGELU weights.
