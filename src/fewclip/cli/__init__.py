@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import typer
+
 from fewclip.cli import data_cmds, fit_cmds, run_cmds  # noqa: F401  (register commands)
 from fewclip.cli._app import STATE, app
 from fewclip.cli._common import handle_exception
@@ -25,7 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            rv = app(args=args, prog_name="fewclip", standalone_mode=False)
+            # click's context and invoke, without typer's main(): that one turns Ctrl-C into a
+            # bare exit 130, losing what the interrupted command says it kept
+            command = typer.main.get_command(app)
+            with command.make_context("fewclip", args) as ctx:
+                rv = command.invoke(ctx)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             code = exc.code if isinstance(exc.code, int) else 1

@@ -221,13 +221,16 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
     from fewclip.errors import FewclipError, UnknownNameError
 
     if isinstance(exc, typer.Exit):
-        return int(exc.exit_code)
+        if not isinstance(exc.__cause__, KeyboardInterrupt):
+            return int(exc.exit_code)
+        exc = exc.__cause__  # typer turns Ctrl-C into Exit(130): say what was kept
     show = getattr(exc, "show", None)
     if isinstance(exc, typer.TyperException) and callable(show):
         show()  # usage errors: click's own message and exit code 2
         return int(getattr(exc, "exit_code", EXIT_USAGE))
     if isinstance(exc, (KeyboardInterrupt, typer.Abort)):
-        typer.echo("interrupted", err=True)
+        said = str(exc).strip()
+        typer.echo(f"interrupted: {said}" if said else "interrupted", err=True)
         return EXIT_INTERRUPTED
     if debug:
         import traceback

@@ -57,6 +57,12 @@ def extract(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     precision: str = typer.Option("amp", help="amp (fp16 autocast on GPU), fp32, fp16, bf16."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
+    commit_seconds: float = typer.Option(
+        30.0,
+        "--commit-seconds",
+        min=0.0,
+        help="Save unfinished work to the store this often, so Ctrl-C loses at most this much.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
@@ -106,6 +112,7 @@ def extract(
             num_workers=num_workers,
             skip_bad=skip_bad,
             progress=None if not quiet else False,
+            commit_seconds=commit_seconds,
         )
         summary.append(
             {

@@ -359,15 +359,22 @@ def bench(
             report_skipped(prepared.meta["skipped_images"], quiet=quiet or as_json)
             return prepared
 
-    rows = run_bench(
-        cfg,
-        prepare,
-        out / "results.jsonl",
-        quiet=quiet,
-        progress=not quiet,
-        on_error="skip" if keep_going else "raise",
-        jobs=jobs,
-    )
+    try:
+        rows = run_bench(
+            cfg,
+            prepare,
+            out / "results.jsonl",
+            quiet=quiet,
+            progress=not quiet,
+            on_error="skip" if keep_going else "raise",
+            jobs=jobs,
+        )
+    except KeyboardInterrupt as e:
+        raise KeyboardInterrupt(
+            f"{e} ".lstrip()
+            + f"Finished cells are kept in {(out / 'results.jsonl').resolve()}; run the same "
+            "command again to resume."
+        ) from None
     summary = _report(rows, list(cfg.methods), out, as_json)  # -q still prints the table
     _plot(summary, out / "accuracy_vs_shots", quiet)
     if as_json:

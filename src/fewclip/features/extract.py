@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,14 @@ from fewclip.imageio import (
 )
 from fewclip.task import FeatureSet
 
-__all__ = ["PLAIN", "ExtractResult", "dataset_fingerprint", "extract", "image_key_record"]
+__all__ = [
+    "PLAIN",
+    "ExtractResult",
+    "ExtractionInterrupted",
+    "dataset_fingerprint",
+    "extract",
+    "image_key_record",
+]
 
 PLAIN = -1
 """View index of the plain (evaluation-transform) features; augmented views are 0..V-1."""
@@ -199,15 +207,29 @@ class _ViewDataset(Dataset[tuple[int, Tensor, bool, str]]):
 
 
 def _batches(
-    views_of_shard: dict[int, list[int]], n: int, shard_size: int, batch_size: int
+    views_of_shard: dict[int, list[int]],
+    n: int,
+    shard_size: int,
+    batch_size: int,
+    done: dict[int, int] | None = None,
 ) -> list[list[int]]:
-    """Image-index batches that never cross a shard, sized so a model batch ≈ batch_size."""
+    """Image-index batches that never cross a shard, sized so a model batch ≈ batch_size;
+    shard ``s`` starts after its first ``done[s]`` rows (saved by an interrupted run)."""
     out: list[list[int]] = []
     for s in sorted(views_of_shard):
         per = max(1, batch_size // max(1, len(views_of_shard[s])))
         start, stop = s * shard_size, min(n, (s + 1) * shard_size)
-        out.extend(list(range(b, min(stop, b + per))) for b in range(start, stop, per))
+        first = start + (done or {}).get(s, 0)
+        out.extend(list(range(b, min(stop, b + per))) for b in range(first, stop, per))
     return out
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`extract`; the message says what was kept and how to resume.
+
+    Finished shards and the saved part of the current one stay in the store, so running the
+    same extraction again continues where it stopped.
+    """
 
 
 class _MemorySink:
@@ -254,6 +276,7 @@ def extract(
     shard_size: int = 4096,
     progress: bool | None = None,
     verify: bool = False,
+    commit_seconds: float | None = 30.0,
 ) -> ExtractResult:
     """Extract raw image features: plain features and ``views`` seeded augmented views.
 
@@ -279,6 +302,9 @@ def extract(
         progress: show a progress bar (default: only when stderr is a terminal).
         verify: re-hash every stored shard before trusting a complete entry (default: check
             sizes and headers only).
+        commit_seconds: with a store, save the rows of an unfinished shard every this many
+            seconds, so an interrupted run (:class:`ExtractionInterrupted` on Ctrl-C) loses at
+            most that much work; ``None`` saves whole shards only.
 
     Returns:
         :class:`ExtractResult` with ``features`` (N, D), ``views`` (V, N, D) (float ``dtype``,
@@ -342,7 +368,20 @@ def extract(
             for s in range(w.n_shards):
                 if not w.shard_ok(s):
                     todo.setdefault(s, []).append(v)
-        n_encoded = _run(backbone, images, sinks, todo, seed, batch_size, num_workers, progress)
+        try:
+            n_encoded = _run(
+                backbone,
+                images,
+                sinks,
+                todo,
+                seed,
+                batch_size,
+                num_workers,
+                progress,
+                commit_seconds,
+            )
+        except KeyboardInterrupt:
+            raise ExtractionInterrupted(_kept_message(sinks, store, split)) from None
         for sink in sinks.values():
             if isinstance(sink, EntryWriter):
                 sink.finalize()
@@ -407,6 +446,29 @@ def _existing_shard_size(store: FeatureStore, key: str, default: int) -> int:
     return default
 
 
+def _kept_message(
+    sinks: dict[int, EntryWriter | _MemorySink], store: FeatureStore | None, split: str
+) -> str:
+    """What an interrupted extraction leaves in the store, and how to resume."""
+    writers = [w for w in sinks.values() if isinstance(w, EntryWriter)]
+    if store is None or not writers:
+        return f"{split}: extraction interrupted; nothing is kept without a feature store"
+    total = sum(w.n_rows for w in writers)
+    kept = 0
+    for w in writers:
+        for i in range(w.n_shards):
+            start, stop = w.shard_range(i)
+            if w.shard_ok(i):
+                kept += stop - start
+            else:
+                part = w.read_partial(i)
+                kept += 0 if part is None else len(part[0])
+    return (
+        f"{split}: extraction interrupted; {kept} of {total} image-view rows are kept in the "
+        f"feature store {store.root}. Run the same command again to resume from there."
+    )
+
+
 def _run(
     backbone: Backbone,
     images: Sequence[ImageSource],
@@ -416,16 +478,28 @@ def _run(
     batch_size: int,
     num_workers: int,
     progress: bool | None,
+    commit_seconds: float | None = None,
 ) -> int:
-    """Encode the shards in ``todo`` and write them to their sinks; returns images encoded."""
+    """Encode the shards in ``todo`` and write them to their sinks; returns images encoded.
+
+    A store shard is resumed from the rows an interrupted run saved for every view it needs,
+    and while a shard is unfinished its rows so far are saved every ``commit_seconds``.
+    """
     if not todo:
         return 0
     some = next(iter(sinks.values()))
     shard_size = some.shard_size
     n = len(images)
     todo = {s: sorted(vs, key=lambda v: (v != PLAIN, v)) for s, vs in sorted(todo.items())}
+    saved: dict[int, dict[int, tuple[Tensor, list[tuple[int, BadImage]]]]] = {}
+    writers = {v: w for v, w in sinks.items() if isinstance(w, EntryWriter)}
+    for s, vs in todo.items():
+        parts = {v: writers[v].read_partial(s) for v in vs if v in writers}
+        if len(parts) == len(vs) and all(p is not None for p in parts.values()):
+            saved[s] = {v: p for v, p in parts.items() if p is not None}
+    done = {s: min(len(p[0]) for p in parts.values()) for s, parts in saved.items()}
     dataset = _ViewDataset(images, backbone, todo, shard_size, seed)
-    batches = _batches(todo, n, shard_size, batch_size)
+    batches = _batches(todo, n, shard_size, batch_size, done)
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -434,18 +508,23 @@ def _run(
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )
-    total = sum(min(n, (s + 1) * shard_size) - s * shard_size for s in todo)
+    total = sum(min(n, (s + 1) * shard_size) - s * shard_size - done.get(s, 0) for s in todo)
     buffers: dict[int, list[Tensor]] = {}
     bad: list[tuple[int, BadImage]] = []
     current = -1
     encoded = 0
+    last_commit = time.monotonic()
     with _progress(progress, total, f"extract {backbone.name}") as bar:
         for idx, x, ok, reasons in _iter(loader):
             s = int(idx[0]) // shard_size
             if s != current:
-                buffers = {v: [] for v in todo[s]}
-                bad = []
+                k0 = done.get(s, 0)
+                buffers = {v: [saved[s][v][0][:k0]] if k0 else [] for v in todo[s]}
+                first = s * shard_size + k0
+                earlier = {b[0]: b for p in saved.get(s, {}).values() for b in p[1] if b[0] < first}
+                bad = [earlier[i] for i in sorted(earlier)]
                 current = s
+                last_commit = time.monotonic()
             k = x.shape[1]
             feats = torch.zeros(x.shape[0], k, backbone.embed_dim)
             if bool(ok.any()):
@@ -460,6 +539,16 @@ def _run(
                 buffers[v].append(feats[:, c])
             bar.update(x.shape[0])
             start, stop = s * shard_size, min(n, (s + 1) * shard_size)
+            if (
+                int(idx[-1]) != stop - 1
+                and commit_seconds is not None
+                and time.monotonic() - last_commit >= commit_seconds
+            ):
+                for v in todo[s]:
+                    sink = sinks[v]
+                    if isinstance(sink, EntryWriter):
+                        sink.write_partial(s, torch.cat(buffers[v]), bad)
+                last_commit = time.monotonic()
             if int(idx[-1]) == stop - 1:
                 for v in todo[s]:
                     shard = torch.cat(buffers[v])

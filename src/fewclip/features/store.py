@@ -531,6 +531,68 @@ class EntryWriter:
             "format": str(STORE_FORMAT),
         }
         _atomic_write_bytes(self.shard_path(i), save({_TENSOR: data}, metadata=meta))
+        with contextlib.suppress(FileNotFoundError):
+            self.partial_path(i).unlink()
+
+    def partial_path(self, i: int) -> Path:
+        return self.shard_dir / f"{i:05d}.partial"
+
+    def write_partial(
+        self, i: int, features: Tensor, bad: Sequence[tuple[int, BadImage]] = ()
+    ) -> None:
+        """Atomically save the first rows of unfinished shard ``i`` (``features`` holds rows
+        ``start .. start + len(features)``), so an interrupted extraction resumes from them."""
+        from safetensors.torch import save
+
+        start, stop = self.shard_range(i)
+        if features.shape[0] >= stop - start or features.shape[1:] != (self.dim,):
+            raise ValueError(
+                f"features: a partial shard {i} needs fewer than {stop - start} rows of "
+                f"dimension {self.dim}, found {tuple(features.shape)}"
+            )
+        data = features.detach().to("cpu", self.dtype).contiguous()
+        meta = {
+            "key": self.key,
+            "shard": str(i),
+            "start": str(start),
+            "rows": str(int(data.shape[0])),
+            "sha256": _data_sha256(data),
+            "bad": json.dumps([[j, b.path, b.reason] for j, b in bad]),
+            "format": str(STORE_FORMAT),
+        }
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(self.partial_path(i), save({_TENSOR: data}, metadata=meta))
+
+    def read_partial(self, i: int) -> tuple[Tensor, list[tuple[int, BadImage]]] | None:
+        """The rows saved by :meth:`write_partial` for shard ``i`` and their bad images, or
+        ``None`` when there is no valid partial (a damaged one is ignored and recomputed)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        path = self.partial_path(i)
+        if not path.is_file():
+            return None
+        try:
+            blob = path.read_bytes()
+            header, _ = _read_header(path)
+            meta = header["__metadata__"]
+            data = load(blob)[_TENSOR]
+            start, stop = self.shard_range(i)
+            ok = (
+                meta["key"] == self.key
+                and int(meta["shard"]) == i
+                and int(meta["start"]) == start
+                and data.shape[0] == int(meta["rows"]) < stop - start
+                and tuple(data.shape[1:]) == (self.dim,)
+                and data.dtype == self.dtype
+                and _data_sha256(data) == meta["sha256"]
+            )
+            raw = json.loads(meta.get("bad", "[]"))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+            return None
+        if not ok:
+            return None
+        return data, [(int(j), BadImage(p, r)) for j, p, r in raw]
 
     def shard_bad(self, i: int) -> list[tuple[int, BadImage]]:
         header, _ = _read_header(self.shard_path(i))
