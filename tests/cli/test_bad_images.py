@@ -117,6 +117,14 @@ def test_predict_prints_a_row_for_every_file_and_fails_on_bad_ones(
     assert res.returncode == 1
     got = json.loads(res.stdout)
     assert [("error" in g) for g in got] == [False, True, False]
+    # a .txt argument is a list of paths, and the command says so
+    (new / "list.txt").write_text("red_circle.png\ngreen_triangle.png\n")
+    res = run_fewclip("predict", tmp_path / "a", new / "list.txt", store=store)
+    assert res.returncode == 0, res.stderr
+    assert "list.txt: a list of 2 image paths" in res.stderr and len(res.stdout.splitlines()) == 2
+    (new / "notes.txt").write_text("remember to label the cats\n")
+    res = run_fewclip("predict", tmp_path / "a", new / "notes.txt", store=store)
+    assert res.returncode == 1 and "read as a list of image paths" in res.stderr
 
 
 def test_bench_skip_bad_records_the_skipped_files_in_every_row(data: Path, tmp_path: Path) -> None:

@@ -106,3 +106,16 @@ def test_bench_output_inside_the_dataset_is_refused_and_its_own_folder_resumes(
         assert res.returncode == 0, res.stderr
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
     assert res.stdout.count("zero-shot") == 1  # -q prints the table (once)
+
+
+def test_store_pointed_at_a_folder_of_user_files_is_refused(data: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    res = run_fewclip(
+        "extract", "-d", data, "-b", "fewclip-tiny-vit", "--views", "0", "--store", mine,
+        store=tmp_path / "s",
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert "not a fewclip feature store" in res.stderr and "--store" in res.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]

@@ -115,3 +115,18 @@ def test_extraction_entries_carry_their_key_record(tmp_path: Path) -> None:
         assert e.meta["backbone"]["name"] == "fewclip-tiny-vit"
     assert res.features is not None and res.features.dtype == torch.float16
     assert set(res.keys) == {"plain", "view0", "view1"}
+
+
+def test_a_folder_of_user_files_is_not_used_as_a_store(tmp_path):
+    from fewclip.errors import OutputFolderError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    store = FeatureStore(mine)
+    with pytest.raises(OutputFolderError, match="not a fewclip feature store.*thesis.tex"):
+        store.check_writable()
+    with pytest.raises(OutputFolderError), store.lock(["ab" * 32]):
+        pass
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    FeatureStore(tmp_path / "new").check_writable()  # a new or empty folder is fine

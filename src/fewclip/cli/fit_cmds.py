@@ -218,8 +218,9 @@ def fit(
     echo(f"adapter written to {path.resolve()}")
 
 
-def _collect_images(items: list[str], recursive: bool = True) -> list[str]:
-    """Files, folders (their images, sorted) and manifests (.csv/.jsonl/.txt: one path per row)."""
+def _collect_images(items: list[str], recursive: bool = True, *, quiet: bool = False) -> list[str]:
+    """Files, folders (their images, sorted) and lists (.csv/.jsonl/.txt: one path per row;
+    said on stderr, since a list file is easy to pass by mistake)."""
     out: list[str] = []
     for item in items:
         p = Path(item).expanduser()
@@ -233,7 +234,16 @@ def _collect_images(items: list[str], recursive: bool = True) -> list[str]:
                 raise CLIError(f"{p}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             out.extend(str(q) for q in files)
         elif p.is_file() and p.suffix.lower() in (".csv", ".jsonl", ".txt"):
-            out.extend(_read_image_list(p))
+            listed = _read_image_list(p)
+            missing = [q for q in listed if not Path(q).exists()]
+            if missing:
+                raise CLIError(
+                    f"{p}: read as a list of image paths ({p.suffix} argument), but "
+                    f"{len(missing)} of its {len(listed)} paths do not exist, e.g. {missing[0]} "
+                    "(paths are relative to the list's folder)"
+                )
+            echo(f"{p}: a list of {len(listed)} image paths", quiet=quiet, err=True)
+            out.extend(listed)
         elif p.is_file():
             out.append(str(p))
         else:
@@ -301,7 +311,7 @@ def predict(
     if fmt not in ("table", "csv", "json"):
         raise CLIError(f"--format: expected table, csv or json, found {fmt!r}")
     ad = Adapter.load(adapter)
-    files = _collect_images(images)
+    files = _collect_images(images, quiet=quiet)
     bb = ad.load_backbone(name=backbone, pretrained=pretrained, device=device, precision=precision)
     preds = ad.predict_images(
         bb,

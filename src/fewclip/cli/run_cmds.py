@@ -194,10 +194,11 @@ def demo(
 
         emit_json(summary_json(summary))
         return
+    where = out.resolve()
     echo(
-        f"wrote {out / 'results.jsonl'}, {out / 'results.md'}"
+        "wrote results.jsonl, results.md"
         + (f", {', '.join(p.name for p in plots)}" if plots else "")
-        + f" in {time.perf_counter() - t_start:.0f} s",
+        + f" to {where} in {time.perf_counter() - t_start:.0f} s",
         quiet=quiet,
     )
     if toy_note is not None:
@@ -490,6 +491,6 @@ def reproduce(
     atomic_write_text(out / "paper_vs_ours.md", text)
     typer.echo(text, nl=False)
     echo(
-        f"paper numbers: Tip-Adapter (ECCV 2022) Table 2 and exp.log, RN50; wrote {out}",
+        f"paper numbers: Tip-Adapter (ECCV 2022) Table 2 and exp.log, RN50; wrote {out.resolve()}",
         quiet=quiet,
     )

@@ -346,9 +346,35 @@ class FeatureStore:
             shutil.rmtree(trash, ignore_errors=True)
 
     # --- writing -----------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Refuse to write into a folder that is neither empty nor a feature store.
+
+        A store's root holds only ``entries/``, ``locks/`` and ``trash/``; fewclip will not
+        add them to a folder of the user's (``--store`` pointed at the wrong place), so that
+        its files never mix with theirs. Raises :class:`~fewclip.errors.OutputFolderError`.
+        """
+        from fewclip.errors import OutputFolderError
+        from fewclip.outputs import describe_entries
+
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise OutputFolderError(f"{root}: expected a feature store folder, found a file")
+        if not root.is_dir() or (root / "entries").is_dir():
+            return
+        other = [p.name for p in root.iterdir() if p.name not in ("entries", "locks", "trash")]
+        if other:
+            raise OutputFolderError(
+                f"{root}: not a fewclip feature store and not empty "
+                f"({describe_entries(root, other)}); fewclip does not write its features into "
+                "a folder of yours. Choose a new or empty folder (CLI: --store; or set "
+                "FEWCLIP_STORE)."
+            )
+
     @contextlib.contextmanager
     def lock(self, keys: Sequence[str]) -> Iterator[None]:
-        """Hold the exclusive write lock of every key (acquired in sorted order)."""
+        """Hold the exclusive write lock of every key (acquired in sorted order), after
+        :meth:`check_writable`."""
+        self.check_writable()
         if fcntl is None:  # pragma: no cover
             yield
             return
