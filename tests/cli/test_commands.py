@@ -425,3 +425,14 @@ def test_help_pages_are_plain_and_keep_example_lines(capsys: pytest.CaptureFixtu
     code, out, _ = run(["evaluate", "--help"], capsys)
     assert code == 0 and "<bool>" not in out and "╭" not in out
     assert "\n    fewclip evaluate --method tip-adapter --data dtd" in out
+
+
+def test_help_and_missing_arguments_do_not_import_torch() -> None:
+    code = (
+        "import sys; from fewclip.cli import main; "
+        "main(['--help']); main(['fit', '--help']); main(['fit', '-m', 'zero-shot']); "
+        "main(['predict']); "
+        "print(sorted(m for m in ('torch', 'sklearn', 'open_clip') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stderr

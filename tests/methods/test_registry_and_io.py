@@ -218,3 +218,37 @@ def test_uneven_class_sizes_fit_and_predict(name):
     m = fast(name).fit(task)
     logits = m.logits(task.val.features)
     assert logits.shape == (7, 4) and torch.isfinite(logits).all()
+
+
+def test_builtin_table_matches_what_each_module_registers():
+    import importlib
+    import pkgutil
+
+    import fewclip.methods as pkg
+    from fewclip.methods.base import _REGISTRY, BUILTIN_METHODS
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"fewclip.methods.{mod.name}")
+    builtin = {n: c for n, c in _REGISTRY.items() if c.__module__.startswith("fewclip.methods.")}
+    assert set(builtin) == set(BUILTIN_METHODS)
+    for name, cls in builtin.items():
+        assert cls.__module__ == f"fewclip.methods.{BUILTIN_METHODS[name]}"
+    for cls_name in pkg._CLASSES:
+        assert getattr(pkg, cls_name).__name__ == cls_name
+
+
+def test_loading_an_adapter_imports_neither_sklearn_nor_torchvision_nor_other_methods(
+    task, tmp_path
+):
+    import subprocess
+    import sys
+
+    methods.create("zero-shot").fit(task).save(tmp_path / "zs")
+    code = (
+        "import sys; from fewclip.adapter import Adapter; from fewclip import methods; "
+        f"m = methods.load({str(tmp_path / 'zs')!r}); "
+        "print(sorted(k for k in ('sklearn', 'torchvision', 'open_clip', "
+        "'fewclip.methods.tip_adapter', 'fewclip.methods.gda') if k in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

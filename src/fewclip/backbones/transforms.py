@@ -22,10 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
 
 __all__ = [
     "OPENAI_MEAN",
@@ -39,11 +37,10 @@ __all__ = [
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_INTERP = {
-    "bicubic": InterpolationMode.BICUBIC,
-    "bilinear": InterpolationMode.BILINEAR,
-    "nearest": InterpolationMode.NEAREST,
-}
+#: Interpolation names accepted by ``Augment``/``Preprocess`` (torchvision's
+#: ``InterpolationMode`` values; torchvision is imported only when a transform runs, so that
+#: loading an adapter does not pay for it).
+_INTERP = ("bicubic", "bilinear", "nearest")
 
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -185,7 +182,8 @@ class AugmentTransform:
     def __init__(self, preprocess: Preprocess, augment: Augment | None = None) -> None:
         self.preprocess = preprocess
         self.augment = augment if augment is not None else Augment()
-        self._interp = _INTERP[self.augment.interpolation]
+        if self.augment.interpolation not in _INTERP:
+            raise ValueError(f"interpolation: expected one of {_INTERP}")
 
     def crop_params(
         self, width: int, height: int, generator: torch.Generator | None = None
@@ -217,9 +215,13 @@ class AugmentTransform:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> Tensor:
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+
         i, j, h, w = self.crop_params(img.width, img.height, generator)
+        interp = InterpolationMode(self.augment.interpolation)
         out = TF.resized_crop(
-            img, i, j, h, w, list(self.preprocess.size), interpolation=self._interp, antialias=True
+            img, i, j, h, w, list(self.preprocess.size), interpolation=interp, antialias=True
         )
         if float(torch.rand(1, generator=generator)) < self.augment.hflip:
             out = TF.hflip(out)

@@ -7,6 +7,8 @@ Commands: ``demo``, ``extract``, ``fit``, ``predict``, ``evaluate``, ``bench``, 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -38,12 +40,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             code = handle_exception(exc, STATE["debug"] or "--debug" in args)
         if argv is None:
-            sys.exit(code)
+            _exit(code)
         return code
     code = rv if isinstance(rv, int) else 0
     if argv is None:
-        sys.exit(code)
+        _exit(code)
     return code
+
+
+def _exit(code: int) -> None:
+    """End the console process: flush the output, then leave without the interpreter's
+    teardown, which spends about a second unloading torch, open_clip and transformers after
+    every command has finished its work (files are closed and renamed into place by then;
+    ``FEWCLIP_NORMAL_EXIT=1`` keeps the normal exit, e.g. for coverage tools)."""
+    if os.environ.get("FEWCLIP_NORMAL_EXIT") == "1":
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: `fewclip ... | head`
+            stream.flush()
+    os._exit(code)
 
 
 def _show_warning(

@@ -216,9 +216,18 @@ def load_backbone(
 
 def handle_exception(exc: BaseException, debug: bool) -> int:
     """Map an exception to (message on stderr, exit code). Unknown exceptions are bugs."""
-    from fewclip.adapter import AdapterError, BackboneMismatchError
-    from fewclip.backbones.base import BackboneError, WeightsNotFoundError
     from fewclip.errors import FewclipError, UnknownNameError
+
+    # Exception classes of modules that were never imported cannot have been raised: look them
+    # up only when loaded, so that `fewclip --help` does not import torch to classify its exit.
+    def loaded(module: str, *names: str) -> tuple[type[BaseException], ...]:
+        mod = sys.modules.get(module)
+        return tuple(getattr(mod, n) for n in names) if mod is not None else ()
+
+    AdapterError = loaded("fewclip.adapter", "AdapterError")
+    BackboneMismatchError = loaded("fewclip.adapter", "BackboneMismatchError")
+    BackboneError = loaded("fewclip.backbones.base", "BackboneError")
+    WeightsNotFoundError = loaded("fewclip.backbones.base", "WeightsNotFoundError")
 
     if isinstance(exc, typer.Exit):
         if not isinstance(exc.__cause__, KeyboardInterrupt):
@@ -248,8 +257,8 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
         exc,
         (
             FewclipError,
-            AdapterError,
-            BackboneError,
+            *AdapterError,
+            *BackboneError,
             ValueError,
             KeyError,
             TypeError,

@@ -5,8 +5,10 @@
 ['clip-adapter', 'linear-probe', 'tip-adapter', 'tip-adapter-f', 'zero-shot']
 """
 
-from fewclip.methods.ape import APE, APET
+from typing import TYPE_CHECKING, Any
+
 from fewclip.methods.base import (
+    BUILTIN_METHODS,
     Method,
     NotFittedError,
     available,
@@ -18,21 +20,57 @@ from fewclip.methods.base import (
     resolve,
     run_params,
 )
-from fewclip.methods.clap import CLAP, ZSLP
-from fewclip.methods.clip_adapter import CLIPAdapter
-from fewclip.methods.cross_modal_lp import CrossModalLP
-from fewclip.methods.gda import GDA
-from fewclip.methods.linear_probe import LinearProbe
-from fewclip.methods.lp_pp import LPPlusPlus
-from fewclip.methods.proker import ProKeR
-from fewclip.methods.taskres import TaskRes
-from fewclip.methods.tip_adapter import TipAdapter, TipAdapterF
-from fewclip.methods.tip_x import TipX
-from fewclip.methods.zero_shot import ZeroShot
+
+if TYPE_CHECKING:
+    from fewclip.methods.ape import APE, APET
+    from fewclip.methods.clap import CLAP, ZSLP
+    from fewclip.methods.clip_adapter import CLIPAdapter
+    from fewclip.methods.cross_modal_lp import CrossModalLP
+    from fewclip.methods.gda import GDA
+    from fewclip.methods.linear_probe import LinearProbe
+    from fewclip.methods.lp_pp import LPPlusPlus
+    from fewclip.methods.proker import ProKeR
+    from fewclip.methods.taskres import TaskRes
+    from fewclip.methods.tip_adapter import TipAdapter, TipAdapterF
+    from fewclip.methods.tip_x import TipX
+    from fewclip.methods.zero_shot import ZeroShot
+
+#: Class name → module: the classes load on first access (PEP 562), like the registry.
+_CLASSES = {
+    "APE": "ape",
+    "APET": "ape",
+    "CLAP": "clap",
+    "ZSLP": "clap",
+    "CLIPAdapter": "clip_adapter",
+    "CrossModalLP": "cross_modal_lp",
+    "GDA": "gda",
+    "LinearProbe": "linear_probe",
+    "LPPlusPlus": "lp_pp",
+    "ProKeR": "proker",
+    "TaskRes": "taskres",
+    "TipAdapter": "tip_adapter",
+    "TipAdapterF": "tip_adapter",
+    "TipX": "tip_x",
+    "ZeroShot": "zero_shot",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLASSES:
+        import importlib
+
+        return getattr(importlib.import_module(f"fewclip.methods.{_CLASSES[name]}"), name)
+    raise AttributeError(f"module 'fewclip.methods' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "APE",
     "APET",
+    "BUILTIN_METHODS",
     "CLAP",
     "GDA",
     "ZSLP",

@@ -8,6 +8,8 @@ safetensors plus a JSON config, never pickle.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -16,7 +18,6 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import Tensor
 
 from fewclip._version import __version__
@@ -25,6 +26,7 @@ from fewclip.outputs import write_folder
 from fewclip.task import Task, check_features
 
 __all__ = [
+    "BUILTIN_METHODS",
     "CONFIG_FILE",
     "STATE_FILE",
     "Method",
@@ -53,6 +55,7 @@ _REGISTRY: dict[str, type[Method]] = {}
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 M = TypeVar("M", bound="Method")
+P = TypeVar("P", bound="EstimatorParams")
 
 
 class NotFittedError(RuntimeError):
@@ -72,9 +75,31 @@ def register(name: str) -> Any:
     return wrap
 
 
+#: Built-in method name → its module under ``fewclip.methods``. Importing the module registers
+#: the method; the table lets a lookup import only the family it needs (``fewclip predict``
+#: then never imports the other fourteen). A test checks it against the modules.
+BUILTIN_METHODS: dict[str, str] = {
+    "ape": "ape",
+    "ape-t": "ape",
+    "clap": "clap",
+    "clip-adapter": "clip_adapter",
+    "cross-modal-lp": "cross_modal_lp",
+    "gda": "gda",
+    "linear-probe": "linear_probe",
+    "lp++": "lp_pp",
+    "proker": "proker",
+    "taskres": "taskres",
+    "tip-adapter": "tip_adapter",
+    "tip-adapter-f": "tip_adapter",
+    "tip-x": "tip_x",
+    "zero-shot": "zero_shot",
+    "zs-lp": "clap",
+}
+
+
 def available() -> list[str]:
-    """Names of every registered method, sorted."""
-    return sorted(_REGISTRY)
+    """Names of every method, built-in or registered, sorted."""
+    return sorted(set(_REGISTRY) | set(BUILTIN_METHODS))
 
 
 def resolve(name: str) -> str:
@@ -82,9 +107,9 @@ def resolve(name: str) -> str:
 
     Raises :class:`~fewclip.errors.UnknownNameError` listing close matches and every name.
     """
-    if name in _REGISTRY:
+    if name in _REGISTRY or name in BUILTIN_METHODS:
         return name
-    folded = {n.lower(): n for n in _REGISTRY}
+    folded = {n.lower(): n for n in available()}
     if isinstance(name, str) and name.strip().lower() in folded:
         return folded[name.strip().lower()]
     raise UnknownNameError(
@@ -94,8 +119,12 @@ def resolve(name: str) -> str:
 
 
 def get(name: str) -> type[Method]:
-    """The method class registered under ``name`` (case-insensitive, see :func:`resolve`)."""
-    return _REGISTRY[resolve(name)]
+    """The method class registered under ``name`` (case-insensitive, see :func:`resolve`),
+    importing its module on first use."""
+    key = resolve(name)
+    if key not in _REGISTRY:
+        importlib.import_module(f"fewclip.methods.{BUILTIN_METHODS[key]}")
+    return _REGISTRY[key]
 
 
 def check_params(name: str, params: Mapping[str, Any]) -> None:
@@ -182,7 +211,68 @@ def describe_saved(path: str | os.PathLike[str]) -> str | None:
 PREDICT_ROWS = 4096
 
 
-class Method(BaseEstimator, ClassifierMixin):  # type: ignore[misc]
+class EstimatorParams:
+    """scikit-learn's parameter protocol without importing scikit-learn (a second of start-up
+    for every command): ``get_params``/``set_params`` over the constructor's keyword
+    arguments, stored under their own names, so ``sklearn.base.clone`` and grid searches work.
+    """
+
+    _estimator_type = "classifier"
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """The constructor's parameter names, sorted (scikit-learn's rule)."""
+        init = cls.__init__
+        if init is object.__init__:
+            return []
+        skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        params = inspect.signature(init).parameters.values()
+        return sorted(p.name for p in params if p.name != "self" and p.kind not in skip)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters → current values (``deep``: nested ones as ``a__b``)."""
+        out: dict[str, Any] = {}
+        for name in self._get_param_names():
+            value = getattr(self, name)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{name}__{k}", v) for k, v in value.get_params().items())
+            out[name] = value
+        return out
+
+    def set_params(self: P, **params: Any) -> P:
+        """Set constructor parameters; an unknown one raises ``UnknownParameterError``."""
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise UnknownParameterError(
+                    f"{type(self).__name__}: unknown parameter {name!r}"
+                    f"{did_you_mean(name, valid)}. Its parameters are: {', '.join(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(type(self).__init__).parameters.values()
+            if p.default is not inspect.Parameter.empty
+        }
+        shown = [
+            f"{k}={v!r}"
+            for k, v in self.get_params(deep=False).items()
+            if k not in defaults or _differs(v, defaults[k])
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _differs(a: Any, b: Any) -> bool:
+    try:
+        return bool(a != b)
+    except Exception:  # e.g. tensors: show them
+        return True
+
+
+class Method(EstimatorParams):
     """Base class of every few-shot method.
 
     Subclasses implement ``_fit(task)`` and ``_logits(x_normalised)`` and list their fitted
