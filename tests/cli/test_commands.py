@@ -125,6 +125,9 @@ def test_extract_then_cache_ls_info_rm(
     assert {s["split"]: s["encoded"] for s in rec["splits"]} == {"test": 16, "train": 48}
     code, out, _ = run(["extract", "-d", str(shapes), *TINY, "--views", "2", "--json"], capsys)
     assert all(s["from_store"] for s in json.loads(out)["splits"])  # second time: no encoding
+    code, out, _ = run(["cache", "ls"], capsys)
+    assert out.splitlines()[0].split()[:4] == ["key", "kind", "split", "backbone"]
+    assert "fewclip-tiny-vit (" in out
     code, out, _ = run(["cache", "ls", "--json"], capsys)
     entries = json.loads(out)
     assert sorted((e["split"].split("/")[-1], e["view"]) for e in entries) == [

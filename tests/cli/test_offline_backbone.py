@@ -107,7 +107,7 @@ def test_no_backbone_given_never_downloads_and_lists_the_local_ones(
     )  # fmt: skip
     wall = time.perf_counter() - start
     assert proc.returncode == 2, proc.stderr
-    assert wall < WALL_LIMIT
+    assert wall < 5.0, f"took {wall:.1f} s"  # the whole process: no model is loaded
     err = proc.stderr
     assert "no backbone given" in err and "no real clip weights are on this machine" in err.lower()
     assert "-b fewclip-tiny-vit" in err and "-b local-dir:PATH" in err

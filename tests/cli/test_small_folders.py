@@ -120,3 +120,25 @@ def test_fit_seed_gives_the_same_adapter_as_the_bench_cell(uneven: Path, tmp_pat
     assert rec["test"]["units"] == "percent"
     assert row["accuracy"] == pytest.approx(rec["test"]["top1"], abs=1e-3)
     assert row["n_support"] == 3 and rec["draw"]["support"]["indices"]
+
+
+def test_fourteen_images_per_class_with_the_automatic_split_can_do_k4(tmp_path: Path) -> None:
+    """No split folders: 50/20/30 leaves 7 training images a class; -k 4 validates on the
+    automatic val split. A stray text file is reported as a one-line note, no source path."""
+    made = make_shapes_dataset(
+        tmp_path / "tmp", classes=("red_circle", "blue_square"), per_class={"train": 14}, size=24
+    )
+    photos = tmp_path / "photos"
+    (made / "train").rename(photos)
+    (photos / "red_circle" / "notes.txt").write_text("not an image")
+    res = run_fewclip(
+        "fit", "-d", photos, "-k", "4", "-m", "zero-shot", "-o", tmp_path / "a", *TINY,
+        store=tmp_path / "s",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "using -k 4 --protocol full-val" in res.stderr
+    notes = [ln for ln in res.stderr.splitlines() if "notes.txt" in ln]
+    assert notes == [
+        "note: folder:photos: skipped 1 files that are not images: red_circle/notes.txt"
+    ]
+    assert "Warning" not in res.stderr and ".py:" not in res.stderr
