@@ -109,6 +109,6 @@ def test_no_backbone_given_never_downloads_and_lists_the_local_ones(
     assert proc.returncode == 2, proc.stderr
     assert wall < 5.0, f"took {wall:.1f} s"  # the whole process: no model is loaded
     err = proc.stderr
-    assert "no backbone given" in err and "no real clip weights are on this machine" in err.lower()
+    assert "no backbone given" in err and "No real CLIP weights are on this machine" in err
     assert "-b fewclip-tiny-vit" in err and "-b local-dir:PATH" in err
     assert "Traceback" not in err and not (tmp_path / "ad").exists()

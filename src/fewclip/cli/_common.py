@@ -182,13 +182,13 @@ def default_backbone(pretrained: str | None, *, quiet: bool = False) -> str:
         return DEFAULT_BACKBONE
     real = [n for n in local if not n.startswith("fewclip-tiny")]
     have = (
-        f"models whose weights are on this machine: {', '.join(real)}; "
+        f"Models whose weights are on this machine: {', '.join(real)}; "
         if real
-        else "no real CLIP weights are on this machine; "
+        else "No real CLIP weights are on this machine; "
     )
     raise typer.BadParameter(
         "no backbone given and the default RN50 is not on this machine (fewclip does not "
-        f"download one unasked). {have.capitalize()}"
+        f"download one unasked). {have}"
         "-b fewclip-tiny-vit runs offline but is an untrained toy. Give a model with "
         "-b ViT-B/16 (downloads once where there is internet), -b local-dir:PATH (a local "
         "open_clip folder) or -b RN50 --pretrained FILE (a local checkpoint).",
