@@ -246,22 +246,26 @@ def test_bench_interrupted_then_resumed(shapes: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     n_cells = 3 * 2 * 2
     assert len((ref / "results.jsonl").read_text().splitlines()) == n_cells
-    # a run killed after its first cells (poll the JSONL, SIGKILL once rows appear)
+    # a run interrupted after its first cells (poll the JSONL, Ctrl-C once rows appear)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*base, "-o", str(out)], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*base, "-o", str(out)], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
     jsonl = out / "results.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
         if jsonl.exists() and 0 < len(jsonl.read_text().splitlines()) < n_cells:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGINT)
             break
         if proc.poll() is not None:
             break
         time.sleep(0.01)
-    proc.wait(timeout=60)
+    _, err = proc.communicate(timeout=60)
     before = jsonl.read_text().splitlines()
     if proc.returncode == 0:
         pytest.skip("the bench finished before it could be interrupted")
+    assert proc.returncode == 130, err
+    assert "Finished cells are kept in" in err.decode() and "resume" in err.decode()
     assert 0 < len(before) < n_cells
     # resumed with two worker processes: same table as the uninterrupted single-process run
     res = subprocess.run(

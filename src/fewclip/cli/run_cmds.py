@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,20 @@ BENCH_FILES = (
     ".accuracy_vs_shots*",
 )
 DEMO_FILES = (*BENCH_FILES, "data", "store", "tiny-backbone-*")
+
+
+@contextlib.contextmanager
+def _resumable(out: Path) -> Iterator[None]:
+    """Ctrl-C inside: say that finished cells are kept in OUT/results.jsonl (and what an
+    interrupted extraction kept), and how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        said = f"{e} " if str(e).strip() else ""
+        raise KeyboardInterrupt(
+            f"{said}Finished cells are kept in {(out / 'results.jsonl').resolve()}; run the "
+            "same command again to resume."
+        ) from None
 
 
 def _claim_out(out: Path, kind: str, inputs: list[str] | None = None) -> None:
@@ -186,7 +202,8 @@ def demo(
         quiet=quiet,
         err=True,
     )
-    rows = run_bench(config, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet)
+    with _resumable(out):
+        rows = run_bench(config, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet)
     summary = _report(rows, method_list, out, as_json)  # -q still prints the table
     plots = _plot(summary, out / "accuracy_vs_shots", quiet)
     if as_json:
@@ -360,7 +377,7 @@ def bench(
             report_skipped(prepared.meta["skipped_images"], quiet=quiet or as_json)
             return prepared
 
-    try:
+    with _resumable(out):
         rows = run_bench(
             cfg,
             prepare,
@@ -370,12 +387,6 @@ def bench(
             on_error="skip" if keep_going else "raise",
             jobs=jobs,
         )
-    except KeyboardInterrupt as e:
-        raise KeyboardInterrupt(
-            f"{e} ".lstrip()
-            + f"Finished cells are kept in {(out / 'results.jsonl').resolve()}; run the same "
-            "command again to resume."
-        ) from None
     summary = _report(rows, list(cfg.methods), out, as_json)  # -q still prints the table
     _plot(summary, out / "accuracy_vs_shots", quiet)
     if as_json:
