@@ -71,7 +71,10 @@ def test_save_load_identical_logits(name, task, queries, tmp_path):
 
 @pytest.mark.parametrize("name", methods.available())
 def test_sklearn_clone_and_get_params(name):
+    from sklearn.base import is_classifier
+
     m = fast(name)
+    assert is_classifier(m)
     params = m.get_params()
     c = clone(m)
     assert c is not m and c.get_params() == params

@@ -251,6 +251,16 @@ class EstimatorParams:
             setattr(self, name, value)
         return self
 
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn ≥ 1.6 estimator tags (a classifier), imported only when asked for."""
+        from sklearn.utils import ClassifierTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type="classifier",
+            target_tags=TargetTags(required=True),
+            classifier_tags=ClassifierTags(),
+        )
+
     def __repr__(self) -> str:
         defaults = {
             p.name: p.default
