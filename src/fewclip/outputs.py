@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import uuid
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
+from fewclip._io import file_mode
 from fewclip.errors import OutputFolderError
 
 __all__ = [
@@ -213,7 +213,7 @@ def _sibling(path: Path, tag: str) -> Path:
 def _umask_modes(folder: Path) -> None:
     """Give the files of ``folder`` the user's usual permissions (some writers, safetensors
     among them, create files readable by their owner only)."""
-    mode = stat.S_IMODE(folder.stat().st_mode) & 0o666
+    mode = file_mode()
     for p in folder.iterdir():
         if p.is_file() and not p.is_symlink():
             p.chmod(mode)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fewclip._io import atomic_write, file_mode
 from fewclip.backbones.base import (
     Backbone,
     BackboneError,
@@ -209,31 +209,12 @@ class OpenCLIPBackbone(Backbone):
             k: v.detach().to("cpu").float().contiguous() for k, v in self.model.state_dict().items()
         }
         config = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess.to_dict()}
-        _atomic_write_text(folder / "open_clip_config.json", json.dumps(config, indent=2))
+        atomic_write(folder / "open_clip_config.json", json.dumps(config, indent=2))
         tmp = folder / f".open_clip_model.safetensors.tmp{os.getpid()}"
         save_file(state, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, file_mode())
         os.replace(tmp, folder / "open_clip_model.safetensors")
         return folder
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def _finish(

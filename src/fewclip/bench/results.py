@@ -16,17 +16,17 @@ accuracy, when every included dataset has every seed; otherwise ``None``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import statistics
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fewclip._io import atomic_write
 
 __all__ = [
     "LEAKY_MARK",
@@ -468,21 +468,9 @@ def _finite_json(o: Any) -> Any:
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and a rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return p
+    """Write ``data`` to ``path`` through a temporary sibling and a rename
+    (``fewclip._io.atomic_write``)."""
+    return atomic_write(path, data)
 
 
 def write_reports(

@@ -45,7 +45,6 @@ SHOTS_HELP = (
 REPEAT_HELP = "Draw with replacement for classes with fewer than -k images (Tip-Adapter)."
 ALLOW_FEWER_HELP = "Take every image of classes with fewer than -k images (CoOp)."
 PARAM_HELP = "A method hyper-parameter key=value (repeatable); a wrong key lists the valid ones."
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def _method_name(method: str) -> str:
@@ -221,6 +220,8 @@ def fit(
 def _collect_images(items: list[str], recursive: bool = True, *, quiet: bool = False) -> list[str]:
     """Files, folders (their images, sorted) and lists (.csv/.jsonl/.txt: one path per row;
     said on stderr, since a list file is easy to pass by mistake)."""
+    from fewclip.data.types import IMAGE_EXTENSIONS
+
     out: list[str] = []
     for item in items:
         p = Path(item).expanduser()
@@ -228,10 +229,12 @@ def _collect_images(items: list[str], recursive: bool = True, *, quiet: bool = F
             files = sorted(
                 q
                 for q in (p.rglob("*") if recursive else p.iterdir())
-                if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
+                if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
             )
             if not files:
-                raise CLIError(f"{p}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise CLIError(
+                    f"{p}: the folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
             out.extend(str(q) for q in files)
         elif p.is_file() and p.suffix.lower() in (".csv", ".jsonl", ".txt"):
             listed = _read_image_list(p)

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fewclip._io import atomic_write
 from fewclip.data.types import Dataset, DatasetError, ImageList, safe_relpath
 
 __all__ = [
@@ -45,21 +45,8 @@ SPLIT_FORMAT = "fewclip.split/1"
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically (``fewclip._io.atomic_write``)."""
+    return atomic_write(path, text)
 
 
 def _part(lst: ImageList, split: str, indices: Sequence[int] | None) -> dict[str, Any]:

@@ -9,14 +9,16 @@ background tint and noise, so that a model has something to learn from a few sho
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from fewclip._io import atomic_write
 
 __all__ = [
     "BAD_IMAGE_KINDS",
@@ -210,11 +212,9 @@ def make_shapes_dataset(
             folder.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng([seed, s_idx, c_idx])
             for i in range(n):
-                img = draw_shape_image(name, rng, size)
-                fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-                os.close(fd)
-                img.save(tmp, format="PNG")
-                os.replace(tmp, folder / f"{i:03d}.png")
+                buf = io.BytesIO()
+                draw_shape_image(name, rng, size).save(buf, format="PNG")
+                atomic_write(folder / f"{i:03d}.png", buf.getvalue())
     marker.write_text(signature)
     return out
 
@@ -243,8 +243,6 @@ def write_bad_images(
         if kind == "broken.jpg":
             data = np.random.default_rng(0).bytes(512)
         elif kind == "truncated.png":
-            import io
-
             buf = io.BytesIO()
             draw_shape_image("red_circle", np.random.default_rng(0), 32).save(buf, format="PNG")
             data = buf.getvalue()[: len(buf.getvalue()) // 2]
