@@ -27,17 +27,18 @@ def run_fewclip(
     timeout: float = 300,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    offline: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``fewclip ARGS`` in a fresh process with its own feature store and no network."""
+    """Run ``fewclip ARGS`` in a fresh process with its own feature store and, unless
+    ``offline=False`` (Hugging Face offline variables removed), in offline mode."""
     full_env = dict(os.environ)
-    full_env.update(
-        {
-            "FEWCLIP_STORE": str(store),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            **(env or {}),
-        }
-    )
+    full_env["FEWCLIP_STORE"] = str(store)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if offline:
+            full_env[var] = "1"
+        else:
+            full_env.pop(var, None)
+    full_env.update(env or {})
     return subprocess.run(
         [fewclip_exe(), *map(str, args)],
         capture_output=True,

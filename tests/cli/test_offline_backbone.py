@@ -7,9 +7,7 @@ touched either way).
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,29 +15,12 @@ import pytest
 
 from fewclip.testing.images import make_shapes_dataset
 
-from .conftest import fewclip_exe, run_fewclip
+from .conftest import run_fewclip
 
 # The whole process: Python and torch start-up (a few seconds on a slow CI machine) plus the
 # failure itself, which takes milliseconds. Without the fail-fast path it took about a minute.
 WALL_LIMIT = 15.0
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
-
-
-def run_online(
-    *args: str | os.PathLike[str], store: Path, env: dict[str, str], timeout: float
-) -> subprocess.CompletedProcess[str]:
-    """As :func:`run_fewclip`, but with offline mode off (``run_fewclip`` always sets
-    HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1)."""
-    full_env = {**os.environ, "FEWCLIP_STORE": str(store), **env}
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        full_env.pop(var, None)
-    return subprocess.run(
-        [fewclip_exe(), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )
 
 
 def closed_port() -> int:
@@ -72,7 +53,7 @@ def test_fit_with_missing_rn50_exits_3_fast(tmp_path: Path, shapes: Path, networ
     else:
         port = closed_port()
         env["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"
-        proc = run_online(*args, store=tmp_path / "store", env=env, timeout=120)
+        proc = run_fewclip(*args, store=tmp_path / "store", env=env, timeout=120, offline=False)
     wall = time.perf_counter() - start
     assert proc.returncode == 3, proc.stderr
     assert wall < WALL_LIMIT, f"took {wall:.1f} s"
@@ -101,9 +82,9 @@ def test_no_backbone_given_never_downloads_and_lists_the_local_ones(
     env.update(dict.fromkeys(_PROXY_VARS, ""))
     env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
     start = time.perf_counter()
-    proc = run_online(
+    proc = run_fewclip(
         "fit", "-m", "zero-shot", "-d", shapes, "-o", tmp_path / "ad",
-        store=tmp_path / "store", env=env, timeout=120,
+        store=tmp_path / "store", env=env, timeout=120, offline=False,
     )  # fmt: skip
     wall = time.perf_counter() - start
     assert proc.returncode == 2, proc.stderr

@@ -47,6 +47,21 @@ ALLOW_FEWER_HELP = "Take every image of classes with fewer than -k images (CoOp)
 PARAM_HELP = "A method hyper-parameter key=value (repeatable); a wrong key lists the valid ones."
 
 
+# The options `fit` and `evaluate --method` share (one definition each; typer reads them).
+SHOTS_OPTION = typer.Option(None, "--shots", "-k", help=SHOTS_HELP)
+SEED_OPTION = typer.Option(1, help="Seed of the few-shot draw and of the method's training.")
+PROTOCOL_OPTION = typer.Option(None, help=PROTOCOL_HELP)
+REPEAT_OPTION = typer.Option(False, "--repeat", help=REPEAT_HELP)
+ALLOW_FEWER_OPTION = typer.Option(False, "--allow-fewer", help=ALLOW_FEWER_HELP)
+PARAM_OPTION = typer.Option([], "--param", "-p", help=PARAM_HELP)
+PROMPTS_OPTION = typer.Option("default", help=PROMPTS_HELP)
+BACKBONE_OPTION = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP)
+PRETRAINED_OPTION = typer.Option(None, help=PRETRAINED_HELP)
+VIEWS_OPTION = typer.Option(10, min=0, help=VIEWS_HELP)
+STORE_OPTION = typer.Option(None, help=STORE_HELP)
+DEVICE_OPTION = typer.Option("cpu", help=DEVICE_HELP)
+
+
 def _method_name(method: str) -> str:
     """The registered method ``method`` names (case-insensitive); exit 2 with "did you mean"."""
     from fewclip import methods
@@ -133,18 +148,18 @@ def fit(
         help="Replace the adapter already in --out (only fewclip's own files; a folder holding "
         "anything else is always refused).",
     ),
-    shots: str | None = typer.Option(None, "--shots", "-k", help=SHOTS_HELP),
-    seed: int = typer.Option(1, help="Seed of the few-shot draw and of the method's training."),
-    protocol: str | None = typer.Option(None, help=PROTOCOL_HELP),
-    repeat: bool = typer.Option(False, "--repeat", help=REPEAT_HELP),
-    allow_fewer: bool = typer.Option(False, "--allow-fewer", help=ALLOW_FEWER_HELP),
-    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP),
-    prompts: str = typer.Option("default", help=PROMPTS_HELP),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
-    pretrained: str | None = typer.Option(None, help=PRETRAINED_HELP),
-    views: int = typer.Option(10, min=0, help=VIEWS_HELP),
-    store: Path | None = typer.Option(None, help=STORE_HELP),
-    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    shots: str | None = SHOTS_OPTION,
+    seed: int = SEED_OPTION,
+    protocol: str | None = PROTOCOL_OPTION,
+    repeat: bool = REPEAT_OPTION,
+    allow_fewer: bool = ALLOW_FEWER_OPTION,
+    param: list[str] = PARAM_OPTION,
+    prompts: str = PROMPTS_OPTION,
+    backbone: str | None = BACKBONE_OPTION,
+    pretrained: str | None = PRETRAINED_OPTION,
+    views: int = VIEWS_OPTION,
+    store: Path | None = STORE_OPTION,
+    device: str = DEVICE_OPTION,
     precision: str = typer.Option("amp", help=PRECISION_HELP),
     evaluate_test: bool = typer.Option(False, "--evaluate", help="Also report test accuracy."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
@@ -358,18 +373,18 @@ def evaluate(
     root: Path | None = typer.Option(None, "--root", help=ROOT_HELP),
     split: str = typer.Option("test", help="Split to evaluate on."),
     method: str | None = typer.Option(None, "--method", "-m", help="Fit this method first."),
-    shots: str | None = typer.Option(None, "--shots", "-k", help=SHOTS_HELP),
-    seed: int = typer.Option(1, help="Seed of the few-shot draw and of the method's training."),
-    protocol: str | None = typer.Option(None, help=PROTOCOL_HELP),
-    repeat: bool = typer.Option(False, "--repeat", help=REPEAT_HELP),
-    allow_fewer: bool = typer.Option(False, "--allow-fewer", help=ALLOW_FEWER_HELP),
-    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP),
-    prompts: str = typer.Option("default", help=PROMPTS_HELP),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
-    pretrained: str | None = typer.Option(None, help=PRETRAINED_HELP),
-    views: int = typer.Option(10, min=0, help=VIEWS_HELP),
-    store: Path | None = typer.Option(None, help=STORE_HELP),
-    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    shots: str | None = SHOTS_OPTION,
+    seed: int = SEED_OPTION,
+    protocol: str | None = PROTOCOL_OPTION,
+    repeat: bool = REPEAT_OPTION,
+    allow_fewer: bool = ALLOW_FEWER_OPTION,
+    param: list[str] = PARAM_OPTION,
+    prompts: str = PROMPTS_OPTION,
+    backbone: str | None = BACKBONE_OPTION,
+    pretrained: str | None = PRETRAINED_OPTION,
+    views: int = VIEWS_OPTION,
+    store: Path | None = STORE_OPTION,
+    device: str = DEVICE_OPTION,
     precision: str = typer.Option("amp", help=PRECISION_HELP),
     per_class: bool = typer.Option(False, "--per-class", help="Also print per-class accuracy."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),

@@ -527,27 +527,39 @@ class EntryWriter:
         self, i: int, features: Tensor, bad: Sequence[tuple[int, BadImage]] = ()
     ) -> None:
         """Atomically write shard ``i`` (its rows' features and the bad images among them)."""
-        from safetensors.torch import save
-
         start, stop = self.shard_range(i)
         if tuple(features.shape) != (stop - start, self.dim):
             raise ValueError(
                 f"features: expected shape {(stop - start, self.dim)} for shard {i}, "
                 f"found {tuple(features.shape)}"
             )
+        self._save(self.shard_path(i), i, features, bad, stop=str(stop))
+        with contextlib.suppress(FileNotFoundError):
+            self.partial_path(i).unlink()
+
+    def _save(
+        self,
+        path: Path,
+        i: int,
+        features: Tensor,
+        bad: Sequence[tuple[int, BadImage]],
+        **extra: str,
+    ) -> None:
+        """Atomically write rows of shard ``i`` with the header every reader checks (key,
+        shard, start, SHA-256 of the data, bad images) plus ``extra`` fields."""
+        from safetensors.torch import save
+
         data = features.detach().to("cpu", self.dtype).contiguous()
         meta = {
             "key": self.key,
             "shard": str(i),
-            "start": str(start),
-            "stop": str(stop),
+            "start": str(self.shard_range(i)[0]),
+            **extra,
             "sha256": _data_sha256(data),
             "bad": json.dumps([[j, b.path, b.reason] for j, b in bad]),
             "format": str(STORE_FORMAT),
         }
-        _atomic_write_bytes(self.shard_path(i), save({_TENSOR: data}, metadata=meta))
-        with contextlib.suppress(FileNotFoundError):
-            self.partial_path(i).unlink()
+        _atomic_write_bytes(path, save({_TENSOR: data}, metadata=meta))
 
     def partial_path(self, i: int) -> Path:
         return self.shard_dir / f"{i:05d}.partial"
@@ -557,26 +569,14 @@ class EntryWriter:
     ) -> None:
         """Atomically save the first rows of unfinished shard ``i`` (``features`` holds rows
         ``start .. start + len(features)``), so an interrupted extraction resumes from them."""
-        from safetensors.torch import save
-
         start, stop = self.shard_range(i)
         if features.shape[0] >= stop - start or features.shape[1:] != (self.dim,):
             raise ValueError(
                 f"features: a partial shard {i} needs fewer than {stop - start} rows of "
                 f"dimension {self.dim}, found {tuple(features.shape)}"
             )
-        data = features.detach().to("cpu", self.dtype).contiguous()
-        meta = {
-            "key": self.key,
-            "shard": str(i),
-            "start": str(start),
-            "rows": str(int(data.shape[0])),
-            "sha256": _data_sha256(data),
-            "bad": json.dumps([[j, b.path, b.reason] for j, b in bad]),
-            "format": str(STORE_FORMAT),
-        }
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(self.partial_path(i), save({_TENSOR: data}, metadata=meta))
+        self._save(self.partial_path(i), i, features, bad, rows=str(int(features.shape[0])))
 
     def read_partial(self, i: int) -> tuple[Tensor, list[tuple[int, BadImage]]] | None:
         """The rows saved by :meth:`write_partial` for shard ``i`` and their bad images, or
