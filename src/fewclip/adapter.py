@@ -271,7 +271,7 @@ def choose_defaults(
     from collections import Counter
 
     from fewclip.data.benchmarks import benchmark_names
-    from fewclip.data.fewshot import ALL, VAL_EVERY
+    from fewclip.sampling import ALL, VAL_EVERY
 
     if shots is not None and protocol is not None:
         return shots, protocol, ""

@@ -45,7 +45,7 @@ from typing import Protocol as _TypingProtocol
 import torch
 from torch import Tensor
 
-from fewclip.data.fewshot import (
+from fewclip.sampling import (
     ALL,
     all_val_count,
     check_shots,
@@ -312,7 +312,7 @@ class Protocol:
         Args:
             train_labels: class ids of the whole training split (support and, for
                 ``fewshot-val``, validation are drawn from it).
-            shots: K images per class, or ``"all"`` (``fewclip.data.fewshot.ALL``): every
+            shots: K images per class, or ``"all"`` (``fewclip.sampling.ALL``): every
                 training image of each class, uneven classes allowed. Under ``fewshot-val``
                 "all" holds out ``min(val_shots, n // 5)`` images of a class of n for
                 validation (``draw_all``); under ``coop-val`` the validation set is

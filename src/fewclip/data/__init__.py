@@ -28,17 +28,6 @@ from fewclip.data.benchmarks import (
     read_coop_split,
 )
 from fewclip.data.check import CheckReport, check
-from fewclip.data.fewshot import (
-    NotEnoughImagesError,
-    check_shots,
-    draw_coop,
-    draw_fewshot_val,
-    draw_support,
-    group_by_label,
-    sample_coop,
-    sample_few_shot,
-    sample_fewshot_val,
-)
 from fewclip.data.folder import load_folder, load_hf, load_manifest, stratified_split
 from fewclip.data.prompts import (
     DATASET_TEMPLATES,
@@ -58,6 +47,17 @@ from fewclip.data.types import (
     safe_relpath,
 )
 from fewclip.errors import UnknownNameError, did_you_mean
+from fewclip.sampling import (
+    NotEnoughImagesError,
+    check_shots,
+    draw_coop,
+    draw_fewshot_val,
+    draw_support,
+    group_by_label,
+    sample_coop,
+    sample_few_shot,
+    sample_fewshot_val,
+)
 
 __all__ = [
     "BENCHMARKS",
