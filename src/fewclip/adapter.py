@@ -30,6 +30,7 @@ from fewclip._version import __version__
 from fewclip.backbones.base import Backbone
 from fewclip.data.prompts import PromptSet, get_prompts
 from fewclip.data.types import Dataset
+from fewclip.errors import FewclipError
 from fewclip.features.extract import extract
 from fewclip.features.source import DatasetSource
 from fewclip.features.store import FeatureStore
@@ -55,11 +56,11 @@ __all__ = [
 _FORMAT = "fewclip-adapter/1"
 
 
-class AdapterError(ValueError):
+class AdapterError(FewclipError, ValueError):
     """A folder is not a valid adapter."""
 
 
-class BackboneMismatchError(ValueError):
+class BackboneMismatchError(FewclipError, ValueError):
     """The backbone offered to an adapter is not the one it was fitted with."""
 
 

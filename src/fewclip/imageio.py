@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fewclip.errors import FewclipError
+
 __all__ = [
     "BadImage",
     "BadImageError",
@@ -60,7 +62,7 @@ class BadImage:
         return f"{self.path}: {self.reason}"
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(FewclipError, ValueError):
     """One image could not be decoded. ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: str, reason: str) -> None:
@@ -69,7 +71,7 @@ class ImageDecodeError(ValueError):
         self.reason = reason
 
 
-class BadImageError(ValueError):
+class BadImageError(FewclipError, ValueError):
     """Some images could not be decoded; ``bad_files`` lists every one (path and reason)."""
 
     def __init__(self, bad_files: Sequence[BadImage], total: int | None = None) -> None:

@@ -45,6 +45,7 @@ from typing import Protocol as _TypingProtocol
 import torch
 from torch import Tensor
 
+from fewclip.errors import FewclipError
 from fewclip.sampling import (
     ALL,
     all_val_count,
@@ -91,7 +92,7 @@ _DESCRIPTIONS = {
 }
 
 
-class TestSetAccessError(RuntimeError):
+class TestSetAccessError(FewclipError, RuntimeError):
     """Something other than evaluation (or an ``oracle-test`` plan) asked for test features."""
 
     __test__ = False  # not a pytest test class

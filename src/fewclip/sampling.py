@@ -23,6 +23,8 @@ import random
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from fewclip.errors import FewclipError
+
 __all__ = [
     "ALL",
     "VAL_EVERY",
@@ -56,7 +58,7 @@ _CLI_WAYS_OUT = (
 )
 
 
-class NotEnoughImagesError(ValueError):
+class NotEnoughImagesError(FewclipError, ValueError):
     """A class has fewer images than a draw asks for."""
 
 

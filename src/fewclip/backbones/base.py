@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from fewclip.backbones.transforms import Augment, AugmentTransform, Preprocess
-from fewclip.errors import UnknownNameError
+from fewclip.errors import FewclipError, UnknownNameError
 
 __all__ = [
     "HUB_PROBE_TIMEOUT",
@@ -57,7 +57,7 @@ PRECISIONS = ("amp", "fp32", "fp16", "bf16", "amp_bf16")
 """
 
 
-class BackboneError(RuntimeError):
+class BackboneError(FewclipError, RuntimeError):
     """A backbone could not be created (unknown name, bad configuration, ...)."""
 
 
@@ -302,7 +302,7 @@ _probe_results: dict[tuple[str, int], tuple[float, str | None]] = {}
 _probe_lock = threading.Lock()
 
 
-class HubMiss(Exception):
+class HubMiss(FewclipError):
     """Files are not in the Hugging Face cache and were not downloaded.
 
     ``reason`` completes "fewclip did not download them because ..."; ``hint`` is a complete

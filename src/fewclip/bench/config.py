@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from fewclip.errors import FewclipError
+
 __all__ = [
     "BENCH_FORMAT",
     "DEFAULT_METHODS",
@@ -84,7 +86,7 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
+class ConfigError(FewclipError, ValueError):
     """A benchmark config, preset or override is invalid; the message names the offending key."""
 
 

@@ -40,13 +40,14 @@ from torch import Tensor
 
 from fewclip.bench.config import BENCH_FORMAT, BenchConfig, Cell, canonical_json
 from fewclip.bench.results import read_rows
+from fewclip.errors import FewclipError
 from fewclip.protocol import FeatureSource, Protocol, build_task, evaluate
 from fewclip.task import FeatureSet
 
 __all__ = ["BenchError", "Prepared", "completed_rows", "run_bench", "run_cell", "versions"]
 
 
-class BenchError(RuntimeError):
+class BenchError(FewclipError, RuntimeError):
     """A benchmark run cannot proceed (output locked by another run, bad ``prepare`` result)."""
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from fewclip.errors import FewclipError
+
 if TYPE_CHECKING:
     from fewclip.backbones.base import Backbone
     from fewclip.data.types import Dataset
@@ -30,7 +32,7 @@ EXIT_CODES_HELP = (
 )
 
 
-class CLIError(Exception):
+class CLIError(FewclipError):
     """A user error: shown as one line, exit code ``code``."""
 
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:

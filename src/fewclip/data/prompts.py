@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fewclip.data.types import spaced
+from fewclip.errors import FewclipError
 
 __all__ = [
     "DATASET_TEMPLATES",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class PromptError(ValueError):
+class PromptError(FewclipError, ValueError):
     """A template or prompt file cannot be used (names the file, line or class)."""
 
 

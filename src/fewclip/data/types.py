@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
+from fewclip.errors import FewclipError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -34,7 +36,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(FewclipError, ValueError):
     """A dataset file or folder has content that fewclip cannot use (names the file/entry)."""
 
 

@@ -48,6 +48,7 @@ from torch import Tensor
 from fewclip._io import atomic_write
 from fewclip._version import __version__
 from fewclip.backbones.base import fingerprint
+from fewclip.errors import FewclipError
 from fewclip.imageio import BadImage
 
 try:  # POSIX advisory locks; elsewhere writes stay atomic but are not serialised.
@@ -76,7 +77,7 @@ _ST_NAME = {v: k for k, v in _DTYPES.items()}
 _NP = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "F64": np.float64}
 
 
-class CorruptEntryError(RuntimeError):
+class CorruptEntryError(FewclipError, RuntimeError):
     """A stored entry is incomplete, truncated or corrupt. Running the extraction again
     rebuilds the damaged shards."""
 

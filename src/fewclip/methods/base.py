@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fewclip._version import __version__
-from fewclip.errors import UnknownNameError, UnknownParameterError, did_you_mean
+from fewclip.errors import FewclipError, UnknownNameError, UnknownParameterError, did_you_mean
 from fewclip.outputs import write_folder
 from fewclip.task import Task, check_features
 
@@ -58,7 +58,7 @@ M = TypeVar("M", bound="Method")
 P = TypeVar("P", bound="EstimatorParams")
 
 
-class NotFittedError(RuntimeError):
+class NotFittedError(FewclipError, ValueError, AttributeError):
     """A method was used before ``fit`` (or ``load``)."""
 
 
