@@ -49,8 +49,8 @@ from fewclip.functional import (
     reference_grid,
     tip_affinity,
 )
+from fewclip.methods._training import train_dtype
 from fewclip.methods.base import Method, register
-from fewclip.methods.taskres import _train_dtype
 from fewclip.task import Task
 
 __all__ = ["APE", "APET", "ape_criterion", "ape_zero_shot_kl"]
@@ -235,7 +235,7 @@ class APE(Method):
     def _search(self, task: Task) -> None:
         assert task.val is not None
         betas, alphas, gammas = self._grids()
-        sdt = _train_dtype(self._dtype)
+        sdt = train_dtype(self._dtype)
         x = l2_normalize(task.val.features.to(self._device, sdt))
         y = task.val.labels.to(self._device)
         base = self.scale * (x @ self.text_weights_.to(sdt).T)
@@ -347,7 +347,7 @@ class APET(APE):
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, found {self.batch_size}")
         q = self._n_channels(task.dim)
-        tdt = _train_dtype(self._dtype)
+        tdt = train_dtype(self._dtype)
         dev = self._device
         keys, self.key_labels_ = self._sorted_cache(task)
         keys = keys.to(tdt)

@@ -9,7 +9,6 @@ configuration for every task, so they need no validation set (the ``val-free`` p
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -17,6 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fewclip.functional import l2_normalize
+from fewclip.methods._training import DasslSchedule, dassl_epoch
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -52,7 +52,7 @@ def _softmax_(logits: Tensor) -> Tensor:
 
 
 @register("zs-lp")
-class ZSLP(Method):
+class ZSLP(DasslSchedule, Method):
     """Zero-shot-initialised cosine linear probe (ZS-LP, as in Silva-Rodríguez et al., CVPR 2024).
 
     ``logits = scale·x̂·ŵᵀ`` with L2-normalised features x̂ and prototypes ŵ_k = w_k/‖w_k‖,
@@ -114,12 +114,6 @@ class ZSLP(Method):
     def _work_dtype(self) -> torch.dtype:
         return torch.float64 if self._dtype == torch.float64 else torch.float32
 
-    def _lr_at(self, epoch: int) -> float:
-        """Dassl: constant warm-up, then cosine annealing over all epochs, stepped per epoch."""
-        if epoch < self.warmup_epochs:
-            return self.warmup_lr
-        return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / self.epochs))
-
     def _validate(self) -> None:
         if self.epochs < 0:
             raise ValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
@@ -174,12 +168,11 @@ class ZSLP(Method):
         g = torch.Generator().manual_seed(self.seed)
         for epoch in tqdm(range(self.epochs), desc=self.name, disable=not self.progress):
             lr = self._lr_at(epoch)
-            order = torch.randperm(n, generator=g)
-            view_of = torch.randint(n_views, (n,), generator=g)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
+            ep = dassl_epoch(n, n_views, self.batch_size, g)
+            for batch in ep.batches:
+                idx = ep.order[batch]
                 b = len(idx)
-                flat = (view_of[idx] * n + idx).to(flat_bank.device)
+                flat = (ep.view_of[idx] * n + idx).to(flat_bank.device)
                 xb, lb = x[:b], logits[:b]
                 if direct:
                     torch.index_select(flat_bank, 0, flat, out=xb)

@@ -8,13 +8,12 @@ logits ``scale·f'·W'ᵀ`` after normalising both.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fewclip.functional import l2_normalize
+from fewclip.methods._training import DasslSchedule, dassl_epoch
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -64,7 +63,7 @@ class RatioNet(nn.Module):
 
 
 @register("clip-adapter")
-class CLIPAdapter(Method):
+class CLIPAdapter(DasslSchedule, Method):
     """CLIP-Adapter on cached features.
 
     Args:
@@ -175,12 +174,6 @@ class CLIPAdapter(Method):
         return self.scale * (l2_normalize(f) @ self._adapted_text(text_ratio).T)
 
     # -- fitting ----------------------------------------------------------------------------
-    def _lr_at(self, epoch: int) -> float:
-        """Dassl: constant warm-up, then cosine annealing over all epochs, stepped per epoch."""
-        if epoch < self.warmup_epochs:
-            return self.warmup_lr
-        return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / self.epochs))
-
     def _fit(self, task: Task) -> None:
         self._validate()
         self.text_weights_ = l2_normalize(self._to(task.text_weights))
@@ -231,13 +224,11 @@ class CLIPAdapter(Method):
         g = torch.Generator().manual_seed(self.seed)
         for epoch in tqdm(range(self.epochs), desc="clip-adapter", disable=not self.progress):
             lr = self._lr_at(epoch)
-            order = torch.randperm(n, generator=g)
-            view_of = torch.randint(n_views, (n,), generator=g)
-            rows = bank[view_of[order], order].to(device=dev, dtype=work)
-            labels = targets[order.to(dev)]
-            for start in range(0, n, self.batch_size):
-                x = rows[start : start + self.batch_size]
-                y = labels[start : start + self.batch_size]
+            ep = dassl_epoch(n, n_views, self.batch_size, g)
+            rows = bank[ep.view_of[ep.order], ep.order].to(device=dev, dtype=work)
+            labels = targets[ep.order.to(dev)]
+            for batch in ep.batches:
+                x, y = rows[batch], labels[batch]
                 b = x.shape[0]
                 h = torch.relu(x @ w1.T)
                 a = torch.relu(h @ w2.T)
@@ -276,11 +267,10 @@ class CLIPAdapter(Method):
         for epoch in tqdm(range(self.epochs), desc="clip-adapter", disable=not self.progress):
             for group in optim.param_groups:
                 group["lr"] = self._lr_at(epoch)
-            order = torch.randperm(n, generator=g)
-            view_of = torch.randint(n_views, (n,), generator=g)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                logits = self._forward(self._to(bank[view_of[idx], idx]))
+            ep = dassl_epoch(n, n_views, self.batch_size, g)
+            for batch in ep.batches:
+                idx = ep.order[batch]
+                logits = self._forward(self._to(bank[ep.view_of[idx], idx]))
                 loss = nn.functional.cross_entropy(logits.float(), targets[idx])
                 optim.zero_grad(set_to_none=True)
                 loss.backward()

@@ -20,8 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fewclip.functional import l2_normalize
+from fewclip.methods._training import train_dtype
 from fewclip.methods.base import Method, register
-from fewclip.methods.taskres import _train_dtype
 from fewclip.task import Task
 
 __all__ = ["CrossModalLP"]
@@ -150,7 +150,7 @@ class CrossModalLP(Method):
 
     def _fit(self, task: Task) -> None:
         self._validate()
-        tdt = _train_dtype(self._dtype)
+        tdt = train_dtype(self._dtype)
         dev = self._device
         s = task.support
         stack = s.features[None] if s.views is None else torch.cat([s.features[None], s.views])

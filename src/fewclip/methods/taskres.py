@@ -18,19 +18,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fewclip.functional import l2_normalize
+from fewclip.methods._training import DasslSchedule, dassl_epoch, train_dtype
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
 __all__ = ["TaskRes"]
 
 
-def _train_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Training runs in float32 for float16 methods (CPU half precision is slow and coarse)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @register("taskres")
-class TaskRes(Method):
+class TaskRes(DasslSchedule, Method):
     """TaskRes: a learned residual on the zero-shot text classifier.
 
     ``t' = t + α·x`` with x (C, D) learned from zero, ``logits = scale·x̂·normalise(t')ᵀ``
@@ -98,12 +94,6 @@ class TaskRes(Method):
         if not math.isfinite(self.alpha):
             raise ValueError(f"alpha: expected a finite residual scale, found {self.alpha}")
 
-    def _lr_at(self, epoch: int) -> float:
-        """Dassl: constant warm-up, then cosine annealing over all epochs, stepped per epoch."""
-        if epoch < self.warmup_epochs:
-            return self.warmup_lr
-        return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / self.epochs))
-
     def _classifier(self, residual: Tensor) -> Tensor:
         return l2_normalize(self.text_weights_.to(residual.dtype) + self.alpha_ * residual)
 
@@ -111,7 +101,7 @@ class TaskRes(Method):
         self._validate()
         self.alpha_ = float(self.alpha)
         self.text_weights_ = self.base_norm * l2_normalize(self._to(task.text_weights))
-        tdt = _train_dtype(self._dtype)
+        tdt = train_dtype(self._dtype)
         residual = torch.zeros(task.n_classes, task.dim, dtype=tdt, device=self._device)
         if self.epochs > 0 and self.alpha_ != 0:
             residual = self._train(task, residual)
@@ -131,11 +121,10 @@ class TaskRes(Method):
         for epoch in tqdm(range(self.epochs), desc="taskres", disable=not self.progress):
             for group in optim.param_groups:
                 group["lr"] = self._lr_at(epoch)
-            order = torch.randperm(n, generator=g)
-            view_of = torch.randint(n_views, (n,), generator=g)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                x = l2_normalize(bank[view_of[idx], idx].to(device=self._device, dtype=tdt))
+            ep = dassl_epoch(n, n_views, self.batch_size, g)
+            for batch in ep.batches:
+                idx = ep.order[batch]
+                x = l2_normalize(bank[ep.view_of[idx], idx].to(device=self._device, dtype=tdt))
                 # x·normalise(t')ᵀ as (x·t'ᵀ)/‖t'‖: the (C, D) normalised matrix is never formed
                 w = torch.add(base, x_res, alpha=self.alpha_)
                 logits = self.scale * (x @ w.T) / w.norm(dim=1)

@@ -34,8 +34,8 @@ from fewclip.functional import (
     reference_grid,
     tip_affinity,
 )
+from fewclip.methods._training import train_dtype
 from fewclip.methods.base import Method, register
-from fewclip.methods.taskres import _train_dtype
 from fewclip.task import Task
 
 __all__ = ["TipX", "image_text_signature", "kl_divergence_matrix"]
@@ -168,7 +168,7 @@ class TipX(Method):
         self.gamma_ = float(self.gamma)
         self.val_accuracy_: float | None = None
 
-        sdt = _train_dtype(self._dtype)
+        sdt = train_dtype(self._dtype)
         queries = task.val.features if task.val is not None else task.support.features
         xq = l2_normalize(queries.to(dev, sdt))
         affinity = self._ranges(xq, log_q.to(sdt))

@@ -1,0 +1,82 @@
+"""The training machinery the trained methods share (one copy; no method keeps its own).
+
+- :func:`dassl_lr`: the learning rate of an epoch under Dassl's constant warm-up followed by a
+  cosine schedule whose count restarts after the warm-up (``WARMUP_RECOUNT=True``, Dassl's
+  default), as CLIP-Adapter, TaskRes, ZS-LP and CLAP train.
+- :func:`dassl_epoch`: one epoch of Dassl-style batches over the support set with one stored
+  augmented view per image, dropping the last incomplete batch as Dassl's training loader does.
+- :func:`train_dtype`: the dtype a method trains in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["DasslSchedule", "Epoch", "dassl_epoch", "dassl_lr", "train_dtype"]
+
+
+def train_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Training runs in float32 for float16 methods (CPU half precision is slow and coarse)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dassl_lr(epoch: int, *, lr: float, epochs: int, warmup_epochs: int, warmup_lr: float) -> float:
+    """Learning rate of 0-based ``epoch`` (W = ``warmup_epochs``, T = ``epochs``)::
+
+        e < W:   warmup_lr
+        e ≥ W:   lr · ½ (1 + cos(π (e − W) / T))
+
+    Dassl wraps ``CosineAnnealingLR(T_max=T)`` in a ``ConstantWarmupScheduler``; with
+    ``WARMUP_RECOUNT=True`` the cosine is first stepped when the warm-up ends, so the first
+    epoch after it runs at the full rate and the last epoch does not reach the cosine's end.
+    """
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return 0.5 * lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch of batches: image ``order[p]`` comes at position ``p``, with its stored
+    augmented view ``view_of[order[p]]``; ``batches`` are slices of positions."""
+
+    order: Tensor
+    view_of: Tensor
+    batches: list[slice]
+
+
+def dassl_epoch(n: int, n_views: int, batch_size: int, generator: torch.Generator) -> Epoch:
+    """A seeded epoch over ``n`` support images with ``n_views`` stored views each.
+
+    Draws a permutation, then one view per image, from ``generator`` (in that order). Dassl's
+    training loader drops the last incomplete batch whenever there is at least one full batch
+    (``drop_last = n >= batch_size``); with fewer images than a batch, the epoch is one batch.
+    """
+    order = torch.randperm(n, generator=generator)
+    view_of = torch.randint(n_views, (n,), generator=generator)
+    stop = n - n % batch_size if n >= batch_size else n
+    batches = [slice(s, min(s + batch_size, stop)) for s in range(0, stop, batch_size)]
+    return Epoch(order, view_of, batches)
+
+
+class DasslSchedule:
+    """Mixin for methods trained with Dassl's schedule: ``_lr_at(epoch)`` from the method's
+    ``lr``, ``epochs``, ``warmup_epochs`` and ``warmup_lr`` (:func:`dassl_lr`)."""
+
+    lr: float
+    epochs: int
+    warmup_epochs: int
+    warmup_lr: float
+
+    def _lr_at(self, epoch: int) -> float:
+        return dassl_lr(
+            epoch,
+            lr=self.lr,
+            epochs=self.epochs,
+            warmup_epochs=self.warmup_epochs,
+            warmup_lr=self.warmup_lr,
+        )
