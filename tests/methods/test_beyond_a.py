@@ -307,8 +307,12 @@ def test_lp_pp_initialisation_and_step_sizes(task64):
     c = task64.n_classes
     np.testing.assert_allclose(lp.coef_.numpy(), np.stack([x[y == k].sum(0) for k in range(c)]))
     assert not lp.intercept_.any()
-    sim = np.stack([(x[y == k] @ t.T).mean(0) for k in range(c)])  # (C, C)
-    np.testing.assert_allclose(lp.text_coef_.numpy(), np.full(c, 250 * sim.mean()), rtol=1e-12)
+    # the released calculate_init_alpha: a one-hot mask keeps each class's own text column
+    onehot = np.eye(c)[y]  # (N, C)
+    alpha_tilde = (onehot * (x @ t.T) / onehot.sum(0, keepdims=True)).sum(0)  # (C,)
+    np.testing.assert_allclose(lp.text_coef_.numpy(), np.full(c, 250 * alpha_tilde.mean()))
+    every_pair = np.stack([(x[y == k] @ t.T).mean(0) for k in range(c)]).mean()
+    assert abs(250 * every_pair - 250 * alpha_tilde.mean()) > 1e-3  # the old, wrong average
     n = len(x)
     assert lp.lr_w_ == pytest.approx(4 * n / np.linalg.eigvalsh(x.T @ x).max(), rel=1e-9)
     assert lp.lr_alpha_ == pytest.approx(n / (4 * ((x @ t.T) ** 2).sum(0).max()), rel=1e-12)
@@ -327,7 +331,7 @@ def test_lp_pp_updates_follow_the_block_mm_rule(task64):
     z = x @ t.T
     w = onehot.T @ x
     b = np.zeros(c)
-    a = np.full(c, 250 * np.mean([(x[y == k] @ t.T).mean(0) for k in range(c)]))
+    a = np.full(c, 250 * np.mean([(x[y == k] @ t[k]).mean() for k in range(c)]))
     lr_w = 4 * n / np.linalg.eigvalsh(x.T @ x).max()
     lr_a = n / (4 * (z**2).sum(0).max())
     mw = mb = None

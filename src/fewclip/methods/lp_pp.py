@@ -59,7 +59,8 @@ class LPPlusPlus(Method):
     with, as in the released code:
 
     - initialisation: ``w_k = Σ_{i∈k} f_i`` (class sums of the support images), ``b = 0`` and
-      every ``α_k = 250·mean_{k′,c} mean_{i∈k′} f_iᵀt_c`` (text–image similarity statistics);
+      every ``α_k = 250·mean_{k′} mean_{i∈k′} f_iᵀt_{k′}`` (each class's images against its
+      own text: the released ``calculate_init_alpha``);
     - (W, b): full-batch gradient steps with heavy-ball momentum 0.9 and step size
       ``4N / λ_max(FᵀF)`` (N rows of F);
     - α: every ``alpha_every`` epochs a gradient step of size
@@ -138,7 +139,9 @@ class LPPlusPlus(Method):
         coef = x.new_zeros(c, x.shape[1]).index_add_(0, y, x) / counts * images.unsqueeze(1)
         intercept = x.new_zeros(c)
         class_sim = z.new_zeros(c, c).index_add_(0, y, z) / counts  # mean f·t_c over class k
-        text_coef = torch.full((c,), self.alpha_init_scale * float(class_sim.mean()), dtype=wd)
+        # each class with its own text: the released calculate_init_alpha's one-hot mask
+        own = float(class_sim.diagonal().mean())
+        text_coef = torch.full((c,), self.alpha_init_scale * own, dtype=wd)
         text_coef = text_coef.to(self._device)
         self.lr_w_ = 4.0 * n / largest_eigenvalue(x)
         self.lr_alpha_ = n / (4.0 * float((z * z).sum(0).max()))
