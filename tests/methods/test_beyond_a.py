@@ -446,14 +446,17 @@ def test_zs_lp_steps_match_autograd_and_torch_sgd(task64, name):
     w = torch.nn.Parameter(text.clone())
     opt = torch.optim.SGD([w], lr=1e-5, momentum=0.9, weight_decay=0.01)
     g = torch.Generator().manual_seed(4)
+    n_views, n = views.shape[0], len(y)
+    pool = views.reshape(n_views * n, -1)  # row view*n + image, as the released code's passes
     for epoch in range(3):
         opt.param_groups[0]["lr"] = m._lr_at(epoch)
-        order = torch.randperm(len(y), generator=g)
-        view_of = torch.randint(views.shape[0], (len(y),), generator=g)
-        n_full = len(y) - len(y) % 8 if len(y) >= 8 else len(y)  # Dassl's drop_last
-        for start in range(0, n_full, 8):
-            idx = order[start : start + 8]
-            x = F.l2_normalize(views[view_of[idx], idx])
+        # the released epoch: Dassl's batch count over the n images, rows from the whole pool
+        take = min((n // 8 if n >= 8 else 1) * 8, n_views * n)
+        rows = torch.randperm(n_views * n, generator=g)[:take]
+        for start in range(0, take, 8):
+            flat = rows[start : start + 8]
+            idx = flat % n
+            x = F.l2_normalize(pool[flat])
             loss = torch.nn.functional.cross_entropy(100 * x @ F.l2_normalize(w).T, y[idx])
             if lam is not None:
                 loss = loss + (lam * (w - text).pow(2).sum(1)).mean()

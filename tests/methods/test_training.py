@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fewclip import methods
-from fewclip.methods._training import dassl_epoch, dassl_lr
+from fewclip.methods._training import dassl_epoch, dassl_lr, pooled_epoch
 from fewclip.task import FeatureSet, Task
 
 
@@ -83,22 +83,47 @@ def _task(n_per_class: int = 10, classes: int = 5, views: int = 2) -> Task:
     return Task([f"c{i}" for i in range(classes)], text, FeatureSet(feats, labels, bank))
 
 
-@pytest.mark.parametrize("name", ["clip-adapter", "taskres", "zs-lp", "clap"])
+@pytest.mark.parametrize(
+    ("name", "sampler"),
+    [
+        ("clip-adapter", "dassl_epoch"),
+        ("taskres", "dassl_epoch"),
+        ("zs-lp", "pooled_epoch"),
+        ("clap", "pooled_epoch"),
+    ],
+)
 def test_a_50_image_support_at_batch_32_trains_one_step_per_epoch(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, sampler: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dassl: 1 step per epoch (the 18 left over are dropped); fewclip used to take 2."""
     import importlib
 
     seen: list[list[int]] = []
     module = importlib.import_module(type(methods.create(name)).__module__)
-    real = module.dassl_epoch
+    real = getattr(module, sampler)
 
     def spy(n: int, n_views: int, batch_size: int, generator: torch.Generator):  # type: ignore[no-untyped-def]
         ep = real(n, n_views, batch_size, generator)
         seen.append([b.stop - b.start for b in ep.batches])
         return ep
 
-    monkeypatch.setattr(module, "dassl_epoch", spy)
+    monkeypatch.setattr(module, sampler, spy)
     methods.create(name, epochs=3, batch_size=32).fit(_task())
     assert seen == [[32]] * 3
+
+
+@pytest.mark.parametrize(
+    ("n", "views", "batch", "sizes"),
+    [(20, 20, 256, [256]), (5, 2, 256, [10]), (300, 2, 256, [256]), (600, 3, 256, [256, 256])],
+)
+def test_pooled_epoch_draws_released_clap_batches(
+    n: int, views: int, batch: int, sizes: list[int]
+) -> None:
+    """ZS-LP/CLAP's released epoch: Dassl's batch count over the images, rows without
+    replacement from all (view, image) pairs, so a small support still fills a batch."""
+    ep = pooled_epoch(n, views, batch, torch.Generator().manual_seed(0))
+    assert [b.stop - b.start for b in ep.batches] == sizes
+    rows = ep.rows.tolist()
+    assert len(set(rows)) == len(rows) and max(rows) < n * views
+    if n * views > batch > n:
+        assert len({r % n for r in rows}) < len(rows)  # some image comes in several views

@@ -5,6 +5,8 @@
   default), as CLIP-Adapter, TaskRes, ZS-LP and CLAP train.
 - :func:`dassl_epoch`: one epoch of Dassl-style batches over the support set with one stored
   augmented view per image, dropping the last incomplete batch as Dassl's training loader does.
+- :func:`pooled_epoch`: one epoch drawn from the pooled augmented passes (every stored view of
+  every image), as ZS-LP and CLAP's released code trains.
 - :func:`train_dtype`: the dtype a method trains in.
 """
 
@@ -16,7 +18,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DasslSchedule", "Epoch", "dassl_epoch", "dassl_lr", "train_dtype"]
+__all__ = [
+    "DasslSchedule",
+    "Epoch",
+    "PooledEpoch",
+    "dassl_epoch",
+    "dassl_lr",
+    "pooled_epoch",
+    "train_dtype",
+]
 
 
 def train_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -61,6 +71,32 @@ def dassl_epoch(n: int, n_views: int, batch_size: int, generator: torch.Generato
     stop = n - n % batch_size if n >= batch_size else n
     batches = [slice(s, min(s + batch_size, stop)) for s in range(0, stop, batch_size)]
     return Epoch(order, view_of, batches)
+
+
+@dataclass(frozen=True)
+class PooledEpoch:
+    """One epoch over the pooled (view, image) rows: ``rows`` holds flat indices
+    ``view·n + image`` in training order, ``batches`` slices of it."""
+
+    rows: Tensor
+    batches: list[slice]
+
+
+def pooled_epoch(n: int, n_views: int, batch_size: int, generator: torch.Generator) -> PooledEpoch:
+    """A seeded epoch drawn without replacement from all ``n_views·n`` stored (view, image) rows.
+
+    The number of batches is that of Dassl's loader over the ``n`` images
+    (``n // batch_size``, or one batch below ``batch_size`` images); each batch takes the next
+    ``batch_size`` rows of a permutation of the pool. With fewer images than a batch, the
+    epoch is one batch of ``min(batch_size, n_views·n)`` rows, so the same image may come in
+    several views in one batch, as in the released CLAP code (20 augmented passes, 256 rows).
+    """
+    pool = n_views * n
+    n_batches = n // batch_size if n >= batch_size else 1
+    take = min(n_batches * batch_size, pool)
+    rows = torch.randperm(pool, generator=generator)[:take]
+    batches = [slice(s, min(s + batch_size, take)) for s in range(0, take, batch_size)]
+    return PooledEpoch(rows, batches)
 
 
 class DasslSchedule:

@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import DasslSchedule, dassl_epoch
+from fewclip.methods._training import DasslSchedule, pooled_epoch
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -60,8 +60,11 @@ class ZSLP(DasslSchedule, Method):
     cross-entropy. The released
     configuration, fixed for every task: SGD (lr 0.1, momentum 0.9, no weight decay), batch
     256, 300 epochs, cosine schedule stepped per epoch after one warm-up epoch at 1e-5, the
-    last epoch kept. Each epoch draws one stored augmented view per support image (the
-    reference samples from 20 cached augmented passes). ``task.val`` is never used.
+    last epoch kept. Each epoch draws its rows without replacement from the pool of every
+    stored augmented view of every support image, as the released code draws from its 20
+    cached passes: ``N // 256`` batches of 256 rows, or one batch of 256 rows (at most the
+    pool) below 256 images (:func:`fewclip.methods._training.pooled_epoch`). ``task.val`` is
+    never used.
 
     Args:
         epochs, lr, momentum, weight_decay, batch_size, warmup_epochs, warmup_lr: training
@@ -149,7 +152,7 @@ class ZSLP(DasslSchedule, Method):
         """
         bank = task.support.view_bank()
         n_views, n, d = bank.shape
-        c, bs = text.shape[0], min(self.batch_size, n)
+        c, bs = text.shape[0], min(self.batch_size, n_views * n)
         flat_bank = bank.reshape(n_views * n, d)
         direct = flat_bank.dtype == text.dtype and flat_bank.device == text.device
         targets = task.support.labels.to(self._device)
@@ -168,11 +171,11 @@ class ZSLP(DasslSchedule, Method):
         g = torch.Generator().manual_seed(self.seed)
         for epoch in tqdm(range(self.epochs), desc=self.name, disable=not self.progress):
             lr = self._lr_at(epoch)
-            ep = dassl_epoch(n, n_views, self.batch_size, g)
+            ep = pooled_epoch(n, n_views, self.batch_size, g)
             for batch in ep.batches:
-                idx = ep.order[batch]
+                flat = ep.rows[batch].to(flat_bank.device)
+                idx = flat % n  # the image of each (view, image) row
                 b = len(idx)
-                flat = (ep.view_of[idx] * n + idx).to(flat_bank.device)
                 xb, lb = x[:b], logits[:b]
                 if direct:
                     torch.index_select(flat_bank, 0, flat, out=xb)
