@@ -200,12 +200,15 @@ def test_proker_nystrom(task64, queries64):
     exact = proker_cholesky(keys @ keys.T - 1, res, beta=2.0, lam=0.1)
     torch.testing.assert_close(nystrom_coef(k, k, res, lam=0.1), exact, rtol=1e-6, atol=1e-7)
     # n_landmarks ≥ rows falls back to the exact dense solver
-    full = methods.create("proker", beta=2.0, lam=0.1, solver="nystrom", dtype="float64")
+    full = methods.create(
+        "proker", beta=2.0, lam=0.1, solver="nystrom", rows="features", dtype="float64"
+    )
     assert full.fit(task64).solver_ == "cholesky"
     # fewer landmarks: an approximation through m centres, close to exact on this easy task
     approx = methods.create(
-        "proker", beta=2.0, lam=0.1, solver="nystrom", n_landmarks=12, dtype="float64"
-    ).fit(task64)
+        "proker", beta=2.0, lam=0.1, solver="nystrom", n_landmarks=12, rows="features",
+        dtype="float64",
+    ).fit(task64)  # fmt: skip
     assert approx.solver_ == "nystrom" and approx.centers_.shape == (12, 8)
     err = (approx.logits(queries64) - full.logits(queries64)).abs().max()
     assert err < 0.5 * (full.logits(queries64) - _zero_shot(task64, queries64, 1.0)).abs().max()
@@ -250,14 +253,16 @@ def test_proker_val_free_transfers_imagenet_hyper_parameters(task64):
 
 def test_proker_limits(task64, queries64):
     """λ → ∞: the Tip-style cache on the zero-shot residual; λ → 0: zero-shot."""
-    big = methods.create("proker", beta=2.0, lam=1e9, dtype="float64").fit(task64)
+    big = methods.create("proker", beta=2.0, lam=1e9, rows="features", dtype="float64")
+    big.fit(task64)
     keys = F.l2_normalize(task64.support.features)
     text = F.l2_normalize(task64.text_weights)
     res = torch.eye(task64.n_classes, dtype=torch.float64)[task64.support.labels] - keys @ text.T
     x = F.l2_normalize(queries64)
     tip = x @ text.T + torch.exp(2.0 * (x @ keys.T - 1)) @ res
     torch.testing.assert_close(big.logits(queries64), tip, rtol=1e-6, atol=1e-6)
-    small = methods.create("proker", beta=2.0, lam=1e-9, dtype="float64").fit(task64)
+    small = methods.create("proker", beta=2.0, lam=1e-9, rows="features", dtype="float64")
+    small.fit(task64)
     torch.testing.assert_close(small.logits(queries64), x @ text.T, rtol=1e-6, atol=1e-6)
 
 
@@ -265,12 +270,32 @@ def test_proker_memory_budget(task64, queries64):
     with pytest.raises(MemoryError, match="max_kernel_bytes.*solver='cg'"):
         methods.create("proker", solver="cholesky", max_kernel_bytes=100).fit(task64)
     auto = methods.create(
-        "proker", beta=2.0, lam=0.1, max_kernel_bytes=100, tol=1e-12, dtype="float64"
-    ).fit(task64)
+        "proker", beta=2.0, lam=0.1, max_kernel_bytes=100, tol=1e-12, rows="features",
+        dtype="float64",
+    ).fit(task64)  # fmt: skip
     assert auto.solver_ == "cg"
-    dense = methods.create("proker", beta=2.0, lam=0.1, dtype="float64").fit(task64)
+    dense = methods.create("proker", beta=2.0, lam=0.1, rows="features", dtype="float64")
+    dense.fit(task64)
     assert dense.solver_ == "cholesky"
     torch.testing.assert_close(auto.logits(queries64), dense.logits(queries64))
+
+
+def test_proker_default_rows_are_the_references_views_where_memory_allows(task64):
+    """The released main.py stacks --augment-epoch 10 augmented passes as kernel rows."""
+    s = task64.support
+    auto = methods.create("proker", beta=2.0, lam=0.1).fit(task64)
+    assert auto.rows_ == "views" and auto.centers_.shape == (s.n_views * s.n, 8)
+    views = methods.create("proker", beta=2.0, lam=0.1, rows="views").fit(task64)
+    assert torch.equal(auto.dual_coef_, views.dual_coef_)
+    tight = methods.create("proker", beta=2.0, lam=0.1, max_kernel_bytes=100).fit(task64)
+    assert tight.rows_ == "features" and tight.centers_.shape == (s.n, 8)
+    no_views = Task(
+        task64.classnames,
+        task64.text_weights,
+        FeatureSet(s.features, s.labels),
+        task64.val,
+    )
+    assert methods.create("proker", beta=2.0, lam=0.1).fit(no_views).rows_ == "features"
 
 
 def test_proker_rows(task64):

@@ -41,7 +41,7 @@ __all__ = [
     "proker_cholesky",
 ]
 
-_ROWS = ("features", "mean", "views")
+_ROWS = ("auto", "features", "mean", "views")
 _SOLVERS = ("auto", "cholesky", "cg", "nystrom")
 
 #: Val-free hyper-parameters by shots: ProKeR's ``imagenet`` selection mode (β, λ tuned on
@@ -247,10 +247,13 @@ class ProKeR(Method):
     Args:
         beta, lam: fixed β / λ (no search over that one).
         betas, lams: the validation grid (10 × 10 as in the reference's configs).
-        rows: the support rows S: ``"features"`` (one row per image, the plain features; the
-            reference with one pass), ``"views"`` (every augmented view a row, the reference with
-            ``augment_epoch`` = V; V times more rows) or ``"mean"`` (Tip-Adapter's cache keys,
-            the normalised mean of the views).
+        rows: the support rows S: ``"views"`` (every augmented view a row: the released
+            ``main.py``, whose default ``--augment-epoch 10`` stacks 10 augmented passes; V
+            times more rows), ``"features"`` (one row per image, the plain features: the
+            reference with ``--augment-epoch 1``), ``"mean"`` (Tip-Adapter's cache keys, the
+            normalised mean of the views) or ``"auto"`` (default): ``"views"`` when the support
+            has views and their dense kernel fits ``max_kernel_bytes``, else ``"features"``
+            (the fitted ``rows_`` says which).
         solver: ``"cholesky"`` (exact, dense; needs ``max_kernel_bytes`` ≥ 2·M²·itemsize),
             ``"cg"`` (exact to ``tol``; chunked kernel products, Nyström-preconditioned),
             ``"nystrom"`` (approximate, ``n_landmarks`` random rows; exact when
@@ -264,11 +267,12 @@ class ProKeR(Method):
 
     Fitted: ``centers_`` (the support rows, or the landmarks for Nyström) and ``dual_coef_``
     with ``logits(x) = scale·x·Tᵀ + K(x, centers_)·dual_coef_``; ``beta_``, ``lam_``,
-    ``solver_`` (the solver used), ``val_accuracy_`` and ``cg_iterations_`` (CG only).
+    ``solver_`` (the solver used), ``rows_`` (the support rows used), ``val_accuracy_`` and
+    ``cg_iterations_`` (CG only).
     """
 
     _state_tensors = ("text_weights_", "centers_", "dual_coef_")
-    _state_values = ("beta_", "lam_", "solver_", "val_accuracy_", "cg_iterations_")
+    _state_values = ("beta_", "lam_", "solver_", "rows_", "val_accuracy_", "cg_iterations_")
 
     def __init__(
         self,
@@ -277,7 +281,7 @@ class ProKeR(Method):
         lam: float | None = None,
         betas: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0),
         lams: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
-        rows: str = "features",
+        rows: str = "auto",
         solver: str = "auto",
         n_landmarks: int = 1024,
         max_kernel_bytes: int = 2 * 2**30,
@@ -325,13 +329,25 @@ class ProKeR(Method):
         if self.n_landmarks < 1:
             raise ValueError(f"n_landmarks: expected a positive integer, found {self.n_landmarks}")
 
+    def _resolve_rows(self, task: Task) -> str:
+        """``rows``, with ``"auto"`` resolved: the reference's view rows where memory allows."""
+        if self.rows != "auto":
+            return self.rows
+        s = task.support
+        if s.views is None:
+            return "features"
+        m_rows = s.views.shape[0] * s.views.shape[1]
+        itemsize = torch.empty((), dtype=self._work_dtype()).element_size()
+        return "views" if self._fits(m_rows, itemsize) else "features"
+
     def _support_rows(self, task: Task) -> tuple[Tensor, Tensor]:
         s = task.support
         wd = self._work_dtype()
         labels = s.labels.to(self._device)
-        if self.rows == "features":
+        self.rows_ = self._resolve_rows(task)
+        if self.rows_ == "features":
             return l2_normalize(s.features.to(self._device, wd)), labels
-        if self.rows == "mean":
+        if self.rows_ == "mean":
             return cache_keys(s.view_bank().to(self._device, wd)), labels
         bank = s.view_bank()
         x = torch.cat([l2_normalize(bank[v].to(self._device, wd)) for v in range(bank.shape[0])])
