@@ -40,3 +40,41 @@ def test_errors_keep_the_builtin_bases_users_catch() -> None:
 
     assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
     assert issubclass(DatasetError, ValueError) and issubclass(MissingDataError, FileNotFoundError)
+
+
+def test_every_raise_in_fewclip_uses_a_fewclip_error() -> None:
+    """A deliberate error is a FewclipError (the CLI reports anything else as a bug)."""
+    import ast
+    from pathlib import Path
+
+    import fewclip.errors as errors
+
+    builtin = {"ValueError", "TypeError", "KeyError", "FileNotFoundError", "IndexError",
+               "MemoryError", "RuntimeError", "ImportError", "OSError"}  # fmt: skip
+    root = Path(fewclip.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                func = node.exc.func
+                name = func.id if isinstance(func, ast.Name) else None
+                if name in builtin:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+    assert offenders == []
+    assert issubclass(errors.InvalidValueError, ValueError)
+
+
+def test_the_cli_reports_a_bug_in_one_line_with_exit_70(monkeypatch, capsys) -> None:
+    from fewclip.cli import fit_cmds, main
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(fit_cmds, "_method_name", broken)
+    code = main(["fit", "-m", "zero-shot", "-d", "x", "-o", "y"])
+    err = capsys.readouterr().err
+    assert code == 70
+    assert "internal error, a bug: ZeroDivisionError: division by zero" in err
+    assert "--debug" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code = main(["--debug", "fit", "-m", "zero-shot", "-d", "x", "-o", "y"])
+    assert code == 70 and "Traceback" in capsys.readouterr().err

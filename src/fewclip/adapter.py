@@ -30,7 +30,7 @@ from fewclip._version import __version__
 from fewclip.backbones.base import Backbone
 from fewclip.data.prompts import PromptSet, get_prompts
 from fewclip.data.types import Dataset
-from fewclip.errors import FewclipError
+from fewclip.errors import FewclipError, InvalidValueError, MissingFileError
 from fewclip.features.extract import extract
 from fewclip.features.source import DatasetSource
 from fewclip.features.store import FeatureStore
@@ -147,7 +147,7 @@ class Adapter:
         """Read an adapter folder written by :meth:`save` (never pickle)."""
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"{p}: no such adapter folder")
+            raise MissingFileError(f"{p}: no such adapter folder")
         rec_path = p / ADAPTER_FILE
         if not rec_path.is_file():
             raise AdapterError(
@@ -216,7 +216,7 @@ class Adapter:
         result has one entry per input image, in input order.
         """
         if top_k < 1:
-            raise ValueError(f"top_k: expected a positive integer, found {top_k}")
+            raise InvalidValueError(f"top_k: expected a positive integer, found {top_k}")
         self.check_backbone(backbone)
         images = list(images)
         res = extract(

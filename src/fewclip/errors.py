@@ -12,7 +12,14 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "BudgetError",
     "FewclipError",
+    "InvalidTypeError",
+    "InvalidValueError",
+    "MissingExtraError",
+    "MissingFileError",
+    "NotFoundError",
+    "OutOfRangeError",
     "OutputFolderError",
     "UnknownNameError",
     "UnknownParameterError",
@@ -23,6 +30,37 @@ __all__ = [
 class FewclipError(Exception):
     """An error fewclip raises on purpose: the message names the input, what was expected, what
     was found, and the option that fixes it."""
+
+
+class InvalidValueError(FewclipError, ValueError):
+    """An argument or input has the right type but a value fewclip cannot use."""
+
+
+class InvalidTypeError(FewclipError, TypeError):
+    """An argument has a type fewclip cannot use."""
+
+
+class NotFoundError(FewclipError, KeyError):
+    """A key, entry or split that does not exist (the message says what exists)."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingExtraError(FewclipError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class MissingFileError(FewclipError, FileNotFoundError):
+    """A file or folder fewclip needs does not exist."""
+
+
+class OutOfRangeError(FewclipError, IndexError):
+    """An index outside the valid range."""
+
+
+class BudgetError(FewclipError, MemoryError):
+    """A computation would exceed the memory budget it was given."""
 
 
 class OutputFolderError(FewclipError, FileExistsError):

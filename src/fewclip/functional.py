@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from fewclip.errors import InvalidValueError
+
 __all__ = [
     "affinity_from_similarity_",
     "cache_grid_counts",
@@ -47,7 +49,7 @@ def text_classifier(prompt_embeddings: Tensor) -> Tensor:
     mean over templates, L2-normalise again (Tip-Adapter ``clip_classifier``; CLIP notebook).
     """
     if prompt_embeddings.ndim != 3:
-        raise ValueError(
+        raise InvalidValueError(
             f"prompt_embeddings: expected shape (C, T, D), found {tuple(prompt_embeddings.shape)}"
         )
     return l2_normalize(l2_normalize(prompt_embeddings).mean(dim=1))
@@ -60,7 +62,7 @@ def cache_keys(view_features: Tensor) -> Tensor:
     (``build_cache_model`` averages ``augment_epoch`` passes before normalising).
     """
     if view_features.ndim != 3:
-        raise ValueError(
+        raise InvalidValueError(
             f"view_features: expected shape (V, N, D), found {tuple(view_features.shape)}"
         )
     return l2_normalize(view_features.mean(dim=0))
@@ -76,7 +78,7 @@ def class_sum(values: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     """
     k = values.shape[-1]
     if labels.shape != (k,):
-        raise ValueError(f"labels: expected shape ({k},), found {tuple(labels.shape)}")
+        raise InvalidValueError(f"labels: expected shape ({k},), found {tuple(labels.shape)}")
     if k and k % n_classes == 0:
         per = k // n_classes
         block = torch.arange(n_classes, device=labels.device).repeat_interleave(per)
@@ -140,7 +142,7 @@ def reference_grid(search_scale: float, search_step: int) -> list[float]:
     bit for bit with ``search_hp``.
     """
     if search_step < 1:
-        raise ValueError(f"search_step: expected a positive integer, found {search_step}")
+        raise InvalidValueError(f"search_step: expected a positive integer, found {search_step}")
     return [i * (search_scale - 0.1) / search_step + 0.1 for i in range(search_step)]
 
 
@@ -278,12 +280,12 @@ def search_tip(
     (0, 0); this returns the first point.
     """
     if len(search_scale) != 2 or len(search_step) != 2:
-        raise ValueError(
+        raise InvalidValueError(
             "search_scale and search_step: expected two entries each (beta, alpha), found "
             f"{tuple(search_scale)} and {tuple(search_step)}"
         )
     if x_val.shape[0] == 0:
-        raise ValueError("x_val: expected at least one validation row, found 0")
+        raise InvalidValueError("x_val: expected at least one validation row, found 0")
     betas = reference_grid(float(search_scale[0]), int(search_step[0]))
     alphas = reference_grid(float(search_scale[1]), int(search_step[1]))
     if x_val.dtype in (torch.float32, torch.float64):
@@ -472,26 +474,32 @@ def cache_grid_counts(
     ``_interval_counts``. Float16/bfloat16 inputs are searched in float32; float64 stays.
     """
     if not betas or not alphas or not gammas:
-        raise ValueError("betas, alphas and gammas: expected at least one value each")
+        raise InvalidValueError("betas, alphas and gammas: expected at least one value each")
     if min(betas) <= 0:
-        raise ValueError(f"betas: expected positive values, found minimum {min(betas)}")
+        raise InvalidValueError(f"betas: expected positive values, found minimum {min(betas)}")
     if min(alphas) < 0:
-        raise ValueError(f"alphas: expected non-negative values, found minimum {min(alphas)}")
+        raise InvalidValueError(
+            f"alphas: expected non-negative values, found minimum {min(alphas)}"
+        )
     if extra is None and len(gammas) != 1:
-        raise ValueError(f"gammas: expected a single value without `extra`, found {len(gammas)}")
+        raise InvalidValueError(
+            f"gammas: expected a single value without `extra`, found {len(gammas)}"
+        )
     n, c = base.shape
     k = keys.shape[0]
     if labels.shape != (k,):
-        raise ValueError(f"labels: expected shape ({k},), found {tuple(labels.shape)}")
+        raise InvalidValueError(f"labels: expected shape ({k},), found {tuple(labels.shape)}")
     if x_val.shape[0] != n or y_val.shape != (n,):
-        raise ValueError(
+        raise InvalidValueError(
             f"x_val/y_val: expected {n} rows (as base), found {tuple(x_val.shape)} and "
             f"{tuple(y_val.shape)}"
         )
     if key_weights is not None and (key_weights.ndim != 2 or key_weights.shape[1] != k):
-        raise ValueError(f"key_weights: expected shape (G, {k}), found {tuple(key_weights.shape)}")
+        raise InvalidValueError(
+            f"key_weights: expected shape (G, {k}), found {tuple(key_weights.shape)}"
+        )
     if extra is not None and extra.shape != (n, c):
-        raise ValueError(f"extra: expected shape ({n}, {c}), found {tuple(extra.shape)}")
+        raise InvalidValueError(f"extra: expected shape ({n}, {c}), found {tuple(extra.shape)}")
     dtype = torch.float64 if x_val.dtype == torch.float64 else torch.float32
     dev = x_val.device
     n_weights = 1 if key_weights is None else key_weights.shape[0]

@@ -13,17 +13,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fewclip.errors import InvalidValueError
+
 __all__ = ["classification_report", "per_class_accuracy", "topk_accuracy"]
 
 
 def _check(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     if logits.ndim != 2:
-        raise ValueError(f"logits: expected shape (N, C), found {tuple(logits.shape)}")
+        raise InvalidValueError(f"logits: expected shape (N, C), found {tuple(logits.shape)}")
     y = torch.as_tensor(labels).to(logits.device).long()
     if y.shape != (logits.shape[0],):
-        raise ValueError(f"labels: expected shape ({logits.shape[0]},), found {tuple(y.shape)}")
+        raise InvalidValueError(
+            f"labels: expected shape ({logits.shape[0]},), found {tuple(y.shape)}"
+        )
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
-        raise ValueError(
+        raise InvalidValueError(
             f"labels: expected class ids in [0, {logits.shape[1]}), found "
             f"[{int(y.min())}, {int(y.max())}]"
         )
@@ -61,7 +65,7 @@ def classification_report(
     per = per_class_accuracy(logits, labels)
     names = list(classnames) if classnames is not None else [str(i) for i in range(len(per))]
     if len(names) != len(per):
-        raise ValueError(f"classnames: expected {len(per)} names, found {len(names)}")
+        raise InvalidValueError(f"classnames: expected {len(per)} names, found {len(names)}")
     present = [a for a in per if a is not None]
     counts = torch.bincount(torch.as_tensor(labels).long(), minlength=len(per)).tolist()
     return {

@@ -45,7 +45,7 @@ from typing import Protocol as _TypingProtocol
 import torch
 from torch import Tensor
 
-from fewclip.errors import FewclipError
+from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError, NotFoundError
 from fewclip.sampling import (
     ALL,
     all_val_count,
@@ -123,7 +123,9 @@ class InMemorySource:
         merged.update(kw)
         for k, v in merged.items():
             if not isinstance(v, FeatureSet):
-                raise TypeError(f"split {k!r}: expected a FeatureSet, found {type(v).__name__}")
+                raise InvalidTypeError(
+                    f"split {k!r}: expected a FeatureSet, found {type(v).__name__}"
+                )
         self._splits = merged
 
     def splits(self) -> list[str]:
@@ -133,7 +135,7 @@ class InMemorySource:
         try:
             return self._splits[split]
         except KeyError:
-            raise KeyError(
+            raise NotFoundError(
                 f"feature source has no {split!r} split (has: {', '.join(self._splits)})"
             ) from None
 
@@ -179,7 +181,9 @@ class SplitRef:
 
     def __len__(self) -> int:
         if self.indices is None:
-            raise TypeError("SplitRef covers a whole split; its length is the split's length")
+            raise InvalidTypeError(
+                "SplitRef covers a whole split; its length is the split's length"
+            )
         return len(self.indices)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,16 +211,18 @@ class SplitPlan:
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol: expected one of {PROTOCOLS}, found {self.protocol!r}")
+            raise InvalidValueError(
+                f"protocol: expected one of {PROTOCOLS}, found {self.protocol!r}"
+            )
         if self.support.split != "train":
-            raise ValueError(f"support must come from 'train', found {self.support.split!r}")
+            raise InvalidValueError(f"support must come from 'train', found {self.support.split!r}")
         if self.val is not None and self.val.split == "test" and self.protocol != "oracle-test":
             raise TestSetAccessError(
                 f"protocol {self.protocol!r} may not validate on the test split; only "
                 "'oracle-test' may (and its results are marked LEAKY)"
             )
         if self.leaky != (self.protocol == "oracle-test"):
-            raise ValueError(
+            raise InvalidValueError(
                 f"leaky must be {self.protocol == 'oracle-test'} for protocol {self.protocol!r}"
             )
 
@@ -280,15 +286,17 @@ class Protocol:
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
-            raise ValueError(
+            raise InvalidValueError(
                 f"protocol: expected one of {', '.join(PROTOCOLS)}, found {self.name!r}"
             )
         if self.name == "coop-val" and self.repeat:
-            raise ValueError("coop-val draws without replacement (CoOp); repeat must be False")
+            raise InvalidValueError(
+                "coop-val draws without replacement (CoOp); repeat must be False"
+            )
         if isinstance(self.val_shots, bool) or not isinstance(self.val_shots, int):
-            raise TypeError(f"val_shots: expected an int, found {self.val_shots!r}")
+            raise InvalidTypeError(f"val_shots: expected an int, found {self.val_shots!r}")
         if self.val_shots < 1:
-            raise ValueError(f"val_shots: expected ≥ 1, found {self.val_shots}")
+            raise InvalidValueError(f"val_shots: expected ≥ 1, found {self.val_shots}")
 
     @property
     def leaky(self) -> bool:
@@ -331,7 +339,7 @@ class Protocol:
         if shots == ALL:
             return self._plan_all(tl, seed, val_labels, n_test, classnames, meta)
         if isinstance(shots, str):
-            raise ValueError(f"shots: expected a positive integer or 'all', found {shots!r}")
+            raise InvalidValueError(f"shots: expected a positive integer or 'all', found {shots!r}")
         if name == "fewshot-val":
             support, vidx = draw_fewshot_val(
                 tl,
@@ -346,7 +354,7 @@ class Protocol:
             meta.update(sampler="sample_fewshot_val", val_shots=min(shots, self.val_shots))
         elif name == "coop-val":
             if val_labels is None:
-                raise ValueError(_no_val_msg(name))
+                raise InvalidValueError(_no_val_msg(name))
             support, vidx = draw_coop(
                 tl,
                 _labels_list(val_labels),
@@ -364,17 +372,19 @@ class Protocol:
             meta.update(sampler="sample_few_shot")
             if name == "full-val":
                 if val_labels is None:
-                    raise ValueError(_no_val_msg(name))
+                    raise InvalidValueError(_no_val_msg(name))
                 vl = _labels_list(val_labels)
                 if not vl:
-                    raise ValueError("full-val: the val split is empty")
+                    raise InvalidValueError("full-val: the val split is empty")
                 check_shots(vl, 1, classnames=classnames, where="val", allow_fewer=True)
                 val = SplitRef("val", None)
             elif name == "val-free":
                 val = None
             else:  # oracle-test
                 if n_test is None or n_test < 1:
-                    raise ValueError("oracle-test: n_test (the size of the test split) is needed")
+                    raise InvalidValueError(
+                        "oracle-test: n_test (the size of the test split) is needed"
+                    )
                 val = SplitRef("test", None)
         meta["repeat"] = self.repeat
         return SplitPlan(
@@ -403,10 +413,10 @@ class Protocol:
             meta.update(sampler="all")
             if name in ("coop-val", "full-val"):
                 if val_labels is None:
-                    raise ValueError(_no_val_msg(name))
+                    raise InvalidValueError(_no_val_msg(name))
                 vl = _labels_list(val_labels)
                 if not vl:
-                    raise ValueError(f"{name}: the val split is empty")
+                    raise InvalidValueError(f"{name}: the val split is empty")
                 check_shots(vl, 1, classnames=classnames, where="val", allow_fewer=True)
                 if name == "coop-val":
                     val = SplitRef("val", tuple(sample_few_shot(vl, 4, seed=seed)))
@@ -414,7 +424,9 @@ class Protocol:
                     val = SplitRef("val", None)
             elif name == "oracle-test":
                 if n_test is None or n_test < 1:
-                    raise ValueError("oracle-test: n_test (the size of the test split) is needed")
+                    raise InvalidValueError(
+                        "oracle-test: n_test (the size of the test split) is needed"
+                    )
                 val = SplitRef("test", None)
         counts = Counter(tl).values()
         meta.update(repeat=False, train_per_class=[min(counts), max(counts)])
@@ -424,7 +436,7 @@ class Protocol:
         """``plan`` with the labels of a ``fewclip.data.Dataset``."""
         needs_val = self.name in ("coop-val", "full-val")
         if needs_val and not dataset.has_split("val"):
-            raise ValueError(_no_val_msg(self.name, dataset.name))
+            raise InvalidValueError(_no_val_msg(self.name, dataset.name))
         return self.plan(
             dataset.split("train").labels,
             shots=shots,
@@ -446,7 +458,7 @@ class Protocol:
         ``oracle-test``, and then only their number)."""
         needs_val = self.name in ("coop-val", "full-val")
         if needs_val and not _has_split(source, "val"):
-            raise ValueError(_no_val_msg(self.name))
+            raise InvalidValueError(_no_val_msg(self.name))
         return self.plan(
             source.labels("train"),
             shots=shots,
@@ -503,13 +515,13 @@ class _Guard:
             )
         fs = self._source.features(split, index, views=views)
         if not isinstance(fs, FeatureSet):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"feature source returned {type(fs).__name__} for split {split!r}; "
                 "expected a fewclip.task.FeatureSet"
             )
         if index is not None:
             if fs.n != len(index):
-                raise ValueError(
+                raise InvalidValueError(
                     f"feature source returned {fs.n} rows for {len(index)} requested "
                     f"indices of split {split!r}"
                 )
@@ -517,7 +529,7 @@ class _Guard:
                 [int(v) for v in _labels_list(self._source.labels(split))], dtype=torch.long
             )[torch.as_tensor(list(index), dtype=torch.long)]
             if not torch.equal(fs.labels.cpu(), want):
-                raise ValueError(
+                raise InvalidValueError(
                     f"feature source returned labels for split {split!r} that disagree with "
                     "its labels(split) at the requested indices"
                 )
@@ -539,7 +551,7 @@ def build_task(
     the validation split and sizes, plus ``meta``.
     """
     if not isinstance(plan, SplitPlan):
-        raise TypeError(f"plan: expected a SplitPlan, found {type(plan).__name__}")
+        raise InvalidTypeError(f"plan: expected a SplitPlan, found {type(plan).__name__}")
     guard = _Guard(source, allow_test=plan.leaky)
     support = guard.features("train", plan.support.indices, views=True)
     val = None
@@ -651,10 +663,14 @@ def evaluate(
     """
     test = source.features(split, None, views=False)
     if not isinstance(test, FeatureSet):
-        raise TypeError(f"feature source returned {type(test).__name__}, expected a FeatureSet")
+        raise InvalidTypeError(
+            f"feature source returned {type(test).__name__}, expected a FeatureSet"
+        )
     logits_fn: Callable[[Tensor], Tensor] | None = getattr(model, "logits", None)
     if not callable(logits_fn):
-        raise TypeError(f"model: expected an object with logits(x), found {type(model).__name__}")
+        raise InvalidTypeError(
+            f"model: expected an object with logits(x), found {type(model).__name__}"
+        )
     logits = logits_fn(test.features)
     if class_index is not None:
         logits = logits[
@@ -663,7 +679,7 @@ def evaluate(
     pred = logits.argmax(dim=1).cpu()
     y = test.labels.cpu()
     if y.numel() and int(y.max()) >= logits.shape[1]:
-        raise ValueError(
+        raise InvalidValueError(
             f"{split}: labels go up to {int(y.max())} but the model scores {logits.shape[1]} "
             "classes (pass class_index for a class subset)"
         )
@@ -712,7 +728,7 @@ def run(
         model = methods.create(method, **dict(params or {}))
     else:
         if params:
-            raise ValueError("params: only with a method name (set them on the estimator)")
+            raise InvalidValueError("params: only with a method name (set them on the estimator)")
         model = method
     model.fit(task)
     return evaluate(model, source, plan, meta=meta)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fewclip.errors import InvalidValueError
+
 __all__ = ["PAPER", "PAPER_PROTOCOL", "TIP_YAML_KEYS", "paper_number", "tip_yaml_to_overrides"]
 
 _SHOTS = (16, 8, 4, 2, 1)
@@ -137,7 +139,7 @@ def tip_yaml_to_overrides(cfg: Mapping[str, Any]) -> list[str]:
 
     unknown = sorted(k for k in cfg if k not in TIP_YAML_KEYS and k not in _IGNORED)
     if unknown:
-        raise ValueError(
+        raise InvalidValueError(
             f"Tip-Adapter config: unknown key(s) {', '.join(unknown)}; known: "
             f"{', '.join(sorted(TIP_YAML_KEYS))} (ignored: {', '.join(_IGNORED)})"
         )

@@ -23,7 +23,7 @@ import random
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from fewclip.errors import FewclipError
+from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError
 
 __all__ = [
     "ALL",
@@ -128,13 +128,13 @@ def group_by_label(labels: Any) -> dict[Hashable, list[int]]:
 
 def _check_count(shots: int, name: str = "shots") -> int:
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise ValueError(f"{name}: expected a positive integer, found {shots!r}")
+        raise InvalidValueError(f"{name}: expected a positive integer, found {shots!r}")
     return shots
 
 
 def _check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int, found {seed!r}")
+        raise InvalidTypeError(f"seed: expected an int, found {seed!r}")
     return seed
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fewclip.errors import InvalidTypeError, InvalidValueError
+
 __all__ = ["FeatureSet", "Task", "check_features", "check_labels"]
 
 
@@ -24,37 +26,39 @@ def check_features(name: str, x: object, *, dim: int | None = None, ndim: int = 
     infinite values.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, found {type(x).__name__}")
+        raise InvalidTypeError(f"{name}: expected a torch.Tensor, found {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, found dtype {x.dtype}")
+        raise InvalidTypeError(f"{name}: expected a floating-point tensor, found dtype {x.dtype}")
     if x.ndim != ndim:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name}: expected {ndim} dimensions, found shape {tuple(x.shape)} ({x.ndim} dims)"
         )
     if dim is not None and x.shape[-1] != dim:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name}: expected feature dimension {dim}, found {x.shape[-1]} "
             f"(shape {tuple(x.shape)})"
         )
     if x.numel() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
+        raise InvalidValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
     return x
 
 
 def check_labels(name: str, y: object, *, n: int, n_classes: int | None = None) -> Tensor:
     """Validate integer class ids of length ``n`` in ``[0, n_classes)``; returns them as int64."""
     if not isinstance(y, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of class ids, found {type(y).__name__}")
+        raise InvalidTypeError(
+            f"{name}: expected a torch.Tensor of class ids, found {type(y).__name__}"
+        )
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"{name}: expected integer class ids, found dtype {y.dtype}")
+        raise InvalidTypeError(f"{name}: expected integer class ids, found dtype {y.dtype}")
     if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},), found {tuple(y.shape)}")
+        raise InvalidValueError(f"{name}: expected shape ({n},), found {tuple(y.shape)}")
     y = y.long()
     if n and n_classes is not None:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= n_classes:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name}: class ids must lie in [0, {n_classes}), found range [{lo}, {hi}]"
             )
     return y
@@ -83,12 +87,12 @@ class FeatureSet:
         if self.views is not None:
             views = check_features("views", self.views, dim=feats.shape[1], ndim=3)
             if views.shape[1] != feats.shape[0]:
-                raise ValueError(
+                raise InvalidValueError(
                     f"views: expected {feats.shape[0]} images per view (as in features), "
                     f"found shape {tuple(views.shape)}"
                 )
             if views.shape[0] == 0:
-                raise ValueError("views: expected at least one view, found 0")
+                raise InvalidValueError("views: expected at least one view, found 0")
 
     @property
     def n(self) -> int:
@@ -137,20 +141,22 @@ class Task:
     def __post_init__(self) -> None:
         names = list(self.classnames)
         if not names:
-            raise ValueError("classnames: expected at least one class, found none")
+            raise InvalidValueError("classnames: expected at least one class, found none")
         object.__setattr__(self, "classnames", names)
         c = len(names)
         w = check_features("text_weights", self.text_weights)
         if w.shape[0] != c:
-            raise ValueError(
+            raise InvalidValueError(
                 f"text_weights: expected one row per class ({c} classnames), "
                 f"found shape {tuple(w.shape)}"
             )
         if not isinstance(self.support, FeatureSet):
-            raise TypeError(f"support: expected a FeatureSet, found {type(self.support).__name__}")
+            raise InvalidTypeError(
+                f"support: expected a FeatureSet, found {type(self.support).__name__}"
+            )
         d = w.shape[1]
         if self.support.dim != d:
-            raise ValueError(
+            raise InvalidValueError(
                 f"support: feature dimension {self.support.dim} does not match "
                 f"text_weights dimension {d}"
             )
@@ -160,15 +166,17 @@ class Task:
         if empty:
             shown = ", ".join(repr(e) for e in empty[:10])
             more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
-            raise ValueError(
+            raise InvalidValueError(
                 f"support: every class needs at least one support image; "
                 f"{len(empty)} classes have none: {shown}{more}"
             )
         if self.val is not None:
             if not isinstance(self.val, FeatureSet):
-                raise TypeError(f"val: expected a FeatureSet, found {type(self.val).__name__}")
+                raise InvalidTypeError(
+                    f"val: expected a FeatureSet, found {type(self.val).__name__}"
+                )
             if self.val.dim != d:
-                raise ValueError(
+                raise InvalidValueError(
                     f"val: feature dimension {self.val.dim} does not match "
                     f"text_weights dimension {d}"
                 )

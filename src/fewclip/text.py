@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fewclip._version import __version__
 from fewclip.backbones.base import Backbone
+from fewclip.errors import InvalidValueError
 from fewclip.features.store import STORE_FORMAT, FeatureStore, entry_key
 from fewclip.functional import text_classifier
 
@@ -43,12 +44,16 @@ def prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[st
     template without exactly one ``{}``.
     """
     if isinstance(classnames, str) or not len(classnames):
-        raise ValueError(f"classnames: expected a non-empty list of names, found {classnames!r}")
+        raise InvalidValueError(
+            f"classnames: expected a non-empty list of names, found {classnames!r}"
+        )
     if isinstance(templates, str) or not len(templates):
-        raise ValueError(f"templates: expected a non-empty list of templates, found {templates!r}")
+        raise InvalidValueError(
+            f"templates: expected a non-empty list of templates, found {templates!r}"
+        )
     for t in templates:
         if isinstance(t, str) and t.count("{}") != 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"templates: expected exactly one '{{}}' in each template, found {t!r}"
             )
     out = []
@@ -135,10 +140,10 @@ def sentence_weights(
     """
     counts = [len(s) for s in sentences]
     if not counts:
-        raise ValueError("sentences: expected one list of sentences per class, found none")
+        raise InvalidValueError("sentences: expected one list of sentences per class, found none")
     empty = [k for k, n in enumerate(counts) if n == 0]
     if empty:
-        raise ValueError(f"sentences: classes {empty[:5]} have no sentences")
+        raise InvalidValueError(f"sentences: classes {empty[:5]} have no sentences")
     flat = [str(x) for s in sentences for x in s]
     raw = encode_texts_cached(backbone, flat, batch_size=batch_size, store=store)
     raw = raw / raw.norm(dim=-1, keepdim=True)

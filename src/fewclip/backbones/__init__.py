@@ -37,6 +37,7 @@ from fewclip.backbones.base import (
 )
 from fewclip.backbones.names import HF_OPENAI_IDS, OPENAI_ALIASES, TINY_NAMES
 from fewclip.backbones.transforms import Augment, AugmentTransform, Preprocess
+from fewclip.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "HF_OPENAI_IDS",
@@ -107,9 +108,9 @@ def load(
         BackboneError: unknown name or tag, unsupported model, bad folder.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, found {precision!r}")
+        raise InvalidValueError(f"precision: expected one of {PRECISIONS}, found {precision!r}")
     if not isinstance(name, str) or not name:
-        raise TypeError(f"name: expected a non-empty model name, found {name!r}")
+        raise InvalidTypeError(f"name: expected a non-empty model name, found {name!r}")
     if name in TINY_NAMES:
         from fewclip.backbones.tiny import load_tiny
 

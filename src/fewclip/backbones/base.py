@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from fewclip.backbones.transforms import Augment, AugmentTransform, Preprocess
-from fewclip.errors import FewclipError, UnknownNameError
+from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError, UnknownNameError
 
 __all__ = [
     "HUB_PROBE_TIMEOUT",
@@ -125,7 +125,7 @@ class Backbone(ABC):
         augment: Augment | None = None,
     ) -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {PRECISIONS}, found {precision!r}")
+            raise InvalidValueError(f"precision: expected one of {PRECISIONS}, found {precision!r}")
         self.name = name
         self.model: Any = model
         self.preprocess = preprocess
@@ -250,7 +250,7 @@ class Backbone(ABC):
         """
         if not isinstance(batch, Tensor) or batch.ndim != 4 or batch.shape[1] != 3:
             found = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-            raise ValueError(f"batch: expected a (B, 3, H, W) tensor, found {found}")
+            raise InvalidValueError(f"batch: expected a (B, 3, H, W) tensor, found {found}")
         x = batch.to(self.device, dtype=self._input_dtype, non_blocking=True)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -261,7 +261,7 @@ class Backbone(ABC):
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> Tensor:
         """Raw text features (T, D) float32 on :attr:`device` for T prompt strings."""
         if isinstance(texts, str):
-            raise TypeError("texts: expected a sequence of strings, found a single str")
+            raise InvalidTypeError("texts: expected a sequence of strings, found a single str")
         texts = list(texts)
         if not texts:
             return torch.empty(0, self.embed_dim, device=self.device)

@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from fewclip.errors import InvalidValueError
+
 __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
@@ -75,11 +77,11 @@ class Preprocess:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if self.interpolation not in _INTERP:
-            raise ValueError(
+            raise InvalidValueError(
                 f"interpolation: expected one of {sorted(_INTERP)}, found {self.interpolation!r}"
             )
         if self.resize_mode not in ("shortest", "squash", "longest"):
-            raise ValueError(
+            raise InvalidValueError(
                 "resize_mode: expected 'shortest', 'squash' or 'longest', "
                 f"found {self.resize_mode!r}"
             )
@@ -139,13 +141,13 @@ class Augment:
     def __post_init__(self) -> None:
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"scale: expected 0 < low <= high <= 1, found {self.scale}")
+            raise InvalidValueError(f"scale: expected 0 < low <= high <= 1, found {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise ValueError(f"ratio: expected 0 < low <= high, found {self.ratio}")
+            raise InvalidValueError(f"ratio: expected 0 < low <= high, found {self.ratio}")
         if not 0 <= self.hflip <= 1:
-            raise ValueError(f"hflip: expected a probability in [0, 1], found {self.hflip}")
+            raise InvalidValueError(f"hflip: expected a probability in [0, 1], found {self.hflip}")
         if self.interpolation not in _INTERP:
-            raise ValueError(
+            raise InvalidValueError(
                 f"interpolation: expected one of {sorted(_INTERP)}, found {self.interpolation!r}"
             )
 
@@ -183,7 +185,7 @@ class AugmentTransform:
         self.preprocess = preprocess
         self.augment = augment if augment is not None else Augment()
         if self.augment.interpolation not in _INTERP:
-            raise ValueError(f"interpolation: expected one of {_INTERP}")
+            raise InvalidValueError(f"interpolation: expected one of {_INTERP}")
 
     def crop_params(
         self, width: int, height: int, generator: torch.Generator | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fewclip.bench.results import TOY_WARNING, Group, Stat, Summary, Table, write_atomic
+from fewclip.errors import InvalidValueError, MissingExtraError
 
 __all__ = ["PLOT_EXTRA_HINT", "plot_group", "plot_summary"]
 
@@ -30,7 +31,7 @@ def _require_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError(PLOT_EXTRA_HINT) from None
+        raise MissingExtraError(PLOT_EXTRA_HINT) from None
     return matplotlib
 
 
@@ -59,7 +60,7 @@ def plot_group(group: Group, *, methods: list[str] | None = None, ncols: int | N
 
     panels = _panels(group)
     if not panels:
-        raise ValueError(f"group {group.backbone}/{group.protocol}: no tables to plot")
+        raise InvalidValueError(f"group {group.backbone}/{group.protocol}: no tables to plot")
     n = len(panels)
     ncols = ncols or min(4, n)
     nrows = math.ceil(n / ncols)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fewclip._io import atomic_write
+from fewclip.errors import InvalidValueError, MissingFileError
 
 __all__ = [
     "LEAKY_MARK",
@@ -65,7 +66,7 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such results file")
+        raise MissingFileError(f"{p}: no such results file")
     raw = p.read_bytes()
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
@@ -375,7 +376,7 @@ def _render(table: Table, fmt: str, digits: int) -> str:
 def format_table(table: Table, fmt: str = "text", *, digits: int = 2) -> str:
     """One table (a dataset's or the average) as terminal text or markdown, without title."""
     if fmt not in ("text", "markdown"):
-        raise ValueError(f"fmt: expected 'text' or 'markdown', found {fmt!r}")
+        raise InvalidValueError(f"fmt: expected 'text' or 'markdown', found {fmt!r}")
     return _render(table, fmt, digits)
 
 
@@ -394,7 +395,7 @@ def format_tables(summary: Summary, fmt: str = "text", *, digits: int = 2) -> st
     Toy backbones get a TOY BACKBONE line first (bold in markdown) and TOY in their group
     header."""
     if fmt not in ("text", "markdown"):
-        raise ValueError(f"fmt: expected 'text' or 'markdown', found {fmt!r}")
+        raise InvalidValueError(f"fmt: expected 'text' or 'markdown', found {fmt!r}")
     md = fmt == "markdown"
     parts: list[str] = []
     for line in dict.fromkeys(w for g in summary.groups if (w := toy_warning(g))):

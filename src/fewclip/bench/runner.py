@@ -40,7 +40,7 @@ from torch import Tensor
 
 from fewclip.bench.config import BENCH_FORMAT, BenchConfig, Cell, canonical_json
 from fewclip.bench.results import read_rows
-from fewclip.errors import FewclipError
+from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError
 from fewclip.protocol import FeatureSource, Protocol, build_task, evaluate
 from fewclip.task import FeatureSet
 
@@ -409,15 +409,17 @@ def run_bench(
     ISO 8601).
     """
     if not isinstance(config, BenchConfig):
-        raise TypeError(f"config: expected a BenchConfig, found {type(config).__name__}")
+        raise InvalidTypeError(f"config: expected a BenchConfig, found {type(config).__name__}")
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error: expected 'raise' or 'skip', found {on_error!r}")
+        raise InvalidValueError(f"on_error: expected 'raise' or 'skip', found {on_error!r}")
     if eval_rows is not None and eval_rows < 1:
-        raise ValueError(f"eval_rows: expected a positive integer or None, found {eval_rows}")
+        raise InvalidValueError(
+            f"eval_rows: expected a positive integer or None, found {eval_rows}"
+        )
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs: expected a positive integer, found {jobs!r}")
+        raise InvalidValueError(f"jobs: expected a positive integer, found {jobs!r}")
     if jobs > 1 and config.device != "cpu":
-        raise ValueError(
+        raise InvalidValueError(
             f"jobs={jobs}: parallel cells run in CPU worker processes, but the config's device "
             f"is {config.device!r}; use jobs=1 on an accelerator"
         )

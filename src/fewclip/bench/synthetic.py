@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fewclip.bench.runner import Prepared
+from fewclip.errors import InvalidValueError, NotFoundError, OutOfRangeError
 from fewclip.task import FeatureSet
 from fewclip.testing.synthetic import PRESETS, DatasetShape, SyntheticWorld
 
@@ -70,10 +71,12 @@ class SyntheticSource:
 
     def __init__(self, world: SyntheticWorld, sizes: Mapping[str, int], *, n_views: int = 10):
         if n_views < 1:
-            raise ValueError(f"n_views: expected a positive integer, found {n_views}")
+            raise InvalidValueError(f"n_views: expected a positive integer, found {n_views}")
         bad = sorted(set(sizes) - set(_SPLIT_IDS))
         if bad:
-            raise ValueError(f"sizes: unknown split(s) {bad}; expected some of {list(_SPLIT_IDS)}")
+            raise InvalidValueError(
+                f"sizes: unknown split(s) {bad}; expected some of {list(_SPLIT_IDS)}"
+            )
         self.world, self.n_views = world, n_views
         self._labels = {
             s: torch.repeat_interleave(
@@ -95,7 +98,7 @@ class SyntheticSource:
         try:
             return self._labels[split]
         except KeyError:
-            raise KeyError(
+            raise NotFoundError(
                 f"synthetic source {self.world.name!r} has no {split!r} split "
                 f"(has: {', '.join(self._labels)})"
             ) from None
@@ -105,7 +108,7 @@ class SyntheticSource:
         idx = torch.as_tensor(list(index), dtype=torch.long)
         n, d = len(idx), self.world.dim
         if n and (int(idx.min()) < 0 or int(idx.max()) >= len(labels_all)):
-            raise IndexError(
+            raise OutOfRangeError(
                 f"split {split!r}: indices must lie in [0, {len(labels_all)}), found "
                 f"[{int(idx.min())}, {int(idx.max())}]"
             )
@@ -183,7 +186,7 @@ def synthetic_prepare(
             name = dataset
         name = _PRESET_NAMES.get(name, name)
         if name not in table:
-            raise KeyError(
+            raise NotFoundError(
                 f"dataset {dataset!r}: no synthetic shape; known: {', '.join(sorted(table))}"
             )
         return name

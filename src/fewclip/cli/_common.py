@@ -24,11 +24,12 @@ EXIT_USAGE = 2  # bad command-line arguments (click's own code)
 EXIT_WEIGHTS = 3  # model weights missing or not loadable
 EXIT_MISMATCH = 4  # adapter and backbone do not match
 EXIT_INTERRUPTED = 130
+EXIT_BUG = 70  # anything that is not a FewclipError: a bug, said in one line
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 bad input or data, 2 bad arguments, 3 model weights missing, "
-    "4 adapter/backbone mismatch, 130 interrupted. Add --debug before the command for a "
-    "traceback."
+    "4 adapter/backbone mismatch, 70 internal error (a bug), 130 interrupted. Add --debug "
+    "before the command for a traceback."
 )
 
 
@@ -248,31 +249,21 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
         code = EXIT_WEIGHTS
     elif isinstance(exc, BackboneMismatchError):
         code = EXIT_MISMATCH
-    elif isinstance(
-        exc,
-        (
-            FewclipError,
-            *AdapterError,
-            *BackboneError,
-            ValueError,
-            KeyError,
-            TypeError,
-            FileNotFoundError,
-            NotADirectoryError,
-            PermissionError,
-            OSError,
-            RuntimeError,
-            ImportError,
-        ),
-    ):
-        code = EXIT_ERROR
+    elif isinstance(exc, (FewclipError, *AdapterError, *BackboneError, OSError)):
+        code = EXIT_ERROR  # deliberate errors, and the system's (permissions, disk full, ...)
     else:
         if not debug:
-            import traceback
-
-            traceback.print_exception(type(exc), exc, exc.__traceback__)
-        typer.echo(f"fewclip: internal error ({type(exc).__name__}); please report it", err=True)
-        return 70
+            typer.echo(
+                f"fewclip: internal error, a bug: {type(exc).__name__}: {exc}. Please report it; "
+                "run the command again with --debug before it for the traceback "
+                "(fewclip --debug COMMAND ...).",
+                err=True,
+            )
+        else:
+            typer.echo(
+                f"fewclip: internal error ({type(exc).__name__}); please report it", err=True
+            )
+        return EXIT_BUG
     msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     msg = " ".join(msg.split()) if "\n" not in msg.strip() else msg.strip()
     typer.echo(f"error: {msg}", err=True)

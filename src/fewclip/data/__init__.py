@@ -46,7 +46,7 @@ from fewclip.data.types import (
     MissingDataError,
     safe_relpath,
 )
-from fewclip.errors import UnknownNameError, did_you_mean
+from fewclip.errors import InvalidValueError, UnknownNameError, did_you_mean
 from fewclip.sampling import (
     NotEnoughImagesError,
     check_shots,
@@ -143,7 +143,7 @@ def load(
     if root is None:
         root = os.environ.get("FEWCLIP_DATA") or os.environ.get("DATA")
         if not root:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{s}: a benchmark needs the folder that holds the benchmark folders: --root "
                 "on the command line, root= in Python, or the FEWCLIP_DATA environment variable"
             )

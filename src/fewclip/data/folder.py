@@ -27,6 +27,7 @@ from fewclip.data.types import (
     safe_relpath,
     spaced,
 )
+from fewclip.errors import InvalidValueError, MissingExtraError
 
 __all__ = ["load_folder", "load_hf", "load_manifest", "stratified_split"]
 
@@ -60,7 +61,7 @@ def stratified_split(
     test image). A class that would still get no training or no test image is an error naming it.
     """
     if not (0 < train_fraction < 1 and 0 <= val_fraction < 1 and train_fraction + val_fraction < 1):
-        raise ValueError(
+        raise InvalidValueError(
             f"fractions: need 0 < train < 1, 0 ≤ val and train + val < 1, found "
             f"train={train_fraction}, val={val_fraction}"
         )
@@ -459,7 +460,7 @@ def load_hf(
     try:
         import datasets as hfds
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingExtraError(
             "load_hf needs the optional 'datasets' package: pip install 'fewclip[datasets]'"
         ) from e
     ds_name = name or f"hf:{source if isinstance(source, str) else 'dataset'}"

@@ -32,6 +32,7 @@ from typing import Any
 
 from fewclip._io import atomic_write
 from fewclip.data.types import Dataset, DatasetError, ImageList, safe_relpath
+from fewclip.errors import InvalidValueError, OutOfRangeError
 
 __all__ = [
     "SPLIT_FORMAT",
@@ -55,7 +56,9 @@ def _part(lst: ImageList, split: str, indices: Sequence[int] | None) -> dict[str
         idx = [int(i) for i in indices]
         bad = [i for i in idx if not 0 <= i < len(lst)]
         if bad:
-            raise IndexError(f"{lst.name}: indices {bad[:5]} out of range for {len(lst)} images")
+            raise OutOfRangeError(
+                f"{lst.name}: indices {bad[:5]} out of range for {len(lst)} images"
+            )
         d["indices"] = idx
         d["items"] = [[lst.paths[i], lst.labels[i]] for i in idx]
     return d
@@ -94,7 +97,7 @@ def write_split(
     if extra:
         for k, v in extra.items():
             if k in rec or k in ("classnames", "parts"):
-                raise ValueError(f"extra: key {k!r} is reserved")
+                raise InvalidValueError(f"extra: key {k!r} is reserved")
             rec[k] = v
     rec["classnames"] = list(dataset.classnames)
     rec["parts"] = {

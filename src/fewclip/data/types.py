@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
-from fewclip.errors import FewclipError
+from fewclip.errors import FewclipError, NotFoundError, OutOfRangeError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -140,7 +140,7 @@ class ImageList:
         n = len(self)
         bad = [i for i in idx if not 0 <= i < n]
         if bad:
-            raise IndexError(f"{self.name}: indices {bad[:5]} out of range for {n} images")
+            raise OutOfRangeError(f"{self.name}: indices {bad[:5]} out of range for {n} images")
         return ImageList(
             self.root,
             tuple(self.paths[i] for i in idx),
@@ -216,7 +216,7 @@ class Dataset:
             return self.splits[split]
         except KeyError:
             have = ", ".join(sorted(self.splits)) or "none"
-            raise KeyError(
+            raise NotFoundError(
                 f"{self.name}: no {split!r} split (available: {have}). "
                 + _NO_SPLIT_HINT.get(split, "")
             ) from None

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fewclip._version import __version__
 from fewclip.backbones.base import Backbone
+from fewclip.errors import InvalidTypeError, InvalidValueError
 from fewclip.features.store import STORE_FORMAT, EntryWriter, FeatureStore, entry_key
 from fewclip.imageio import (
     BadImage,
@@ -87,9 +88,9 @@ class ExtractResult:
     def feature_set(self) -> FeatureSet:
         """The result as a :class:`fewclip.task.FeatureSet` (needs labels and plain features)."""
         if self.labels is None:
-            raise ValueError("labels: pass labels= to extract() to build a FeatureSet")
+            raise InvalidValueError("labels: pass labels= to extract() to build a FeatureSet")
         if self.features is None:
-            raise ValueError("features: extract() was called with plain=False")
+            raise InvalidValueError("features: extract() was called with plain=False")
         return FeatureSet(self.features, self.labels, self.views)
 
 
@@ -311,22 +312,24 @@ def extract(
         CPU), ``labels``, ``index``, ``bad_files``.
     """
     if not isinstance(backbone, Backbone):
-        raise TypeError(f"backbone: expected a fewclip Backbone, found {type(backbone).__name__}")
+        raise InvalidTypeError(
+            f"backbone: expected a fewclip Backbone, found {type(backbone).__name__}"
+        )
     if isinstance(images, (str, os.PathLike)):
-        raise TypeError("images: expected a sequence of images, found a single path")
+        raise InvalidTypeError("images: expected a sequence of images, found a single path")
     images = list(images)
     n = len(images)
     if views < 0:
-        raise ValueError(f"views: expected a non-negative number of views, found {views}")
+        raise InvalidValueError(f"views: expected a non-negative number of views, found {views}")
     if not plain and views == 0:
-        raise ValueError("plain=False and views=0: nothing to extract")
+        raise InvalidValueError("plain=False and views=0: nothing to extract")
     if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, found {batch_size}")
+        raise InvalidValueError(f"batch_size: expected a positive integer, found {batch_size}")
     y = None
     if labels is not None:
         y = torch.as_tensor(labels)
         if y.shape != (n,):
-            raise ValueError(f"labels: expected shape ({n},), found {tuple(y.shape)}")
+            raise InvalidValueError(f"labels: expected shape ({n},), found {tuple(y.shape)}")
     if isinstance(store, (str, os.PathLike)):
         store = FeatureStore(store)
 

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from fewclip.backbones.base import Backbone
 from fewclip.data.types import Dataset, ImageList
+from fewclip.errors import InvalidValueError
 from fewclip.features.extract import ExtractResult, extract
 from fewclip.features.store import FeatureStore
 from fewclip.imageio import BadImage, BadImageError, decode_image
@@ -74,7 +75,7 @@ class DatasetSource:
         skip_bad: bool = False,
     ) -> None:
         if views < 0:
-            raise ValueError(f"views: expected a non-negative number, found {views}")
+            raise InvalidValueError(f"views: expected a non-negative number, found {views}")
         self.dataset = dataset
         self.original = dataset
         self.skip_bad = skip_bad

@@ -48,7 +48,7 @@ from torch import Tensor
 from fewclip._io import atomic_write
 from fewclip._version import __version__
 from fewclip.backbones.base import fingerprint
-from fewclip.errors import FewclipError
+from fewclip.errors import FewclipError, InvalidValueError, NotFoundError, OutOfRangeError
 from fewclip.imageio import BadImage
 
 try:  # POSIX advisory locks; elsewhere writes stay atomic but are not serialised.
@@ -101,13 +101,13 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
-            raise ValueError("file shorter than the 8-byte safetensors header length")
+            raise InvalidValueError("file shorter than the 8-byte safetensors header length")
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, 100_000_000):
-            raise ValueError(f"header length {n} exceeds the file size {size}")
+            raise InvalidValueError(f"header length {n} exceeds the file size {size}")
         header = json.loads(f.read(n))
     if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
+        raise InvalidValueError("header is not a JSON object")
     return header, 8 + n
 
 
@@ -169,7 +169,7 @@ class FeatureStore:
     # --- paths ---------------------------------------------------------------------------
     def entry_dir(self, key: str) -> Path:
         if len(key) < 8 or not all(c in "0123456789abcdef" for c in key):
-            raise ValueError(f"key: expected a hex entry key, found {key!r}")
+            raise InvalidValueError(f"key: expected a hex entry key, found {key!r}")
         return self.root / "entries" / key[:2] / key
 
     def _record_path(self, key: str) -> Path:
@@ -196,7 +196,7 @@ class FeatureStore:
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise KeyError(f"key: no complete entry {key!r} in {self.root}") from None
+            raise NotFoundError(f"key: no complete entry {key!r} in {self.root}") from None
         except (OSError, ValueError) as e:
             raise CorruptEntryError(f"entry {key}: unreadable record {path}: {e}") from None
         bad = [(int(b["index"]), BadImage(b["path"], b["reason"])) for b in rec["bad_files"]]
@@ -222,7 +222,7 @@ class FeatureStore:
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise KeyError(f"key: no complete entry {key!r} in {self.root}") from None
+            raise NotFoundError(f"key: no complete entry {key!r} in {self.root}") from None
         if rec.get("bad_accepted"):
             return
         rec["bad_accepted"] = True
@@ -256,7 +256,7 @@ class FeatureStore:
         try:
             rec = json.loads(rec_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise KeyError(f"key: no complete entry {key!r} in {self.root}") from None
+            raise NotFoundError(f"key: no complete entry {key!r} in {self.root}") from None
         except (OSError, ValueError) as e:
             return [f"record {rec_path}: unreadable ({e})"]
         problems = []
@@ -305,7 +305,7 @@ class FeatureStore:
             return parts[0] if len(parts) == 1 else torch.cat(parts)
         idx = torch.as_tensor(rows, dtype=torch.long).flatten()
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= info.n_rows):
-            raise IndexError(
+            raise OutOfRangeError(
                 f"rows: expected indices in [0, {info.n_rows}), found range "
                 f"[{int(idx.min())}, {int(idx.max())}]"
             )
@@ -328,7 +328,7 @@ class FeatureStore:
         """Delete an entry (complete or partial). Raises ``KeyError`` if nothing exists."""
         path = self.entry_dir(key)
         if not path.exists():
-            raise KeyError(f"key: no entry {key!r} in {self.root}")
+            raise NotFoundError(f"key: no entry {key!r} in {self.root}")
         with self.lock([key]):
             trash = self.root / "trash" / f"{key}.{os.getpid()}"
             trash.parent.mkdir(parents=True, exist_ok=True)
@@ -390,7 +390,7 @@ class FeatureStore:
     ) -> EntryWriter:
         """A writer for ``key`` (call while holding :meth:`lock`)."""
         if entry_key(record) != key:
-            raise ValueError(f"key: {key!r} is not the key of the given record")
+            raise InvalidValueError(f"key: {key!r} is not the key of the given record")
         return EntryWriter(self, key, record, n_rows, dim, dtype, shard_size, meta or {})
 
 
@@ -442,7 +442,7 @@ def _read_shard(path: Path, *, mmap: bool) -> Tensor:
     begin, end = t["data_offsets"]
     np_dtype = _NP[st_dtype]
     if int(np.prod(shape)) * np.dtype(np_dtype).itemsize != end - begin:
-        raise ValueError(f"{path}: data size does not match shape {shape}")
+        raise InvalidValueError(f"{path}: data size does not match shape {shape}")
     arr: np.ndarray
     if mmap and end > begin:
         arr = np.memmap(path, dtype=np_dtype, mode="c", offset=offset + begin, shape=shape)
@@ -451,7 +451,7 @@ def _read_shard(path: Path, *, mmap: bool) -> Tensor:
             f.seek(offset + begin)
             buf = f.read(end - begin)
         if len(buf) != end - begin:
-            raise ValueError(f"{path}: truncated data")
+            raise InvalidValueError(f"{path}: truncated data")
         arr = np.frombuffer(bytearray(buf), dtype=np_dtype).reshape(shape)
     out = torch.from_numpy(arr)
     return out.view(torch.bfloat16) if st_dtype == "BF16" else out
@@ -472,9 +472,9 @@ class EntryWriter:
         meta: dict[str, Any],
     ) -> None:
         if shard_size < 1:
-            raise ValueError(f"shard_size: expected a positive integer, found {shard_size}")
+            raise InvalidValueError(f"shard_size: expected a positive integer, found {shard_size}")
         if dtype not in _ST_NAME:
-            raise ValueError(f"dtype: expected one of {list(_ST_NAME)}, found {dtype}")
+            raise InvalidValueError(f"dtype: expected one of {list(_ST_NAME)}, found {dtype}")
         self.store = store
         self.key = key
         self.record = record
@@ -530,7 +530,7 @@ class EntryWriter:
         """Atomically write shard ``i`` (its rows' features and the bad images among them)."""
         start, stop = self.shard_range(i)
         if tuple(features.shape) != (stop - start, self.dim):
-            raise ValueError(
+            raise InvalidValueError(
                 f"features: expected shape {(stop - start, self.dim)} for shard {i}, "
                 f"found {tuple(features.shape)}"
             )
@@ -572,7 +572,7 @@ class EntryWriter:
         ``start .. start + len(features)``), so an interrupted extraction resumes from them."""
         start, stop = self.shard_range(i)
         if features.shape[0] >= stop - start or features.shape[1:] != (self.dim,):
-            raise ValueError(
+            raise InvalidValueError(
                 f"features: a partial shard {i} needs fewer than {stop - start} rows of "
                 f"dimension {self.dim}, found {tuple(features.shape)}"
             )

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import (
     cache_grid_counts,
     cache_keys,
@@ -73,9 +74,11 @@ def ape_criterion(
     """
     c = text_weights.shape[0]
     if c < 2:
-        raise ValueError(f"text_weights: APE needs at least 2 classes, found {c}")
+        raise InvalidValueError(f"text_weights: APE needs at least 2 classes, found {c}")
     if len(weights) != 2:
-        raise ValueError(f"weights: expected two entries (w_sim, w_var), found {tuple(weights)}")
+        raise InvalidValueError(
+            f"weights: expected two entries (w_sim, w_var), found {tuple(weights)}"
+        )
     t = text_weights.double()
     labels = key_labels.to(t.device)
     sums = t.clone().index_add_(0, labels, keys.double())  # S_c: text row + keys of class c
@@ -175,24 +178,26 @@ class APE(Method):
     def _n_channels(self, dim: int) -> int:
         if self.channels is not None:
             if not 1 <= int(self.channels) <= dim:
-                raise ValueError(
+                raise InvalidValueError(
                     f"channels: expected an integer in [1, {dim}], found {self.channels}"
                 )
             return int(self.channels)
         if not 0.0 < self.channel_fraction <= 1.0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"channel_fraction: expected a value in (0, 1], found {self.channel_fraction}"
             )
         return max(1, round(self.channel_fraction * dim))
 
     def _check_grid(self, n: int) -> None:
         if len(self.search_scale) != n or len(self.search_step) != n:
-            raise ValueError(
+            raise InvalidValueError(
                 f"search_scale and search_step: expected {n} entries each, found "
                 f"{tuple(self.search_scale)} and {tuple(self.search_step)}"
             )
         if min(int(s) for s in self.search_step) < 1:
-            raise ValueError(f"search_step: expected positive integers, found {self.search_step}")
+            raise InvalidValueError(
+                f"search_step: expected positive integers, found {self.search_step}"
+            )
 
     def _sorted_cache(self, task: Task) -> tuple[Tensor, Tensor]:
         """Cache keys (mean of raw views, normalised) and labels, sorted by class."""
@@ -343,9 +348,11 @@ class APET(APE):
     def _fit(self, task: Task) -> None:
         self._check_grid(2)
         if self.epochs < 0:
-            raise ValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
+            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, found {self.batch_size}")
+            raise InvalidValueError(
+                f"batch_size: expected a positive integer, found {self.batch_size}"
+            )
         q = self._n_channels(task.dim)
         tdt = train_dtype(self._dtype)
         dev = self._device

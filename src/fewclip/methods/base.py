@@ -21,7 +21,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fewclip._version import __version__
-from fewclip.errors import FewclipError, UnknownNameError, UnknownParameterError, did_you_mean
+from fewclip.errors import (
+    FewclipError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingFileError,
+    UnknownNameError,
+    UnknownParameterError,
+    did_you_mean,
+)
 from fewclip.outputs import write_folder
 from fewclip.task import Task, check_features
 
@@ -67,7 +75,7 @@ def register(name: str) -> Any:
 
     def wrap(cls: type[M]) -> type[M]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method name {name!r} is already registered")
+            raise InvalidValueError(f"method name {name!r} is already registered")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -168,21 +176,23 @@ def _read_config(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             head = f.read(2)
         if head[:1] == b"\x80" or head == b"PK":
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
                 f"Expected a folder with {CONFIG_FILE} and {STATE_FILE} written by Method.save"
             )
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: expected a method folder with {CONFIG_FILE} and {STATE_FILE}, found a file"
         )
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: no {CONFIG_FILE} found; expected a folder from save()")
+        raise MissingFileError(f"{path}: no {CONFIG_FILE} found; expected a folder from save()")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+        raise InvalidValueError(f"{cfg_path}: not valid JSON ({e})") from None
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
-        raise ValueError(f"{cfg_path}: not a fewclip method config (expected format {_FORMAT!r})")
+        raise InvalidValueError(
+            f"{cfg_path}: not a fewclip method config (expected format {_FORMAT!r})"
+        )
     return cfg
 
 
@@ -299,7 +309,7 @@ class Method(EstimatorParams):
     def fit(self: M, task: Task) -> M:
         """Fit on ``task`` and return ``self``."""
         if not isinstance(task, Task):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"task: expected a fewclip.Task, found {type(task).__name__}; build one with "
                 "fewclip.Task(classnames, text_weights, support=FeatureSet(...))"
             )
@@ -336,11 +346,13 @@ class Method(EstimatorParams):
     def score(self, x: Tensor, y: Tensor, sample_weight: Any = None) -> float:
         """Top-1 accuracy in [0, 1]."""
         if sample_weight is not None:
-            raise ValueError("sample_weight: not supported, expected None")
+            raise InvalidValueError("sample_weight: not supported, expected None")
         pred = self.predict(x)
         y = torch.as_tensor(y, device=pred.device)
         if y.shape != pred.shape:
-            raise ValueError(f"y: expected shape {tuple(pred.shape)}, found {tuple(y.shape)}")
+            raise InvalidValueError(
+                f"y: expected shape {tuple(pred.shape)}, found {tuple(y.shape)}"
+            )
         return float((pred == y).float().mean()) if len(y) else 0.0
 
     # -- for subclasses ---------------------------------------------------------------------
@@ -354,7 +366,7 @@ class Method(EstimatorParams):
     def _dtype(self) -> torch.dtype:
         dtype = getattr(self, "dtype", "float32")
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, found {dtype!r}")
+            raise InvalidValueError(f"dtype: expected one of {sorted(_DTYPES)}, found {dtype!r}")
         return _DTYPES[dtype]
 
     @property
@@ -436,7 +448,7 @@ class Method(EstimatorParams):
         p = Path(path)
         cfg = _read_config(p)
         if cls is not Method and cfg["method"] != cls.name:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{p}: holds a {cfg['method']!r} method, expected {cls.name!r}; "
                 "use fewclip.methods.load(path) to load whatever it holds"
             )
@@ -450,7 +462,7 @@ class Method(EstimatorParams):
         tensors = load_file(str(path / STATE_FILE))
         missing = [k for k in cls._state_tensors if k not in tensors]
         if missing:
-            raise ValueError(f"{path / STATE_FILE}: missing fitted tensors {missing}")
+            raise InvalidValueError(f"{path / STATE_FILE}: missing fitted tensors {missing}")
         method.classnames_ = list(cfg["classnames"])
         method.classes_ = list(range(len(method.classnames_)))
         method.n_features_in_ = int(cfg["n_features_in"])
@@ -472,4 +484,4 @@ def _json_default(o: Any) -> Any:
         return list(o)
     if isinstance(o, Tensor):
         return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    raise InvalidTypeError(f"not JSON serialisable: {type(o).__name__}")

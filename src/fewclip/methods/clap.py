@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
 from fewclip.methods._training import DasslSchedule, pooled_epoch
 from fewclip.methods.base import Method, register
@@ -119,13 +120,15 @@ class ZSLP(DasslSchedule, Method):
 
     def _validate(self) -> None:
         if self.epochs < 0:
-            raise ValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
+            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, found {self.batch_size}")
+            raise InvalidValueError(
+                f"batch_size: expected a positive integer, found {self.batch_size}"
+            )
         if not self.init_norm > 0:
-            raise ValueError(f"init_norm: expected a positive norm, found {self.init_norm}")
+            raise InvalidValueError(f"init_norm: expected a positive norm, found {self.init_norm}")
         if self.lr < 0:
-            raise ValueError(f"lr: expected a non-negative learning rate, found {self.lr}")
+            raise InvalidValueError(f"lr: expected a non-negative learning rate, found {self.lr}")
 
     def _penalty_weights(self, task: Task, text: Tensor) -> Tensor | None:
         return None

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
 from fewclip.methods._training import DasslSchedule, dassl_epoch
 from fewclip.methods.base import Method, register
@@ -129,15 +130,17 @@ class CLIPAdapter(DasslSchedule, Method):
     # -- modules ----------------------------------------------------------------------------
     def _validate(self) -> None:
         if self.branch not in _BRANCHES:
-            raise ValueError(f"branch: expected one of {_BRANCHES}, found {self.branch!r}")
+            raise InvalidValueError(f"branch: expected one of {_BRANCHES}, found {self.branch!r}")
         for name in ("ratio", "text_ratio"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name}: expected a value in [0, 1], found {v}")
+                raise InvalidValueError(f"{name}: expected a value in [0, 1], found {v}")
         if self.reduction < 1:
-            raise ValueError(f"reduction: expected a positive integer, found {self.reduction}")
+            raise InvalidValueError(
+                f"reduction: expected a positive integer, found {self.reduction}"
+            )
         if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"epochs/batch_size: expected epochs >= 0 and batch_size >= 1, found "
                 f"{self.epochs} and {self.batch_size}"
             )

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
 from fewclip.methods._training import train_dtype
 from fewclip.methods.base import Method, register
@@ -126,20 +127,30 @@ class CrossModalLP(Method):
 
     def _validate(self) -> None:
         if self.iters < 0:
-            raise ValueError(f"iters: expected a non-negative integer, found {self.iters}")
+            raise InvalidValueError(f"iters: expected a non-negative integer, found {self.iters}")
         if self.eval_every < 1:
-            raise ValueError(f"eval_every: expected a positive integer, found {self.eval_every}")
+            raise InvalidValueError(
+                f"eval_every: expected a positive integer, found {self.eval_every}"
+            )
         sizes = [self.batch_size, *(self.search_batch_size if self.search else ())]
         if min(sizes) < 2:
-            raise ValueError(f"batch_size: expected at least 2 (images and texts), found {sizes}")
+            raise InvalidValueError(
+                f"batch_size: expected at least 2 (images and texts), found {sizes}"
+            )
         if not 0.0 <= self.text_ratio < 1.0:
-            raise ValueError(f"text_ratio: expected a value in [0, 1), found {self.text_ratio}")
+            raise InvalidValueError(
+                f"text_ratio: expected a value in [0, 1), found {self.text_ratio}"
+            )
         if not 0.0 <= self.wiseft_ratio <= 1.0:
-            raise ValueError(f"wiseft_ratio: expected a value in [0, 1], found {self.wiseft_ratio}")
+            raise InvalidValueError(
+                f"wiseft_ratio: expected a value in [0, 1], found {self.wiseft_ratio}"
+            )
         if self.search and not (
             self.search_lr and self.search_weight_decay and self.search_batch_size
         ):
-            raise ValueError("search_lr/search_weight_decay/search_batch_size: expected values")
+            raise InvalidValueError(
+                "search_lr/search_weight_decay/search_batch_size: expected values"
+            )
 
     def _lr_at(self, it: int, lr: float) -> float:
         """Linear warm-up from ``warmup_lr`` (iteration 0) to ``lr``, then cosine over ``iters``."""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import count_correct_over_alpha, first_best, l2_normalize
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
@@ -100,7 +101,9 @@ def shared_precision(
     mu = float(torch.trace(emp)) / d
     if covariance == "ledoit-wolf":
         if fourth is None:
-            raise ValueError("fourth: the Ledoit-Wolf shrinkage needs the fourth-moment matrix")
+            raise InvalidValueError(
+                "fourth: the Ledoit-Wolf shrinkage needs the fourth-moment matrix"
+            )
         beta = float(torch.sum(fourth / n_samples - emp * emp)) / n_samples
         delta = float(torch.sum((emp - mu * eye) ** 2))
         shrink = 0.0 if beta == 0 else min(beta, delta) / delta
@@ -109,7 +112,7 @@ def shared_precision(
         den = (n_samples + 1) * (a - mu**2 / d)
         shrink = 1.0 if den == 0 else min((a + mu**2) / den, 1.0)
     else:
-        raise ValueError(f"covariance: expected one of {_COVARIANCES}, found {covariance!r}")
+        raise InvalidValueError(f"covariance: expected one of {_COVARIANCES}, found {covariance!r}")
     shrunk = (1 - shrink) * emp + shrink * mu * eye
     return _spd_inverse(shrunk)
 
@@ -174,11 +177,11 @@ class GDA(Method):
 
     def _fit(self, task: Task) -> None:
         if self.covariance not in _COVARIANCES:
-            raise ValueError(
+            raise InvalidValueError(
                 f"covariance: expected one of {_COVARIANCES}, found {self.covariance!r}"
             )
         if self.alpha is None and not len(self.alphas):
-            raise ValueError("alphas: expected at least one value to search, found none")
+            raise InvalidValueError("alphas: expected at least one value to search, found none")
         sd = self._stats_dtype()
         c = task.n_classes
         views = task.support.view_bank() if self.use_views else task.support.features[None]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
@@ -37,7 +38,9 @@ def fit_logistic_regression(
     after ``max_iter`` iterations.
     """
     if C <= 0:
-        raise ValueError(f"C: expected a positive inverse regularisation strength, found {C}")
+        raise InvalidValueError(
+            f"C: expected a positive inverse regularisation strength, found {C}"
+        )
     n, d = x.shape
     w0, b0 = init if init is not None else (x.new_zeros(n_classes, d), x.new_zeros(n_classes))
     w = w0.clone().requires_grad_(True)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
@@ -122,11 +123,13 @@ class LPPlusPlus(Method):
 
     def _fit(self, task: Task) -> None:
         if self.epochs < 0:
-            raise ValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
+            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
         if self.alpha_every < 1:
-            raise ValueError(f"alpha_every: expected a positive integer, found {self.alpha_every}")
+            raise InvalidValueError(
+                f"alpha_every: expected a positive integer, found {self.alpha_every}"
+            )
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum: expected a value in [0, 1), found {self.momentum}")
+            raise InvalidValueError(f"momentum: expected a value in [0, 1), found {self.momentum}")
         wd = self._work_dtype()
         c = task.n_classes
         x, y = self._train_rows(task)

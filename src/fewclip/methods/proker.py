@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fewclip.errors import BudgetError, InvalidValueError
 from fewclip.functional import cache_keys, l2_normalize, tip_affinity
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
@@ -103,7 +104,7 @@ def proker_cholesky(
     (M, M) work matrix besides the input (``work``, reused when given).
     """
     if lam <= 0:
-        raise ValueError(f"lam: expected a positive regularisation, found {lam}")
+        raise InvalidValueError(f"lam: expected a positive regularisation, found {lam}")
     work = torch.mul(gram_minus_one, beta, out=work) if work is not None else gram_minus_one * beta
     work.exp_()
     work.diagonal().add_(lam)
@@ -149,7 +150,7 @@ def nystrom_coef(
     may be passed (any dtype) when they are reused over several λ.
     """
     if lam <= 0:
-        raise ValueError(f"lam: expected a positive regularisation, found {lam}")
+        raise InvalidValueError(f"lam: expected a positive regularisation, found {lam}")
     g = (gram if gram is not None else k_sm.T @ k_sm).double()
     factor = _psd_cholesky(torch.add(g, k_mm.double(), alpha=lam))
     b = (rhs if rhs is not None else k_sm.T @ residual).double()
@@ -179,7 +180,7 @@ def proker_cg(
     norm is below ``tol`` times its right-hand side's. Returns ``(α, iterations)``.
     """
     if lam <= 0:
-        raise ValueError(f"lam: expected a positive regularisation, found {lam}")
+        raise InvalidValueError(f"lam: expected a positive regularisation, found {lam}")
     m_rows = keys.shape[0]
     precond = None
     if n_landmarks > 0:
@@ -313,21 +314,23 @@ class ProKeR(Method):
 
     def _validate(self) -> None:
         if self.rows not in _ROWS:
-            raise ValueError(f"rows: expected one of {_ROWS}, found {self.rows!r}")
+            raise InvalidValueError(f"rows: expected one of {_ROWS}, found {self.rows!r}")
         if self.solver not in _SOLVERS:
-            raise ValueError(f"solver: expected one of {_SOLVERS}, found {self.solver!r}")
+            raise InvalidValueError(f"solver: expected one of {_SOLVERS}, found {self.solver!r}")
         for name in ("beta", "lam"):
             v = getattr(self, name)
             if v is not None and not v > 0:
-                raise ValueError(f"{name}: expected a positive value, found {v}")
+                raise InvalidValueError(f"{name}: expected a positive value, found {v}")
         for name in ("betas", "lams"):
             grid = list(getattr(self, name))
             if not grid or any(not float(g) > 0 for g in grid):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{name}: expected a non-empty grid of positive values, found {grid}"
                 )
         if self.n_landmarks < 1:
-            raise ValueError(f"n_landmarks: expected a positive integer, found {self.n_landmarks}")
+            raise InvalidValueError(
+                f"n_landmarks: expected a positive integer, found {self.n_landmarks}"
+            )
 
     def _resolve_rows(self, task: Task) -> str:
         """``rows``, with ``"auto"`` resolved: the reference's view rows where memory allows."""
@@ -363,7 +366,7 @@ class ProKeR(Method):
         if self.solver == "cholesky":
             if not self._fits(m_rows, itemsize):
                 need = 2 * m_rows * m_rows * itemsize
-                raise MemoryError(
+                raise BudgetError(
                     f"solver='cholesky': {m_rows} support rows need {need / 2**30:.1f} GiB for the "
                     f"dense kernel, over max_kernel_bytes={self.max_kernel_bytes / 2**30:.1f} GiB; "
                     "use solver='cg' (exact, chunked) or solver='nystrom' (approximate)"

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
 from fewclip.methods._training import DasslSchedule, dassl_epoch, train_dtype
 from fewclip.methods.base import Method, register
@@ -86,13 +87,15 @@ class TaskRes(DasslSchedule, Method):
 
     def _validate(self) -> None:
         if self.epochs < 0:
-            raise ValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
+            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, found {self.batch_size}")
+            raise InvalidValueError(
+                f"batch_size: expected a positive integer, found {self.batch_size}"
+            )
         if not self.base_norm > 0:
-            raise ValueError(f"base_norm: expected a positive value, found {self.base_norm}")
+            raise InvalidValueError(f"base_norm: expected a positive value, found {self.base_norm}")
         if not math.isfinite(self.alpha):
-            raise ValueError(f"alpha: expected a finite residual scale, found {self.alpha}")
+            raise InvalidValueError(f"alpha: expected a finite residual scale, found {self.alpha}")
 
     def _classifier(self, residual: Tensor) -> Tensor:
         return l2_normalize(self.text_weights_.to(residual.dtype) + self.alpha_ * residual)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import (
     cache_keys,
     l2_normalize,
@@ -43,7 +44,7 @@ def prototype_keys(
     Returns ``(keys (K', D), labels (K',))`` sorted by class.
     """
     if prototypes < 1:
-        raise ValueError(f"prototypes: expected a positive integer, found {prototypes}")
+        raise InvalidValueError(f"prototypes: expected a positive integer, found {prototypes}")
     g = torch.Generator().manual_seed(seed)
     out_keys, out_labels = [], []
     for c in range(n_classes):
@@ -212,9 +213,11 @@ class TipAdapterF(TipAdapter):
 
     def _fit(self, task: Task) -> None:
         if self.epochs < 0:
-            raise ValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
+            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, found {self.batch_size}")
+            raise InvalidValueError(
+                f"batch_size: expected a positive integer, found {self.batch_size}"
+            )
         self._build_cache(task)
         self.best_epoch_ = 0
         if self.epochs > 0:

@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from fewclip.errors import InvalidValueError
 from fewclip.functional import (
     cache_grid_counts,
     cache_keys,
@@ -146,14 +147,18 @@ class TipX(Method):
     # -- fitting ----------------------------------------------------------------------------
     def _fit(self, task: Task) -> None:
         if len(self.search_scale) != 3 or len(self.search_step) != 3:
-            raise ValueError(
+            raise InvalidValueError(
                 "search_scale and search_step: expected three entries each (beta, alpha, gamma), "
                 f"found {tuple(self.search_scale)} and {tuple(self.search_step)}"
             )
         if min(int(s) for s in self.search_step) < 1:
-            raise ValueError(f"search_step: expected positive integers, found {self.search_step}")
+            raise InvalidValueError(
+                f"search_step: expected positive integers, found {self.search_step}"
+            )
         if not self.temperature > 0:
-            raise ValueError(f"temperature: expected a positive value, found {self.temperature}")
+            raise InvalidValueError(
+                f"temperature: expected a positive value, found {self.temperature}"
+            )
         dev, c = self._device, task.n_classes
         self.text_weights_ = l2_normalize(self._to(task.text_weights))
         keys = cache_keys(self._to(task.support.view_bank()))

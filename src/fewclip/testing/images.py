@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fewclip._io import atomic_write
+from fewclip.errors import InvalidValueError
 
 __all__ = [
     "BAD_IMAGE_KINDS",
@@ -152,7 +153,7 @@ def _shape_fn(shape: str) -> Shape:
         "checkerboard": checkerboard,
     }
     if shape not in shapes:
-        raise ValueError(f"shape: expected one of {sorted(shapes)}, found {shape!r}")
+        raise InvalidValueError(f"shape: expected one of {sorted(shapes)}, found {shape!r}")
     return shapes[shape]
 
 
@@ -160,7 +161,7 @@ def draw_shape_image(classname: str, rng: np.random.Generator, size: int = 64) -
     """One RGB image of ``classname`` (``<colour>_<shape>``), drawn with ``rng``."""
     colour, _, shape = classname.partition("_")
     if colour not in _COLOURS or not shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"classname: expected '<colour>_<shape>' with a colour in {sorted(_COLOURS)}, "
             f"found {classname!r}"
         )
@@ -197,10 +198,12 @@ def make_shapes_dataset(
     """
     counts = dict(per_class) if per_class is not None else {"train": 24, "test": 20}
     if not classes:
-        raise ValueError("classes: expected at least one class name")
+        raise InvalidValueError("classes: expected at least one class name")
     bad = [s for s in counts if s not in ("train", "val", "test")]
     if bad or any(n < 1 for n in counts.values()):
-        raise ValueError(f"per_class: expected train/val/test → positive counts, found {counts}")
+        raise InvalidValueError(
+            f"per_class: expected train/val/test → positive counts, found {counts}"
+        )
     out = Path(root)
     marker = out / ".fewclip-shapes"
     signature = repr((tuple(classes), sorted(counts.items()), size, seed))
@@ -238,7 +241,9 @@ def write_bad_images(
     paths = []
     for kind in kinds:
         if kind not in BAD_IMAGE_KINDS:
-            raise ValueError(f"kinds: expected some of {sorted(BAD_IMAGE_KINDS)}, found {kind!r}")
+            raise InvalidValueError(
+                f"kinds: expected some of {sorted(BAD_IMAGE_KINDS)}, found {kind!r}"
+            )
         path = out / kind
         if kind == "broken.jpg":
             data = np.random.default_rng(0).bytes(512)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fewclip.backbones.base import Backbone
+from fewclip.errors import InvalidTypeError
 from fewclip.testing.images import SHAPE_CLASSES, draw_shape_image
 
 __all__ = ["pretrain_tiny"]
@@ -44,7 +45,9 @@ def pretrain_tiny(
     model = backbone.model
     tokenizer = getattr(backbone, "tokenizer", None)
     if tokenizer is None or not hasattr(model, "encode_text"):
-        raise TypeError(f"backbone {backbone.name!r}: pretrain_tiny needs an open_clip model")
+        raise InvalidTypeError(
+            f"backbone {backbone.name!r}: pretrain_tiny needs an open_clip model"
+        )
     rng = np.random.default_rng(seed)
     augment = backbone.train_transform
     size = max(backbone.image_size)

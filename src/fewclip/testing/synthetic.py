@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fewclip.errors import InvalidValueError, NotFoundError
 from fewclip.functional import l2_normalize
 from fewclip.task import FeatureSet, Task
 
@@ -105,7 +106,7 @@ class SyntheticWorld:
         name: str = "synthetic",
     ):
         if n_classes < 2 or dim < 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"n_classes and dim: expected at least 2 each, found {n_classes} and {dim}"
             )
         self.n_classes, self.dim, self.name = n_classes, dim, name
@@ -129,7 +130,7 @@ class SyntheticWorld:
     ) -> SyntheticWorld:
         """A world with the real class count and split sizes of benchmark ``name`` (PRESETS)."""
         if name not in PRESETS:
-            raise KeyError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+            raise NotFoundError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
         shape = PRESETS[name]
         return cls(
             shape.classes,
@@ -173,7 +174,7 @@ class SyntheticWorld:
     def support(self, shots: int, *, seed: int = 1, views: int = 10) -> FeatureSet:
         """``shots`` images per class; nested in ``shots`` for one ``seed`` (1-shot ⊂ 2-shot …)."""
         if shots < 1:
-            raise ValueError(f"shots: expected a positive integer, found {shots}")
+            raise InvalidValueError(f"shots: expected a positive integer, found {shots}")
         pool = max(shots, 16)
         full = self.sample([pool] * self.n_classes, stream=_STREAM_SUPPORT, draw=seed, views=views)
         keep = (torch.arange(len(full.labels)) % pool) < shots
@@ -206,7 +207,7 @@ class SyntheticWorld:
         ``"full"`` (the whole val split) or ``"none"``.
         """
         if val not in ("fewshot", "full", "none"):
-            raise ValueError(f"val: expected 'fewshot', 'full' or 'none', found {val!r}")
+            raise InvalidValueError(f"val: expected 'fewshot', 'full' or 'none', found {val!r}")
         vset = None
         if val == "fewshot":
             vset = self.validation(min(shots, 4), seed=seed)
@@ -234,7 +235,7 @@ class SyntheticWorld:
         grows).
         """
         if not 0.0 < target < 1.0:
-            raise ValueError(f"target: expected an accuracy in (0, 1), found {target}")
+            raise InvalidValueError(f"target: expected an accuracy in (0, 1), found {target}")
         fs = self.sample([probe] * self.n_classes, stream=_STREAM_VAL, draw=10_000)
         lo, hi = 0.0, 0.1
         self.text_noise = hi

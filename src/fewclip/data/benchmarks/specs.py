@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fewclip.errors import NotFoundError
+
 __all__ = [
     "BENCHMARKS",
     "CALTECH101_RENAMES",
@@ -361,7 +363,7 @@ def get_spec(name: str) -> BenchmarkSpec:
     try:
         return BENCHMARKS[_LOOKUP[_key(str(name))]]
     except KeyError:
-        raise KeyError(
+        raise NotFoundError(
             f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}. "
             "For your own images use fewclip.data.load_folder or load_manifest."
         ) from None
