@@ -255,3 +255,18 @@ def test_loading_an_adapter_imports_neither_sklearn_nor_torchvision_nor_other_me
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_gda_at_one_shot_without_views_gets_a_clear_error():
+    from fewclip.errors import FewclipError
+
+    g = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1)
+    one_shot = Task(
+        list("abcd"), text, FeatureSet(torch.randn(4, 16, generator=g), torch.arange(4))
+    )
+    with pytest.raises(FewclipError, match="no within-class variation.*--views"):
+        methods.create("gda").fit(one_shot)
+    views = torch.randn(3, 4, 16, generator=g)
+    with_views = Task(list("abcd"), text, FeatureSet(views[0], torch.arange(4), views))
+    assert methods.create("gda").fit(with_views).logits(views[0]).shape == (4, 4)

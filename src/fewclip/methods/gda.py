@@ -192,6 +192,13 @@ class GDA(Method):
         scatter, fourth = within_class_scatter(
             views, labels, means, fourth=self.covariance == "ledoit-wolf"
         )
+        if not float(torch.trace(scatter)) > 0:
+            raise InvalidValueError(
+                "gda: the support has no within-class variation (one image per class and no "
+                "augmented views, or identical rows), so the shared covariance cannot be "
+                "estimated. Give augmented views (CLI: --views 10; Python: FeatureSet(..., "
+                "views=...)) or at least two images per class."
+            )
         precision = shared_precision(scatter, n, covariance=self.covariance, fourth=fourth)
         coef = means @ precision  # P is symmetric: row k is (P·μ_k)ᵀ
         intercept = math.log(1.0 / c) - 0.5 * (coef * means).sum(1)
