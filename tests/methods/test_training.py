@@ -127,3 +127,20 @@ def test_pooled_epoch_draws_released_clap_batches(
     assert len(set(rows)) == len(rows) and max(rows) < n * views
     if n * views > batch > n:
         assert len({r % n for r in rows}) < len(rows)  # some image comes in several views
+
+
+@pytest.mark.parametrize("name", ["clip-adapter", "taskres", "zs-lp", "tip-adapter-f", "ape-t"])
+def test_declarative_epoch_and_batch_checks(name: str) -> None:
+    import numpy as np
+
+    from fewclip.errors import InvalidValueError
+
+    task = _task()
+    for bad, msg in [
+        ({"epochs": -1}, "epochs: expected a non-negative integer, found -1"),
+        ({"epochs": 2.5}, "epochs: expected a non-negative integer, found 2.5"),
+        ({"batch_size": 0}, "batch_size: expected a positive integer, found 0"),
+    ]:
+        with pytest.raises(InvalidValueError, match=msg):
+            methods.create(name, **bad).fit(task)
+    methods.create(name, epochs=np.int64(1), batch_size=8).fit(task)  # numpy integers are fine

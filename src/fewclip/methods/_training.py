@@ -13,15 +13,19 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from fewclip.errors import InvalidValueError
+
 __all__ = [
     "DasslSchedule",
     "Epoch",
     "PooledEpoch",
+    "check_ranges",
     "dassl_epoch",
     "dassl_lr",
     "pooled_epoch",
@@ -116,3 +120,25 @@ class DasslSchedule:
             warmup_epochs=self.warmup_epochs,
             warmup_lr=self.warmup_lr,
         )
+
+
+#: Declarative hyper-parameter rules for :func:`check_ranges`: (test, what is expected).
+def _integer(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+_RULES = {
+    "int>=0": (lambda v: _integer(v) and v >= 0, "a non-negative integer"),
+    "int>=1": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+}
+
+
+def check_ranges(method: object, **rules: str) -> None:
+    """Check hyper-parameters of ``method`` against named rules (``epochs="int>=0"``,
+    ``batch_size="int>=1"``); the first one that fails raises ``InvalidValueError`` as
+    ``"<name>: expected <what>, found <value>"``."""
+    for name, rule in rules.items():
+        test, what = _RULES[rule]
+        value = getattr(method, name)
+        if not test(value):
+            raise InvalidValueError(f"{name}: expected {what}, found {value!r}")

@@ -50,7 +50,7 @@ from fewclip.functional import (
     reference_grid,
     tip_affinity,
 )
-from fewclip.methods._training import train_dtype
+from fewclip.methods._training import check_ranges, train_dtype
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -347,12 +347,7 @@ class APET(APE):
 
     def _fit(self, task: Task) -> None:
         self._check_grid(2)
-        if self.epochs < 0:
-            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
-        if self.batch_size < 1:
-            raise InvalidValueError(
-                f"batch_size: expected a positive integer, found {self.batch_size}"
-            )
+        check_ranges(self, epochs="int>=0", batch_size="int>=1")
         q = self._n_channels(task.dim)
         tdt = train_dtype(self._dtype)
         dev = self._device

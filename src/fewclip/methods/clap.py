@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import DasslSchedule, pooled_epoch
+from fewclip.methods._training import DasslSchedule, check_ranges, pooled_epoch
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -119,12 +119,7 @@ class ZSLP(DasslSchedule, Method):
         return torch.float64 if self._dtype == torch.float64 else torch.float32
 
     def _validate(self) -> None:
-        if self.epochs < 0:
-            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
-        if self.batch_size < 1:
-            raise InvalidValueError(
-                f"batch_size: expected a positive integer, found {self.batch_size}"
-            )
+        check_ranges(self, epochs="int>=0", batch_size="int>=1")
         if not self.init_norm > 0:
             raise InvalidValueError(f"init_norm: expected a positive norm, found {self.init_norm}")
         if self.lr < 0:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import DasslSchedule, dassl_epoch
+from fewclip.methods._training import DasslSchedule, check_ranges, dassl_epoch
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -139,11 +139,7 @@ class CLIPAdapter(DasslSchedule, Method):
             raise InvalidValueError(
                 f"reduction: expected a positive integer, found {self.reduction}"
             )
-        if self.epochs < 0 or self.batch_size < 1:
-            raise InvalidValueError(
-                f"epochs/batch_size: expected epochs >= 0 and batch_size >= 1, found "
-                f"{self.epochs} and {self.batch_size}"
-            )
+        check_ranges(self, epochs="int>=0", batch_size="int>=1")
 
     def _build(self, dim: int) -> None:
         torch.manual_seed(self.seed)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
+from fewclip.methods._training import check_ranges
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -122,8 +123,7 @@ class LPPlusPlus(Method):
         return x, y
 
     def _fit(self, task: Task) -> None:
-        if self.epochs < 0:
-            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
+        check_ranges(self, epochs="int>=0")
         if self.alpha_every < 1:
             raise InvalidValueError(
                 f"alpha_every: expected a positive integer, found {self.alpha_every}"

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import DasslSchedule, dassl_epoch, train_dtype
+from fewclip.methods._training import DasslSchedule, check_ranges, dassl_epoch, train_dtype
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -86,12 +86,7 @@ class TaskRes(DasslSchedule, Method):
         self.progress = progress
 
     def _validate(self) -> None:
-        if self.epochs < 0:
-            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
-        if self.batch_size < 1:
-            raise InvalidValueError(
-                f"batch_size: expected a positive integer, found {self.batch_size}"
-            )
+        check_ranges(self, epochs="int>=0", batch_size="int>=1")
         if not self.base_norm > 0:
             raise InvalidValueError(f"base_norm: expected a positive value, found {self.base_norm}")
         if not math.isfinite(self.alpha):

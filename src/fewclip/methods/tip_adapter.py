@@ -28,6 +28,7 @@ from fewclip.functional import (
     tip_cache_logits,
     tip_logits,
 )
+from fewclip.methods._training import check_ranges
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
 
@@ -212,12 +213,7 @@ class TipAdapterF(TipAdapter):
         self.progress = progress
 
     def _fit(self, task: Task) -> None:
-        if self.epochs < 0:
-            raise InvalidValueError(f"epochs: expected a non-negative integer, found {self.epochs}")
-        if self.batch_size < 1:
-            raise InvalidValueError(
-                f"batch_size: expected a positive integer, found {self.batch_size}"
-            )
+        check_ranges(self, epochs="int>=0", batch_size="int>=1")
         self._build_cache(task)
         self.best_epoch_ = 0
         if self.epochs > 0:
