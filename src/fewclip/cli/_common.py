@@ -220,9 +220,7 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
         mod = sys.modules.get(module)
         return tuple(getattr(mod, n) for n in names) if mod is not None else ()
 
-    AdapterError = loaded("fewclip.adapter", "AdapterError")
     BackboneMismatchError = loaded("fewclip.adapter", "BackboneMismatchError")
-    BackboneError = loaded("fewclip.backbones.base", "BackboneError")
     WeightsNotFoundError = loaded("fewclip.backbones.base", "WeightsNotFoundError")
 
     if isinstance(exc, typer.Exit):
@@ -249,7 +247,7 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
         code = EXIT_WEIGHTS
     elif isinstance(exc, BackboneMismatchError):
         code = EXIT_MISMATCH
-    elif isinstance(exc, (FewclipError, *AdapterError, *BackboneError, OSError)):
+    elif isinstance(exc, (FewclipError, OSError)):
         code = EXIT_ERROR  # deliberate errors, and the system's (permissions, disk full, ...)
     else:
         if not debug:
