@@ -86,3 +86,20 @@ def test_choose_defaults_for_own_folders(tmp_path: Path) -> None:
     assert choose_defaults(small, 2, None)[:2] == (2, "val-free")
     assert choose_defaults(big, 1, None)[:2] == (1, "fewshot-val")
     assert choose_defaults(big, 4, "coop-val") == (4, "coop-val", "")
+
+
+def test_a_val_split_missing_a_class_is_not_chosen(tmp_path: Path) -> None:
+    """The automatic 50/20/30 split gives a class of 3 images no val image: full-val would
+    fail on it, so the default falls back (to val-free here: that class cannot spare one)."""
+    from fewclip.data import load_folder
+
+    root = make_shapes_dataset(
+        tmp_path / "m", classes=("red_circle", "blue_square"), per_class={"train": 8}, size=24
+    )
+    for p in sorted((root / "train" / "red_circle").glob("*.png"))[3:]:
+        p.unlink()
+    ds = load_folder(root / "train")
+    assert ds.has_split("val") and set(ds.split("val").labels) != {0, 1}
+    k, proto, _ = choose_defaults(ds, None, None)
+    assert (k, proto) == ("all", "val-free")
+    Protocol(proto).plan_dataset(ds, shots=k, seed=1)  # and it plans

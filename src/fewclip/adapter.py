@@ -265,9 +265,9 @@ def choose_defaults(
 
     A benchmark keeps the papers' setting: 16 shots, ``fewshot-val``. For one's own images the
     choice of an experienced practitioner: every training image (``"all"``), validated on the
-    dataset's own val split when it has one (``full-val``), else on a few-shot hold-out from
-    train when every class can spare images (``fewshot-val``), else no validation
-    (``val-free``: the methods' fixed defaults).
+    dataset's own val split when it has one with every class in it (``full-val``), else on a
+    few-shot hold-out from train when every class can spare images (``fewshot-val``), else no
+    validation (``val-free``: the methods' fixed defaults).
     """
     from collections import Counter
 
@@ -285,7 +285,8 @@ def choose_defaults(
     spread = f"{lo}" if lo == hi else f"{lo}–{hi}"
     why = [f"every training image ({spread} per class)" if k == ALL else f"{k} shots"]
     if protocol is None:
-        if dataset.has_split("val"):
+        val_classes = set(dataset.split("val").labels) if dataset.has_split("val") else set()
+        if len(val_classes) == dataset.n_classes:  # every class can be validated on
             protocol = "full-val"
             why.append(f"validated on the folder's val split ({len(dataset.split('val'))} images)")
         elif (

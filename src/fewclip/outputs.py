@@ -138,7 +138,8 @@ def check_folder(
     if replaced is None:
         raise OutputFolderError(
             f"{path}: the folder is not empty ({describe_entries(path, entries)}) and does not "
-            f"hold a {what} written by fewclip; fewclip never writes into a folder of yours. "
+            f"hold {_article(what)} {what} written by fewclip; fewclip never writes into a folder "
+            "of yours. "
             "Choose a new or empty folder (CLI: --out/-o)."
         )
     foreign = [n for n in entries if n not in own_files]
@@ -154,6 +155,10 @@ def check_folder(
             "(Python: overwrite=True), or choose another folder (CLI: --out/-o)"
         )
     return replaced
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
 
 
 def write_folder(
