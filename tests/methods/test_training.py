@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from fewclip import methods
-from fewclip.methods._training import dassl_epoch, dassl_lr, pooled_epoch
+from fewclip.methods._training import (
+    EndlessShuffle,
+    KeepBest,
+    dassl_epoch,
+    dassl_lr,
+    pooled_epoch,
+    shuffled_epoch,
+    warmup_cosine_lr,
+)
 from fewclip.task import FeatureSet, Task
 
 
@@ -144,3 +152,70 @@ def test_declarative_epoch_and_batch_checks(name: str) -> None:
         with pytest.raises(InvalidValueError, match=msg):
             methods.create(name, **bad).fit(task)
     methods.create(name, epochs=np.int64(1), batch_size=8).fit(task)  # numpy integers are fine
+
+
+@pytest.mark.parametrize(("n", "batch"), [(50, 32), (64, 32), (10, 32), (256, 256), (257, 256)])
+def test_shuffled_epoch_keeps_the_last_batch_as_a_plain_data_loader(n: int, batch: int) -> None:
+    """Tip-Adapter-F and APE-T train with torch's DataLoader(shuffle=True) (drop_last=False)."""
+    loader = torch.utils.data.DataLoader(range(n), batch_size=batch, drop_last=False)
+    ep = shuffled_epoch(n, 3, batch, torch.Generator().manual_seed(0))
+    assert [b.stop - b.start for b in ep.batches] == [len(b) for b in loader]
+    assert sorted(ep.order.tolist()) == list(range(n))
+    dassl = dassl_epoch(n, 3, batch, torch.Generator().manual_seed(0))
+    assert torch.equal(dassl.order, ep.order) and torch.equal(dassl.view_of, ep.view_of)
+
+
+def test_epoch_rows_are_each_images_drawn_view() -> None:
+    bank = torch.arange(3 * 7 * 2, dtype=torch.float32).reshape(3, 7, 2)
+    ep = shuffled_epoch(7, 3, 4, torch.Generator().manual_seed(1))
+    for batch in ep.batches:
+        idx, rows = ep.rows(bank, batch)
+        for i, row in zip(idx.tolist(), rows, strict=True):
+            assert torch.equal(row, bank[ep.view_of[i], i])
+
+
+def test_warmup_cosine_lr_is_linear_then_cosine() -> None:
+    lr, w, total = 1e-3, 50, 400
+    got = [
+        warmup_cosine_lr(s, lr=lr, warmup_steps=w, warmup_lr=1e-5, total=total) for s in range(451)
+    ]
+    assert got[0] == 1e-5
+    assert got[25] == pytest.approx(lr / 2) and got[49] == pytest.approx(lr * 49 / 50)
+    assert got[w] == pytest.approx(lr)  # the cosine starts at the full rate
+    assert got[w + total // 2] == pytest.approx(lr / 2)
+    assert got[w + total] == pytest.approx(0.0, abs=1e-18)
+
+
+def test_endless_shuffle_serves_whole_passes_across_batches() -> None:
+    stream = EndlessShuffle(5, torch.Generator().manual_seed(0))
+    served = torch.cat([stream.take(k) for k in (3, 4, 3)]).tolist()  # 10 = two passes
+    assert sorted(served[:5]) == list(range(5)) and sorted(served[5:]) == list(range(5))
+
+
+def test_keep_best_ties() -> None:
+    t = torch.zeros(2)
+    first, last = KeepBest(ties="first"), KeepBest(ties="last")
+    for epoch, score in enumerate([0.5, 0.7, 0.7, 0.6], start=1):
+        t += 1
+        first.offer(score, epoch, t)
+        last.offer(score, epoch, t)
+    assert (first.epoch, first.state[0].tolist()) == (2, [2.0, 2.0])  # a copy, not a view
+    assert (last.epoch, last.state[0].tolist()) == (3, [3.0, 3.0])
+    first.keep(9, t)
+    assert first.epoch == 9 and first.state[0].tolist() == [4.0, 4.0]
+    with pytest.raises(ValueError, match="ties: expected"):
+        KeepBest(ties="best")
+
+
+def test_no_method_keeps_a_private_training_loop() -> None:
+    """Schedules, view draws and batch loops come from methods/_training.py only."""
+    import pathlib
+
+    import fewclip.methods as pkg
+
+    for path in pathlib.Path(pkg.__path__[0]).glob("*.py"):
+        if path.name == "_training.py":
+            continue
+        src = path.read_text()
+        for copy in ("lr_scheduler", "randint(n_views", "math.cos(", "self.batch_size)]"):
+            assert copy not in src, f"{path.name} keeps its own {copy!r}"

@@ -3,11 +3,18 @@
 - :func:`dassl_lr`: the learning rate of an epoch under Dassl's constant warm-up followed by a
   cosine schedule whose count restarts after the warm-up (``WARMUP_RECOUNT=True``, Dassl's
   default), as CLIP-Adapter, TaskRes, ZS-LP and CLAP train.
-- :func:`dassl_epoch`: one epoch of Dassl-style batches over the support set with one stored
-  augmented view per image, dropping the last incomplete batch as Dassl's training loader does.
+- :func:`shuffled_epoch`: one epoch of shuffled batches over the support set with one stored
+  augmented view per image (Tip-Adapter-F, APE-T: a torch ``DataLoader`` that keeps the last
+  batch); :func:`dassl_epoch`: the same, dropping the last incomplete batch as Dassl's training
+  loader does (CLIP-Adapter, TaskRes).
 - :func:`pooled_epoch`: one epoch drawn from the pooled augmented passes (every stored view of
   every image), as ZS-LP and CLAP's released code trains.
-- :func:`train_dtype`: the dtype a method trains in.
+- :func:`cosine_per_step`: the cosine schedule stepped per iteration down to 0 (Tip-Adapter-F,
+  APE-T); :func:`warmup_cosine_lr`: a linear warm-up then cosine, per iteration (cross-modal
+  probe); :class:`EndlessShuffle`: shuffled passes served in batches of any size.
+- :class:`KeepBest`: the validation-selected snapshot (earliest or latest best epoch).
+- :func:`train_dtype`: the dtype a method trains in; :func:`check_ranges`: declarative
+  hyper-parameter checks.
 """
 
 from __future__ import annotations
@@ -23,13 +30,18 @@ from fewclip.errors import InvalidValueError
 
 __all__ = [
     "DasslSchedule",
+    "EndlessShuffle",
     "Epoch",
+    "KeepBest",
     "PooledEpoch",
     "check_ranges",
+    "cosine_per_step",
     "dassl_epoch",
     "dassl_lr",
     "pooled_epoch",
+    "shuffled_epoch",
     "train_dtype",
+    "warmup_cosine_lr",
 ]
 
 
@@ -62,19 +74,114 @@ class Epoch:
     view_of: Tensor
     batches: list[slice]
 
+    def rows(self, bank: Tensor, batch: slice) -> tuple[Tensor, Tensor]:
+        """``(images, features)`` of one batch: the image indices and their stored views'
+        raw features ``bank[view_of[i], i]`` from a (V, N, D) view bank."""
+        idx = self.order[batch]
+        return idx, bank[self.view_of[idx], idx]
 
-def dassl_epoch(n: int, n_views: int, batch_size: int, generator: torch.Generator) -> Epoch:
+
+def shuffled_epoch(
+    n: int, n_views: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False
+) -> Epoch:
     """A seeded epoch over ``n`` support images with ``n_views`` stored views each.
 
-    Draws a permutation, then one view per image, from ``generator`` (in that order). Dassl's
-    training loader drops the last incomplete batch whenever there is at least one full batch
-    (``drop_last = n >= batch_size``); with fewer images than a batch, the epoch is one batch.
+    Draws a permutation, then one view per image, from ``generator`` (in that order); batches
+    of ``batch_size`` positions, the last one shorter unless ``drop_last``.
     """
     order = torch.randperm(n, generator=generator)
     view_of = torch.randint(n_views, (n,), generator=generator)
-    stop = n - n % batch_size if n >= batch_size else n
+    stop = n - n % batch_size if drop_last else n
     batches = [slice(s, min(s + batch_size, stop)) for s in range(0, stop, batch_size)]
     return Epoch(order, view_of, batches)
+
+
+def dassl_epoch(n: int, n_views: int, batch_size: int, generator: torch.Generator) -> Epoch:
+    """:func:`shuffled_epoch` with Dassl's loader rule: the last incomplete batch is dropped
+    whenever there is at least one full batch (``drop_last = n >= batch_size``); with fewer
+    images than a batch, the epoch is one batch."""
+    return shuffled_epoch(n, n_views, batch_size, generator, drop_last=n >= batch_size)
+
+
+def cosine_per_step(
+    optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """The cosine schedule of Tip-Adapter-F and APE-T: ``CosineAnnealingLR`` over every step of
+    training (``T_max = epochs · steps_per_epoch``), stepped after each optimiser step, so the
+    rate reaches 0 after the last one."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, epochs * steps_per_epoch)
+    )
+
+
+def warmup_cosine_lr(
+    step: int, *, lr: float, warmup_steps: int, warmup_lr: float, total: int
+) -> float:
+    """Learning rate of 0-based ``step`` under a linear warm-up then a cosine (the cross-modal
+    probe's released schedule)::
+
+        step = 0:          warmup_lr
+        0 < step < W:      lr · step / W
+        step ≥ W:          lr · ½ (1 + cos(π (step − W) / total))
+    """
+    if step < warmup_steps:
+        return warmup_lr if step == 0 else lr * step / warmup_steps
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total)))
+
+
+class EndlessShuffle:
+    """Endless shuffled passes over ``n`` items served in batches of any size, a new
+    permutation drawn from ``generator`` whenever a pass runs out (a shuffling ``DataLoader``
+    iterated forever, with batches that may straddle two passes)."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+        self.order = torch.randperm(n, generator=generator)
+        self.pos = 0
+
+    def take(self, k: int) -> Tensor:
+        """The next ``k`` item indices."""
+        parts, need = [], k
+        while need > 0:
+            if self.pos >= self.n:
+                self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
+            part = self.order[self.pos : self.pos + need]
+            self.pos += len(part)
+            need -= len(part)
+            parts.append(part)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+class KeepBest:
+    """The training state of the epoch with the best validation score.
+
+    ``offer(score, epoch, *tensors)`` keeps copies of ``tensors`` when ``score`` beats the
+    best so far: strictly (``ties="first"``, the earliest best epoch: Tip-Adapter-F, APE-T,
+    the cross-modal probe) or not (``ties="last"``, the latest: LP++); ``keep`` records the
+    state whatever its score (training without validation keeps the last epoch). Nothing yet:
+    ``score`` is −inf, ``epoch`` 0 and ``state`` empty.
+    """
+
+    def __init__(self, *, ties: str = "first"):
+        if ties not in ("first", "last"):
+            raise InvalidValueError(f"ties: expected 'first' or 'last', found {ties!r}")
+        self.ties = ties
+        self.score = -math.inf
+        self.epoch = 0
+        self.state: tuple[Tensor, ...] = ()
+
+    def offer(self, score: float, epoch: int, *tensors: Tensor) -> bool:
+        """Record ``tensors`` (detached copies) if ``score`` is the best; returns whether it was."""
+        better = score > self.score or (self.ties == "last" and score == self.score)
+        if better:
+            self.score, self.epoch = score, epoch
+            self.state = tuple(t.detach().clone() for t in tensors)
+        return better
+
+    def keep(self, epoch: int, *tensors: Tensor) -> None:
+        """Record ``tensors`` whatever the score (no validation set: the last epoch is kept)."""
+        self.epoch = epoch
+        self.state = tuple(t.detach().clone() for t in tensors)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,13 @@ from fewclip.functional import (
     reference_grid,
     tip_affinity,
 )
-from fewclip.methods._training import check_ranges, train_dtype
+from fewclip.methods._training import (
+    KeepBest,
+    check_ranges,
+    cosine_per_step,
+    shuffled_epoch,
+    train_dtype,
+)
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -134,6 +140,16 @@ class APE(Method):
             configs for APE, (0.2, 0.8) for APE-T).
         scale: zero-shot logit scale (100).
         dtype, device: compute precision and device (the search runs in float32 for float16).
+
+    Attributes:
+        text_weights_ (C, D) tensor: the L2-normalised text classifier T.
+        channels_ (Q,) int64 tensor: the refined channels, in the criterion's order.
+        keys_ (K, Q) tensor: the cache keys on those channels, re-normalised, sorted by class.
+        key_labels_ (K,) int64 tensor: the class of each key.
+        key_kl_ (K,) tensor: KL_j, each key's zero-shot divergence that γ weighs.
+        alpha_, beta_, gamma_ (float): the α, β, γ in use (searched on validation, else given).
+        val_accuracy_ (float or None): validation accuracy in % at the chosen point; None
+            without a search.
     """
 
     _state_tensors: ClassVar[tuple[str, ...]] = (
@@ -288,6 +304,17 @@ class APET(APE):
             and 30 epochs (fewer steps per epoch there).
         seed: seed of shuffling and view draws.
         progress: show a progress bar over epochs.
+
+    Attributes:
+        text_weights_ (C, D) tensor: the adapted text classifier T̃ (text plus residual).
+        keys_ (K, D) tensor: the adapted full-dimensional cache keys k̃, sorted by class.
+        key_labels_ (K,) int64 tensor: the class of each key.
+        channels_ (Q,) int64 tensor: the refined channels the residual lives on.
+        residual_ (C, Q) tensor: the trained category residual R.
+        value_weights_ (K,) tensor: the trained cache value weights v.
+        alpha_, beta_ (float): the α and β in use (searched on validation, else given).
+        best_epoch_ (int): the kept epoch (1-based; the last without validation, 0 untrained).
+        val_accuracy_ (float or None): validation accuracy in % at (β, α); None without a search.
     """
 
     _state_tensors: ClassVar[tuple[str, ...]] = (
@@ -416,18 +443,16 @@ class APET(APE):
         optim = torch.optim.AdamW(
             [res, vw], lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
         )
-        iters = -(-n // self.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=self.epochs * iters)
+        sched = cosine_per_step(optim, epochs=self.epochs, steps_per_epoch=-(-n // self.batch_size))
         g = torch.Generator().manual_seed(self.seed)
         ch = self.channels_
-        best = (-1.0, res.detach().clone(), vw.detach().clone())
+        best = KeepBest(ties="first")
         val_base: Tensor | None = None
         for epoch in tqdm(range(1, self.epochs + 1), desc="ape-t", disable=not self.progress):
-            order = torch.randperm(n, generator=g)
-            view_of = torch.randint(n_views, (n,), generator=g)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                x = l2_normalize(bank[view_of[idx], idx].to(dev, tdt))
+            ep = shuffled_epoch(n, n_views, self.batch_size, g)
+            for batch in ep.batches:
+                idx, rows = ep.rows(bank, batch)
+                x = l2_normalize(rows.to(dev, tdt))
                 with torch.no_grad():
                     base = tip_affinity(x, keys, beta=self.beta_)
                     xt = x @ text.T
@@ -446,13 +471,11 @@ class APET(APE):
                     xr = xv[:, ch] @ res.T
                     logits = self.scale * (t0 + xr) + self._cache_logits(val_base, xr, vw, c)
                     acc = float((logits.argmax(1) == yv).double().mean())
-                if acc > best[0]:
-                    best = (acc, res.detach().clone(), vw.detach().clone())
-                    self.best_epoch_ = epoch
+                best.offer(acc, epoch, res, vw)
         if val is None:
-            best = (-1.0, res.detach().clone(), vw.detach().clone())
-            self.best_epoch_ = self.epochs
-        return best[1], best[2]
+            best.keep(self.epochs, res, vw)
+        self.best_epoch_ = best.epoch
+        return best.state[0], best.state[1]
 
     def _logits(self, x: Tensor) -> Tensor:
         zs = self.scale * (x @ self.text_weights_.T)

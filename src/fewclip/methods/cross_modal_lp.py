@@ -12,7 +12,6 @@ the trained head with the zero-shot one: W' = (1 − r)·W + r·normalise(W_zs).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -21,31 +20,11 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import train_dtype
+from fewclip.methods._training import EndlessShuffle, KeepBest, train_dtype, warmup_cosine_lr
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
 __all__ = ["CrossModalLP"]
-
-
-class _Stream:
-    """Endless shuffled passes over ``n`` items, served in batches (a DataLoader with shuffle)."""
-
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n, self.g = n, generator
-        self.order = torch.randperm(n, generator=generator)
-        self.pos = 0
-
-    def take(self, k: int) -> Tensor:
-        parts, need = [], k
-        while need > 0:
-            if self.pos >= self.n:
-                self.order, self.pos = torch.randperm(self.n, generator=self.g), 0
-            part = self.order[self.pos : self.pos + need]
-            self.pos += len(part)
-            need -= len(part)
-            parts.append(part)
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 @register("cross-modal-lp")
@@ -75,6 +54,14 @@ class CrossModalLP(Method):
         seed: seed of the sample streams.
         dtype, device: compute precision (float16 trains in float32) and device.
         progress: show a progress bar over iterations.
+
+    Attributes:
+        coef_ (C, D) tensor: the head used for prediction (after WiSE-FT interpolation).
+        zero_shot_ (C, D) tensor: the normalised zero-shot head it started from.
+        lr_, weight_decay_ (float), batch_size_ (int): the configuration kept.
+        best_iter_ (int): the kept iteration (0-based; ``iters`` without validation).
+        val_accuracy_ (float or None): validation accuracy in % of the kept head; None
+            without a validation set.
 
     Deviation: the reference uses one text sample per prompt template; a fewclip Task carries
     the template-averaged text classifier, so each class contributes one text sample (the same
@@ -153,11 +140,10 @@ class CrossModalLP(Method):
             )
 
     def _lr_at(self, it: int, lr: float) -> float:
-        """Linear warm-up from ``warmup_lr`` (iteration 0) to ``lr``, then cosine over ``iters``."""
-        if it < self.warmup_iters:
-            return self.warmup_lr if it == 0 else lr * it / self.warmup_iters
-        t = it - self.warmup_iters
-        return 0.5 * lr * (1 + math.cos(math.pi * t / max(1, self.iters)))
+        """:func:`~fewclip.methods._training.warmup_cosine_lr` with this probe's settings."""
+        return warmup_cosine_lr(
+            it, lr=lr, warmup_steps=self.warmup_iters, warmup_lr=self.warmup_lr, total=self.iters
+        )
 
     def _fit(self, task: Task) -> None:
         self._validate()
@@ -210,11 +196,11 @@ class CrossModalLP(Method):
         n_text = int(batch_size * self.text_ratio)
         n_image = batch_size - n_text
         g = torch.Generator().manual_seed(self.seed)
-        image_stream = _Stream(images.shape[0], g)
-        text_stream = _Stream(texts.shape[0], g)
+        image_stream = EndlessShuffle(images.shape[0], g)
+        text_stream = EndlessShuffle(texts.shape[0], g)
         w = torch.nn.Parameter(init)
         optim = torch.optim.AdamW([w], lr=self._lr_at(0, lr), weight_decay=weight_decay, fused=True)
-        best_acc, best_w, best_it = -1.0, w.detach().clone(), 0
+        best = KeepBest(ties="first")
         for it in tqdm(range(self.iters), desc="cross-modal-lp", disable=not self.progress):
             for group in optim.param_groups:
                 group["lr"] = self._lr_at(it, lr)
@@ -229,14 +215,17 @@ class CrossModalLP(Method):
             optim.step()
             if val is not None and it % self.eval_every == 0:
                 with torch.no_grad():
-                    acc = float(((val[0] @ w.T).argmax(1) == val[1]).double().mean())
-                if acc > best_acc:
-                    best_acc, best_w, best_it = acc, w.detach().clone(), it
+                    best.offer(_accuracy(val, w), it, w)
         if val is None or self.iters == 0:
-            if val is not None:
-                best_acc = float(((val[0] @ w.T).argmax(1) == val[1]).double().mean())
-            best_w, best_it = w.detach().clone(), self.iters
-        return best_w, best_acc, best_it
+            best.keep(self.iters, w)
+        head = best.state[0]
+        return head, (-1.0 if val is None else _accuracy(val, head)), best.epoch
 
     def _logits(self, x: Tensor) -> Tensor:
         return self.scale * (x @ self.coef_.T)
+
+
+def _accuracy(val: tuple[Tensor, Tensor], w: Tensor) -> float:
+    """Top-1 accuracy in [0, 1] of the head ``w`` on normalised validation features."""
+    with torch.no_grad():
+        return float(((val[0] @ w.T).argmax(1) == val[1]).double().mean())

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import check_ranges
+from fewclip.methods._training import KeepBest, check_ranges
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -80,6 +80,17 @@ class LPPlusPlus(Method):
         seed: unused by the deterministic full-batch solver; kept for a uniform interface.
         dtype, device: compute precision (float16 trains in float32, then casts) and device.
         progress: show a progress bar over epochs.
+
+    Attributes:
+        coef_ (C, D) tensor: the visual weights W of the kept epoch.
+        intercept_ (C,) tensor: the biases b of the kept epoch.
+        text_coef_ (C,) tensor: the per-class multipliers α of the text score.
+        text_weights_ (C, D) tensor: the task's L2-normalised text weights T.
+        lr_w_ float: the step size of the (W, b) updates, ``4N / λ_max(FᵀF)``.
+        lr_alpha_ float: the step size of the α updates, ``N / (4·max_k Σ_i (f_iᵀt_k)²)``.
+        best_epoch_ int: the epoch kept (the best on ``task.val``; ``epochs`` without one).
+        val_accuracy_ float or None: ``task.val`` accuracy (%) of the kept epoch; None
+            without a validation set.
     """
 
     _state_tensors = ("coef_", "intercept_", "text_coef_", "text_weights_")
@@ -160,11 +171,10 @@ class LPPlusPlus(Method):
         buf_w, buf_b = torch.empty_like(coef), torch.empty_like(intercept)
         rows = torch.arange(n, device=self._device)
         vlogits = None if val is None else x.new_empty(val[0].shape[0], c)
-        best_correct = -1
-        best = (coef.clone(), intercept.clone(), text_coef.clone())
+        best = KeepBest(ties="last")
         if val is not None and vlogits is not None and self.epochs == 0:
-            best_correct = self._correct(val, coef, intercept, text_coef, vlogits)
-        self.best_epoch_ = 0
+            correct = self._correct(val, coef, intercept, text_coef, vlogits)
+            best.offer(correct, 0, coef, intercept, text_coef)
         self.val_accuracy_: float | None = None
         for epoch in tqdm(range(1, self.epochs + 1), desc="lp++", disable=not self.progress):
             torch.addmm(intercept, x, coef.T, out=logits)
@@ -185,15 +195,11 @@ class LPPlusPlus(Method):
             intercept.sub_(buf_b, alpha=self.lr_w_)
             if val is not None and vlogits is not None:
                 correct = self._correct(val, coef, intercept, text_coef, vlogits)
-                if correct >= best_correct:
-                    best_correct = correct
-                    best[0].copy_(coef)
-                    best[1].copy_(intercept)
-                    best[2].copy_(text_coef)
-                    self.best_epoch_ = epoch
+                best.offer(correct, epoch, coef, intercept, text_coef)
         if val is not None:
-            coef, intercept, text_coef = best
-            self.val_accuracy_ = 100.0 * best_correct / max(1, val[2].shape[0])
+            coef, intercept, text_coef = best.state
+            self.best_epoch_ = best.epoch
+            self.val_accuracy_ = 100.0 * best.score / max(1, val[2].shape[0])
         else:
             self.best_epoch_ = self.epochs
         self.coef_ = coef.to(self._dtype)

@@ -28,7 +28,7 @@ from fewclip.functional import (
     tip_cache_logits,
     tip_logits,
 )
-from fewclip.methods._training import check_ranges
+from fewclip.methods._training import KeepBest, check_ranges, cosine_per_step, shuffled_epoch
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
 
@@ -76,6 +76,14 @@ class TipAdapter(Method):
             shots); ``None`` keeps one key per image as the reference does.
         seed: seed of the prototype grouping.
         dtype, device: compute precision and device.
+
+    Attributes:
+        text_weights_ (C, D) tensor: the L2-normalised text classifier T.
+        keys_ (K, D) tensor: the cache keys (one per image, the L2-normalised mean of its
+            stored views, or one per prototype), sorted by class.
+        key_labels_ (K,) int64 tensor: the class of each key.
+        alpha_, beta_ (float): the α and β in use (searched on validation, else given).
+        val_accuracy_ (float or None): validation accuracy in % at (β, α); None without a search.
     """
 
     _state_tensors = ("keys_", "key_labels_", "text_weights_")
@@ -169,6 +177,9 @@ class TipAdapterF(TipAdapter):
     Args (beyond ``TipAdapter``'s):
         epochs, lr, eps, weight_decay, batch_size: training settings (reference defaults).
         progress: show a progress bar over epochs.
+
+    Attributes: as ``TipAdapter``'s (``keys_`` are the fine-tuned keys of the best epoch), plus:
+        best_epoch_ (int): the kept epoch (1-based; the last without validation, 0 untrained).
     """
 
     _state_values: ClassVar[tuple[str, ...]] = ("alpha_", "beta_", "val_accuracy_", "best_epoch_")
@@ -235,22 +246,22 @@ class TipAdapterF(TipAdapter):
             weight_decay=self.weight_decay,
             fused=keys.dtype in (torch.float32, torch.float64),
         )
-        iters = math.ceil(n / self.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=self.epochs * iters)
+        sched = cosine_per_step(
+            optim, epochs=self.epochs, steps_per_epoch=math.ceil(n / self.batch_size)
+        )
         g = torch.Generator().manual_seed(self.seed)
         val_x = val_y = None
         if task.val is not None:
             val_x = l2_normalize(self._to(task.val.features))
             val_y = task.val.labels.to(self._device)
-        best_acc, best_keys = -1.0, self.keys_
+        best = KeepBest(ties="first")
         for epoch in tqdm(
             range(1, self.epochs + 1), desc="tip-adapter-f", disable=not self.progress
         ):
-            order = torch.randperm(n, generator=g)
-            view_of = torch.randint(n_views, (n,), generator=g)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                x = l2_normalize(self._to(bank[view_of[idx], idx]))
+            ep = shuffled_epoch(n, n_views, self.batch_size, g)
+            for batch in ep.batches:
+                idx, rows = ep.rows(bank, batch)
+                x = l2_normalize(self._to(rows))
                 logits = self.scale * (x @ self.text_weights_.T) + self.alpha_ * (
                     tip_cache_logits(x, keys, self.key_labels_, c, beta=self.beta_)
                 )
@@ -261,12 +272,10 @@ class TipAdapterF(TipAdapter):
                 sched.step()
             if val_x is not None and val_y is not None:
                 with torch.no_grad():
-                    acc = self._accuracy(val_x, val_y, keys.detach())
-                if acc > best_acc:
-                    best_acc, best_keys, self.best_epoch_ = acc, keys.detach().clone(), epoch
+                    best.offer(self._accuracy(val_x, val_y, keys.detach()), epoch, keys)
         if val_x is None:
-            best_keys, self.best_epoch_ = keys.detach().clone(), self.epochs
-        self.keys_ = best_keys
+            best.keep(self.epochs, keys)
+        (self.keys_,), self.best_epoch_ = best.state, best.epoch
 
     def _accuracy(self, x: Tensor, y: Tensor, keys: Tensor) -> float:
         logits = tip_logits(
