@@ -299,6 +299,11 @@ class Method(EstimatorParams):
     tensors in ``_state_tensors`` and JSON-able fitted values in ``_state_values``.
     ``logits`` L2-normalises the raw query features before calling ``_logits``; methods that
     need raw features (CLIP-Adapter) override ``logits``.
+
+    Attributes:
+        classnames_ list of str: the fitted task's class names, in class-id order.
+        classes_ list of int: the class ids ``0, …, C − 1`` (scikit-learn's ``classes_``).
+        n_features_in_ int: the feature dimension D that queries must have.
     """
 
     name: ClassVar[str] = "base"

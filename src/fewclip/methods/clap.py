@@ -80,6 +80,10 @@ class ZSLP(DasslSchedule, Method):
         seed: seed of shuffling and view draws.
         dtype, device: compute precision (float16 trains in float32, then casts) and device.
         progress: show a progress bar over epochs.
+
+    Attributes:
+        prototypes_ (C, D) tensor: the trained class prototypes w, not normalised (the logits
+            use ŵ_k = w_k/‖w_k‖).
     """
 
     _state_tensors: ClassVar[tuple[str, ...]] = ("prototypes_",)
@@ -218,6 +222,10 @@ class CLAP(ZSLP):
     the augmented-Lagrangian update is not implemented). No validation set is used.
 
     Args: as ``ZSLP``.
+
+    Attributes: as ``ZSLP``'s, plus:
+        penalty_weights_ (C,) tensor: the penalty weights λ_k, zero-shot confidence in each
+            class on its own support views.
     """
 
     _state_tensors: ClassVar[tuple[str, ...]] = ("prototypes_", "penalty_weights_")

@@ -82,6 +82,13 @@ class CLIPAdapter(DasslSchedule, Method):
         dtype, device: compute precision and device.
         progress: show a progress bar over epochs.
 
+    Attributes:
+        text_weights_ (C, D) tensor: the task's L2-normalised text weights W.
+        modules_ ``nn.ModuleDict``: the trained ``"visual"`` and/or ``"text"`` adapters (by
+            ``branch``), plus the ``"ratio"`` ``RatioNet`` with ``learn_ratio``.
+        ratio_ float: the visual residual ratio ρ in effect (the RatioNet's with ``learn_ratio``).
+        text_ratio_ float: the text residual ratio ρ_t in effect.
+
     Each epoch draws one stored augmented view per support image instead of re-running the
     image encoder. The last epoch's weights are kept (as Dassl's default final model).
     """

@@ -146,6 +146,15 @@ class GDA(Method):
         scale: zero-shot logit scale (100 as in the reference).
         dtype, device: compute precision and device (float16 statistics are computed in
             float32, then cast).
+
+    Attributes:
+        coef_ (C, D) tensor: the discriminant weights, ``w_k = P·μ_k``.
+        intercept_ (C,) tensor: the discriminant biases, ``b_k = log(1/C) − ½·μ_kᵀ·P·μ_k``.
+        text_weights_ (C, D) tensor: the task's L2-normalised text weights T.
+        alpha_ float: the weight α of the discriminant (``alpha``, searched or
+            ``default_alpha``).
+        val_accuracy_ float or None: ``task.val`` accuracy (%) at ``alpha_``; None when no
+            search ran.
     """
 
     _state_tensors = ("text_weights_", "coef_", "intercept_")

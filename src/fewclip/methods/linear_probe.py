@@ -79,6 +79,12 @@ class LinearProbe(Method):
             probe uses the plain features only.
         max_iter: L-BFGS iteration cap per fit.
         dtype, device: compute precision and device.
+
+    Attributes:
+        coef_ (C, D) tensor: the weights W of the logistic regression.
+        intercept_ (C,) tensor: the unpenalised biases b.
+        C_ float: the inverse L2 strength used (``C``, the sweep's best or ``default_C``).
+        val_accuracy_ float or None: ``task.val`` accuracy (%) of ``C_``; None when no sweep ran.
     """
 
     _state_tensors = ("coef_", "intercept_")

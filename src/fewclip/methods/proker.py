@@ -266,10 +266,15 @@ class ProKeR(Method):
         seed: landmark sampling seed.
         dtype, device: compute precision and device (float16 fits in float32, then casts).
 
-    Fitted: ``centers_`` (the support rows, or the landmarks for Nyström) and ``dual_coef_``
-    with ``logits(x) = scale·x·Tᵀ + K(x, centers_)·dual_coef_``; ``beta_``, ``lam_``,
-    ``solver_`` (the solver used), ``rows_`` (the support rows used), ``val_accuracy_`` and
-    ``cg_iterations_`` (CG only).
+    Attributes:
+        text_weights_ (C, D) tensor: the L2-normalised text classifier T.
+        centers_ (M, D) tensor: the kernel centres: the support rows, or the landmarks for
+            Nyström; ``logits(x) = scale·x·Tᵀ + K(x, centers_)·dual_coef_``.
+        dual_coef_ (M, C) tensor: the kernel weights α.
+        beta_, lam_ (float): the β and λ in use (searched, given, or the ImageNet transfer).
+        solver_ (str): the solver used; rows_ (str): the support rows used.
+        cg_iterations_ (int or None): conjugate-gradient iterations (CG only).
+        val_accuracy_ (float or None): validation accuracy in % at (β, λ); None without a search.
     """
 
     _state_tensors = ("text_weights_", "centers_", "dual_coef_")

@@ -48,6 +48,12 @@ class TaskRes(DasslSchedule, Method):
         dtype, device: compute precision (float16 trains in float32) and device.
         progress: show a progress bar over epochs.
 
+    Attributes:
+        text_weights_ (C, D) tensor: the frozen base classifier t, the L2-normalised text
+            weights times ``base_norm``.
+        residual_ (C, D) tensor: the learned task residual x (zero when nothing was trained).
+        alpha_ float: the residual scale α used.
+
     The validation set, when the task has one, is not used (the paper fixes every setting).
     """
 

@@ -85,6 +85,24 @@ class TipX(Method):
         temperature: signature temperature τ (0.5 in the reference).
         scale: zero-shot logit scale (100).
         dtype, device: compute precision and device (the search runs in float32 for float16).
+
+    Attributes:
+        text_weights_ (C, D) tensor: the task's L2-normalised text weights T.
+        keys_ (K, D) tensor: the cache keys, L2-normalised means of the raw support views,
+            sorted by class.
+        key_labels_ (K,) int64 tensor: the class id of each key.
+        class_log_signature_ (C, C) tensor: row c sums the log signatures log p(k_j) of the
+            keys of class c.
+        class_counts_ (C,) tensor: the number of keys of each class.
+        alpha_ float: the weight α of the cache affinity (searched or ``alpha``).
+        beta_ float: the sharpness β of the cache affinity (searched or ``beta``).
+        gamma_ float: the weight γ of the KL term (searched or ``gamma``).
+        kl_range_ (float, float): min and max KL divergence between the validation (or support)
+            images and the keys: ψ's input range.
+        affinity_range_ (float, float): min and max affinity x·keysᵀ over the same images:
+            ψ's output range.
+        val_accuracy_ float or None: ``task.val`` accuracy (%) at the chosen (α, β, γ); None
+            when no search ran.
     """
 
     _state_tensors: ClassVar[tuple[str, ...]] = (

@@ -19,6 +19,9 @@ class ZeroShot(Method):
         scale: logit scale; 100 as in Tip-Adapter's code (CLIP's learned temperature).
         dtype: compute precision, ``"float32"`` (default), ``"float16"`` or ``"float64"``.
         device: torch device for the fitted tensors and the computation.
+
+    Attributes:
+        text_weights_ (C, D) tensor: the classifier W, the task's L2-normalised text weights.
     """
 
     _state_tensors = ("text_weights_",)
