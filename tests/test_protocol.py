@@ -11,7 +11,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from fewclip.data import Dataset, ImageList, read_split, sample_coop, sample_few_shot
+from fewclip.data import (
+    Dataset,
+    ImageList,
+    plan_dataset,
+    read_split,
+    sample_coop,
+    sample_few_shot,
+    save_plan,
+)
 from fewclip.protocol import (
     LEAKY,
     PROTOCOLS,
@@ -253,10 +261,10 @@ def test_plan_save_writes_split_json(tmp_path: Path, world: SyntheticWorld) -> N
         "test": ImageList(tmp_path, ("t.jpg",), (0,), names),
     }
     ds = Dataset("toy", tmp_path, names, lists)
-    plan = Protocol("oracle-test").plan_dataset(ds, shots=2, seed=1)
-    rec = read_split(plan.save(tmp_path / "draw.json", ds))
+    plan = plan_dataset("oracle-test", ds, shots=2, seed=1)
+    rec = read_split(save_plan(plan, tmp_path / "draw.json", ds))
     assert rec["protocol"] == "oracle-test" and rec["leaky"] is True
     assert rec["parts"]["support"]["indices"] == list(plan.support.indices or ())
     assert rec["parts"]["val"]["split"] == "test" and "indices" not in rec["parts"]["val"]
     with pytest.raises(ValueError, match="needs a 'val' split"):
-        Protocol("full-val").plan_dataset(ds, shots=2, seed=1)
+        plan_dataset("full-val", ds, shots=2, seed=1)

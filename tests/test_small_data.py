@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fewclip.adapter import choose_defaults
-from fewclip.data import load_folder
+from fewclip.data import load_folder, plan_dataset
 from fewclip.data.fewshot import ALL, NotEnoughImagesError, all_val_count, draw_all
 from fewclip.protocol import Protocol
 from fewclip.testing.images import make_shapes_dataset
@@ -102,4 +102,4 @@ def test_a_val_split_missing_a_class_is_not_chosen(tmp_path: Path) -> None:
     assert ds.has_split("val") and set(ds.split("val").labels) != {0, 1}
     k, proto, _ = choose_defaults(ds, None, None)
     assert (k, proto) == ("all", "val-free")
-    Protocol(proto).plan_dataset(ds, shots=k, seed=1)  # and it plans
+    plan_dataset(proto, ds, shots=k, seed=1)  # and it plans

@@ -34,12 +34,10 @@ feature store can implement the same two methods to encode only what a plan asks
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, runtime_checkable
+from typing import Any, runtime_checkable
 from typing import Protocol as _TypingProtocol
 
 import torch
@@ -57,9 +55,6 @@ from fewclip.sampling import (
     sample_few_shot,
 )
 from fewclip.task import FeatureSet, Task
-
-if TYPE_CHECKING:
-    from fewclip.data.types import Dataset
 
 __all__ = [
     "LEAKY",
@@ -243,27 +238,6 @@ class SplitPlan:
             "meta": dict(self.meta),
         }
 
-    def save(self, path: str | os.PathLike[str], dataset: Dataset) -> Path:
-        """Write the draw as a split JSON (paths, labels, class names, seed, protocol)."""
-        from fewclip.data.splits import write_split
-
-        parts: dict[str, tuple[str, Sequence[int] | None] | None] = {
-            "support": (self.support.split, self.support.indices),
-            "val": None if self.val is None else (self.val.split, self.val.indices),
-        }
-        if dataset.has_split("test"):
-            parts["test"] = ("test", None)
-        return write_split(
-            path,
-            dataset,
-            parts,
-            shots=self.shots,
-            seed=self.seed,
-            protocol=self.protocol,
-            leaky=self.leaky,
-            extra={"plan": self.meta},
-        )
-
 
 @dataclass(frozen=True)
 class Protocol:
@@ -354,7 +328,7 @@ class Protocol:
             meta.update(sampler="sample_fewshot_val", val_shots=min(shots, self.val_shots))
         elif name == "coop-val":
             if val_labels is None:
-                raise InvalidValueError(_no_val_msg(name))
+                raise InvalidValueError(no_val_message(name))
             support, vidx = draw_coop(
                 tl,
                 _labels_list(val_labels),
@@ -372,7 +346,7 @@ class Protocol:
             meta.update(sampler="sample_few_shot")
             if name == "full-val":
                 if val_labels is None:
-                    raise InvalidValueError(_no_val_msg(name))
+                    raise InvalidValueError(no_val_message(name))
                 vl = _labels_list(val_labels)
                 if not vl:
                     raise InvalidValueError("full-val: the val split is empty")
@@ -413,7 +387,7 @@ class Protocol:
             meta.update(sampler="all")
             if name in ("coop-val", "full-val"):
                 if val_labels is None:
-                    raise InvalidValueError(_no_val_msg(name))
+                    raise InvalidValueError(no_val_message(name))
                 vl = _labels_list(val_labels)
                 if not vl:
                     raise InvalidValueError(f"{name}: the val split is empty")
@@ -432,20 +406,6 @@ class Protocol:
         meta.update(repeat=False, train_per_class=[min(counts), max(counts)])
         return SplitPlan(name, ALL, seed, SplitRef("train", tuple(support)), val, self.leaky, meta)
 
-    def plan_dataset(self, dataset: Dataset, *, shots: int | str, seed: int) -> SplitPlan:
-        """``plan`` with the labels of a ``fewclip.data.Dataset``."""
-        needs_val = self.name in ("coop-val", "full-val")
-        if needs_val and not dataset.has_split("val"):
-            raise InvalidValueError(_no_val_msg(self.name, dataset.name))
-        return self.plan(
-            dataset.split("train").labels,
-            shots=shots,
-            seed=seed,
-            val_labels=dataset.split("val").labels if needs_val else None,
-            n_test=len(dataset.split("test")) if self.leaky else None,
-            classnames=dataset.classnames,
-        )
-
     def plan_source(
         self,
         source: FeatureSource,
@@ -458,7 +418,7 @@ class Protocol:
         ``oracle-test``, and then only their number)."""
         needs_val = self.name in ("coop-val", "full-val")
         if needs_val and not _has_split(source, "val"):
-            raise InvalidValueError(_no_val_msg(self.name))
+            raise InvalidValueError(no_val_message(self.name))
         return self.plan(
             source.labels("train"),
             shots=shots,
@@ -469,7 +429,7 @@ class Protocol:
         )
 
 
-def _no_val_msg(protocol: str, dataset: str | None = None) -> str:
+def no_val_message(protocol: str, dataset: str | None = None) -> str:
     who = f"{dataset} has" if dataset else "the source has"
     return (
         f"{protocol} needs a 'val' split and {who} none (ImageNet's CoOp 'val' is its test "

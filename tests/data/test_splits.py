@@ -12,18 +12,19 @@ from fewclip.data import (
     SPLIT_FORMAT,
     DatasetError,
     load_benchmark,
+    plan_dataset,
     read_split,
     resolve_split,
+    save_plan,
     write_split,
 )
-from fewclip.protocol import Protocol
 
 
 def test_roundtrip_and_resolve(fake_data: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     root, _ = fake_data
     ds = load_benchmark("caltech101", root)
-    plan = Protocol("fewshot-val").plan_dataset(ds, shots=2, seed=1)
-    out = plan.save(tmp_path / "draws" / "caltech101_2shot_seed1.json", ds)
+    plan = plan_dataset("fewshot-val", ds, shots=2, seed=1)
+    out = save_plan(plan, tmp_path / "draws" / "caltech101_2shot_seed1.json", ds)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary files left
     rec = read_split(out)
     assert rec["format"] == SPLIT_FORMAT and rec["dataset"] == "caltech101"
@@ -47,8 +48,8 @@ def test_roundtrip_and_resolve(fake_data: tuple[Path, dict[str, Any]], tmp_path:
     assert val is not None and not set(val.paths) & set(support.paths)
     assert resolve_split(rec, ds, "test") is ds.test
     # val-free has no val part
-    free = Protocol("val-free").plan_dataset(ds, shots=1, seed=2)
-    rec2 = read_split(free.save(tmp_path / "free.json", ds))
+    free = plan_dataset("val-free", ds, shots=1, seed=2)
+    rec2 = read_split(save_plan(free, tmp_path / "free.json", ds))
     assert rec2["parts"]["val"] is None and resolve_split(rec2, ds, "val") is None
 
 

@@ -116,6 +116,7 @@ def _plan_choice(
     ones (``fewclip.adapter.choose_defaults``), checked against the dataset's labels before
     any model is loaded (a class too small for them fails here, naming the flags that work)."""
     from fewclip.adapter import choose_defaults
+    from fewclip.data import plan_dataset
     from fewclip.protocol import PROTOCOLS, Protocol
 
     if protocol is not None and protocol not in PROTOCOLS:
@@ -130,7 +131,7 @@ def _plan_choice(
             err=True,
         )
     proto = Protocol(name, repeat=repeat, allow_fewer=allow_fewer)
-    proto.plan_dataset(ds, shots=k, seed=seed)
+    plan_dataset(proto, ds, shots=k, seed=seed)  # fails early on a draw that cannot be made
     return k, proto
 
 

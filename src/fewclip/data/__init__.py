@@ -38,7 +38,14 @@ from fewclip.data.prompts import (
     get_prompts,
     load_prompts,
 )
-from fewclip.data.splits import SPLIT_FORMAT, read_split, resolve_split, write_split
+from fewclip.data.splits import (
+    SPLIT_FORMAT,
+    plan_dataset,
+    read_split,
+    resolve_split,
+    save_plan,
+    write_split,
+)
 from fewclip.data.types import (
     Dataset,
     DatasetError,
@@ -93,6 +100,7 @@ __all__ = [
     "load_hf",
     "load_manifest",
     "load_prompts",
+    "plan_dataset",
     "read_coop_split",
     "read_split",
     "resolve_split",
@@ -100,6 +108,7 @@ __all__ = [
     "sample_coop",
     "sample_few_shot",
     "sample_fewshot_val",
+    "save_plan",
     "stratified_split",
     "write_split",
 ]

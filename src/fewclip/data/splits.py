@@ -33,12 +33,15 @@ from typing import Any
 from fewclip._io import atomic_write
 from fewclip.data.types import Dataset, DatasetError, ImageList, safe_relpath
 from fewclip.errors import InvalidValueError, OutOfRangeError
+from fewclip.protocol import Protocol, SplitPlan, no_val_message
 
 __all__ = [
     "SPLIT_FORMAT",
     "atomic_write_text",
+    "plan_dataset",
     "read_split",
     "resolve_split",
+    "save_plan",
     "write_split",
 ]
 
@@ -187,3 +190,44 @@ def resolve_split(rec: Mapping[str, Any], dataset: Dataset, role: str) -> ImageL
                 f"{lst.name}, but the record says {(p, y)}; the dataset changed since the draw"
             )
     return lst.subset(part["indices"], name=f"{lst.name}[{role}]")
+
+
+def plan_dataset(
+    protocol: str | Protocol, dataset: Dataset, *, shots: int | str, seed: int
+) -> SplitPlan:
+    """``Protocol(protocol).plan(...)`` with the labels of a ``fewclip.data.Dataset`` (its
+    train labels, its val labels where the protocol validates on the val split, the size of its
+    test split for ``oracle-test``, and its class names)."""
+    proto = protocol if isinstance(protocol, Protocol) else Protocol(protocol)
+    needs_val = proto.name in ("coop-val", "full-val")
+    if needs_val and not dataset.has_split("val"):
+        raise InvalidValueError(no_val_message(proto.name, dataset.name))
+    return proto.plan(
+        dataset.split("train").labels,
+        shots=shots,
+        seed=seed,
+        val_labels=dataset.split("val").labels if needs_val else None,
+        n_test=len(dataset.split("test")) if proto.leaky else None,
+        classnames=dataset.classnames,
+    )
+
+
+def save_plan(plan: SplitPlan, path: str | os.PathLike[str], dataset: Dataset) -> Path:
+    """Write ``plan``'s draw of ``dataset`` as a split JSON (paths, labels, class names, seed,
+    protocol; the test split by reference), atomically. Returns the path."""
+    parts: dict[str, tuple[str, Sequence[int] | None] | None] = {
+        "support": (plan.support.split, plan.support.indices),
+        "val": None if plan.val is None else (plan.val.split, plan.val.indices),
+    }
+    if dataset.has_split("test"):
+        parts["test"] = ("test", None)
+    return write_split(
+        path,
+        dataset,
+        parts,
+        shots=plan.shots,
+        seed=plan.seed,
+        protocol=plan.protocol,
+        leaky=plan.leaky,
+        extra={"plan": plan.meta},
+    )
