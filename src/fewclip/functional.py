@@ -23,10 +23,14 @@ __all__ = [
     "affinity_from_similarity_",
     "cache_grid_counts",
     "cache_keys",
+    "chunk_rows",
     "class_sum",
+    "count_correct",
     "count_correct_over_alpha",
     "first_best",
+    "kernel_matmul",
     "l2_normalize",
+    "psd_cholesky",
     "reference_grid",
     "search_tip",
     "text_classifier",
@@ -157,6 +161,54 @@ def first_best(scores: Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), scores.shape))
 
 
+def count_correct(logits: Tensor, labels: Tensor) -> int:
+    """How many rows of ``logits`` (N, C) have their first maximum at ``labels`` (N,).
+
+    ``max(dim=1).indices`` is the first maximum, as ``argmax``, and several times faster on a
+    CPU; an integer count compares exactly across epochs and grid points (strict ``>`` rules).
+    """
+    return int((logits.max(dim=1).indices == labels).sum())
+
+
+def kernel_matmul(
+    x: Tensor, keys: Tensor, v: Tensor, *, beta: float, chunk_bytes: int = 256 * 2**20
+) -> Tensor:
+    """``K(x, keys)·v`` with ``K = exp(−β(1 − x·keysᵀ))`` (:func:`tip_affinity`), without
+    forming the (N, M) kernel: rows of ``x`` in chunks whose kernel block stays within
+    ``chunk_bytes``.
+
+    ``x`` (N, D) and ``keys`` (M, D) L2-normalised, ``v`` (M, C) → (N, C).
+    """
+    out = v.new_empty(x.shape[0], v.shape[1])
+    step = chunk_rows(keys.shape[0], x.element_size(), chunk_bytes)
+    for i in range(0, x.shape[0], step):
+        out[i : i + step] = tip_affinity(x[i : i + step], keys, beta=beta) @ v
+    return out
+
+
+def psd_cholesky(h: Tensor, out: Tensor | None = None) -> Tensor:
+    """Lower Cholesky factor of a positive semi-definite matrix, with a growing jitter.
+
+    Adds ``1e-10·mean|diag|`` to the diagonal (×100 per retry, 8 tries) until the
+    factorisation succeeds. ``h`` is scratch: its diagonal is overwritten. The factor goes to
+    ``out`` when given. Raises ``torch.linalg.LinAlgError`` if every try fails.
+    """
+    base = h.diagonal().clone()
+    scale = float(base.abs().mean()) or 1.0
+    jitter = 1e-10 * scale
+    info = torch.empty((), dtype=torch.int32)
+    for _ in range(8):
+        torch.add(base, jitter, out=h.diagonal())
+        if out is None:
+            factor, info = torch.linalg.cholesky_ex(h)
+        else:
+            factor, info = torch.linalg.cholesky_ex(h, out=(out, info))
+        if int(info) == 0:
+            return factor
+        jitter *= 100
+    raise torch.linalg.LinAlgError("could not factorise a positive semi-definite system")
+
+
 def count_correct_over_alpha(base: Tensor, extra: Tensor, labels: Tensor, alphas: Tensor) -> Tensor:
     """How many rows are classified correctly by ``argmax(base + α·extra)``, for every α at once.
 
@@ -201,9 +253,10 @@ def _class_summer(labels: Tensor, n_classes: int) -> Callable[[Tensor], Tensor]:
 _BLOCK_BYTES = 2 * 2**20  # one block of exp(β(A − 1)) rows; fits a core's cache
 
 
-def _chunk_rows(n_keys: int, itemsize: int, budget_bytes: int) -> int:
-    """Rows per chunk so that one (rows, n_keys) temporary stays within ``budget_bytes``."""
-    return max(1, budget_bytes // max(1, n_keys * itemsize))
+def chunk_rows(n_cols: int, itemsize: int, budget_bytes: int) -> int:
+    """Rows per chunk so that one (rows, n_cols) temporary stays within ``budget_bytes``
+    (at least one row)."""
+    return max(1, budget_bytes // max(1, n_cols * itemsize))
 
 
 def tip_grid_counts(
@@ -233,8 +286,8 @@ def tip_grid_counts(
     counts = torch.zeros(n_beta, len(alpha_t), dtype=torch.long, device=x_val.device)
     sum_by_class = _class_summer(labels, c)
     itemsize = x_val.element_size()
-    outer = _chunk_rows(keys.shape[0], itemsize, chunk_bytes)
-    inner = _chunk_rows(keys.shape[0], itemsize, _BLOCK_BYTES)
+    outer = chunk_rows(keys.shape[0], itemsize, chunk_bytes)
+    inner = chunk_rows(keys.shape[0], itemsize, _BLOCK_BYTES)
     group = max(1, min(n_beta, _BLOCK_BYTES // max(1, min(inner, n) * c * itemsize)))
     for start in range(0, n, outer):
         xs, ys = x_val[start : start + outer], y_val[start : start + outer]
@@ -538,8 +591,8 @@ def cache_grid_counts(
 
     itemsize = torch.finfo(dtype).bits // 8
     width = max(1, shots * c)
-    outer = _chunk_rows(width, itemsize, chunk_bytes)
-    inner = _chunk_rows(width, itemsize, _GRID_BLOCK_BYTES)
+    outer = chunk_rows(width, itemsize, chunk_bytes)
+    inner = chunk_rows(width, itemsize, _GRID_BLOCK_BYTES)
     group = max(1, min(n_beta, _BETA_GROUP))
     # rows whose margins are counted together: large enough to amortise per-call overheads
     together = max(inner, _COUNT_BYTES // max(1, group * n_weights * c * itemsize))

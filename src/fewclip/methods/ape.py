@@ -45,6 +45,7 @@ from fewclip.functional import (
     cache_grid_counts,
     cache_keys,
     class_sum,
+    count_correct,
     first_best,
     l2_normalize,
     reference_grid,
@@ -470,7 +471,7 @@ class APET(APE):
                 with torch.no_grad():
                     xr = xv[:, ch] @ res.T
                     logits = self.scale * (t0 + xr) + self._cache_logits(val_base, xr, vw, c)
-                    acc = float((logits.argmax(1) == yv).double().mean())
+                    acc = count_correct(logits, yv) / len(yv)
                 best.offer(acc, epoch, res, vw)
         if val is None:
             best.keep(self.epochs, res, vw)

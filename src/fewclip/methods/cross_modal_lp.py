@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
-from fewclip.functional import l2_normalize
+from fewclip.functional import count_correct, l2_normalize
 from fewclip.methods._training import EndlessShuffle, KeepBest, train_dtype, warmup_cosine_lr
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
@@ -228,4 +228,4 @@ class CrossModalLP(Method):
 def _accuracy(val: tuple[Tensor, Tensor], w: Tensor) -> float:
     """Top-1 accuracy in [0, 1] of the head ``w`` on normalised validation features."""
     with torch.no_grad():
-        return float(((val[0] @ w.T).argmax(1) == val[1]).double().mean())
+        return count_correct(val[0] @ w.T, val[1]) / len(val[1])

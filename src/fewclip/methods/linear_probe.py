@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fewclip.errors import InvalidValueError
-from fewclip.functional import l2_normalize
+from fewclip.functional import count_correct, l2_normalize
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -134,7 +134,7 @@ class LinearProbe(Method):
         for cval in sorted(self.Cs):
             w, b = fit_logistic_regression(x, y, c, C=cval, init=init, max_iter=self.max_iter)
             init = (w, b)
-            acc = float(((xv @ w.T + b).argmax(1) == yv).double().mean()) * 100.0
+            acc = 100.0 * count_correct(xv @ w.T + b, yv) / len(yv)
             if acc > best:
                 best, self.C_, self.coef_, self.intercept_ = acc, float(cval), w, b
         self.val_accuracy_ = best

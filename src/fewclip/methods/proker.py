@@ -29,14 +29,21 @@ import torch
 from torch import Tensor
 
 from fewclip.errors import BudgetError, InvalidValueError
-from fewclip.functional import cache_keys, l2_normalize, tip_affinity
+from fewclip.functional import (
+    cache_keys,
+    count_correct,
+    first_best,
+    kernel_matmul,
+    l2_normalize,
+    psd_cholesky,
+    tip_affinity,
+)
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
 
 __all__ = [
     "IMAGENET_HPARAMS",
     "ProKeR",
-    "kernel_matmul",
     "nystrom_coef",
     "proker_cg",
     "proker_cholesky",
@@ -56,24 +63,6 @@ IMAGENET_HPARAMS: dict[int, tuple[float, float]] = {
 }
 
 _CHUNK_BYTES = 256 * 2**20
-
-
-def _rows_per_chunk(n_cols: int, itemsize: int, budget: int = _CHUNK_BYTES) -> int:
-    return max(1, budget // max(1, n_cols * itemsize))
-
-
-def kernel_matmul(
-    x: Tensor, keys: Tensor, v: Tensor, *, beta: float, chunk_bytes: int = _CHUNK_BYTES
-) -> Tensor:
-    """``K(x, keys) @ v`` without forming the (N, M) kernel: rows of x in chunks of bounded size.
-
-    x (N, D) and keys (M, D) L2-normalised, v (M, C) → (N, C).
-    """
-    out = v.new_empty(x.shape[0], v.shape[1])
-    step = _rows_per_chunk(keys.shape[0], x.element_size(), chunk_bytes)
-    for i in range(0, x.shape[0], step):
-        out[i : i + step] = tip_affinity(x[i : i + step], keys, beta=beta) @ v
-    return out
 
 
 def _cholesky_inplace(h: Tensor) -> Tensor:
@@ -112,27 +101,6 @@ def proker_cholesky(
     return torch.cholesky_solve(residual.to(factor.dtype), factor).mul_(lam).to(residual.dtype)
 
 
-def _psd_cholesky(h: Tensor, out: Tensor | None = None) -> Tensor:
-    """Cholesky factor of a positive semi-definite float64 matrix with a growing jitter.
-
-    The jitter is added to h's diagonal in place (h is scratch); the factor goes to ``out``.
-    """
-    base = h.diagonal().clone()
-    scale = float(base.abs().mean()) or 1.0
-    jitter = 1e-10 * scale
-    info = torch.empty((), dtype=torch.int32)
-    for _ in range(8):
-        torch.add(base, jitter, out=h.diagonal())
-        if out is None:
-            factor, info = torch.linalg.cholesky_ex(h)
-        else:
-            factor, info = torch.linalg.cholesky_ex(h, out=(out, info))
-        if int(info) == 0:
-            return factor
-        jitter *= 100
-    raise torch.linalg.LinAlgError("ProKeR: could not factorise the Nyström system")
-
-
 def nystrom_coef(
     k_sm: Tensor,
     k_mm: Tensor,
@@ -152,7 +120,7 @@ def nystrom_coef(
     if lam <= 0:
         raise InvalidValueError(f"lam: expected a positive regularisation, found {lam}")
     g = (gram if gram is not None else k_sm.T @ k_sm).double()
-    factor = _psd_cholesky(torch.add(g, k_mm.double(), alpha=lam))
+    factor = psd_cholesky(torch.add(g, k_mm.double(), alpha=lam))
     b = (rhs if rhs is not None else k_sm.T @ residual).double()
     return torch.cholesky_solve(b, factor).mul_(lam).to(residual.dtype)
 
@@ -188,7 +156,7 @@ def proker_cg(
         idx = torch.randperm(m_rows, generator=g)[: min(n_landmarks, m_rows)].sort().values
         land = keys[idx.to(keys.device)]
         k_mm = tip_affinity(land, land, beta=beta)
-        chol_mm = _psd_cholesky(k_mm.double())
+        chol_mm = psd_cholesky(k_mm.double())
         phi = torch.linalg.solve_triangular(
             chol_mm, tip_affinity(keys, land, beta=beta).double().T, upper=False
         ).T  # (M, m) = K_Sm L⁻ᵀ
@@ -474,9 +442,9 @@ class ProKeR(Method):
                 gram, rhs = (k_sm.T @ k_sm).double(), (k_sm.T @ residual).double()
                 for j, lam in enumerate(lams):
                     torch.add(gram, k_mm, alpha=lam, out=h)
-                    torch.cholesky_solve(rhs, _psd_cholesky(h, out=factor), out=sol)
+                    torch.cholesky_solve(rhs, psd_cholesky(h, out=factor), out=sol)
                     coef.copy_(sol).mul_(lam)
-                    counts[i, j] = self._correct(torch.addmm(zv, k_vm, coef, out=logits), yv)
+                    counts[i, j] = count_correct(torch.addmm(zv, k_vm, coef, out=logits), yv)
         elif self.solver_ == "cg":
             for i, beta in enumerate(betas):
                 prev = None
@@ -493,7 +461,7 @@ class ProKeR(Method):
                         x0=prev,
                     )
                     prev = coef
-                    counts[i, j] = self._correct(zv + kernel_matmul(xv, keys, coef, beta=beta), yv)
+                    counts[i, j] = count_correct(zv + kernel_matmul(xv, keys, coef, beta=beta), yv)
         else:
             gram = keys @ keys.T
             gram -= 1.0
@@ -503,22 +471,10 @@ class ProKeR(Method):
                 torch.mul(a_vs, beta, out=k_vs).exp_()
                 for j, lam in enumerate(lams):
                     coef = proker_cholesky(gram, residual, beta=beta, lam=lam, work=work)
-                    counts[i, j] = self._correct(torch.addmm(zv, k_vs, coef, out=logits), yv)
-        flat = int(torch.argmax(counts.reshape(-1)))
-        bi, li = divmod(flat, len(lams))
+                    counts[i, j] = count_correct(torch.addmm(zv, k_vs, coef, out=logits), yv)
+        bi, li = first_best(counts)
         return betas[bi], lams[li], 100.0 * int(counts[bi, li]) / max(1, val.n)
-
-    @staticmethod
-    def _correct(logits: Tensor, y: Tensor) -> int:
-        # max(dim).indices is the first maximum, as argmax, and several times faster on CPU
-        return int((logits.max(dim=1).indices == y).sum())
 
     def _logits(self, x: Tensor) -> Tensor:
         zs = self.scale * (x @ self.text_weights_.T)
-        step = _rows_per_chunk(self.centers_.shape[0], x.element_size())
-        out = zs.clone()
-        for i in range(0, x.shape[0], step):
-            out[i : i + step] += (
-                tip_affinity(x[i : i + step], self.centers_, beta=self.beta_) @ self.dual_coef_
-            )
-        return out
+        return zs + kernel_matmul(x, self.centers_, self.dual_coef_, beta=self.beta_)

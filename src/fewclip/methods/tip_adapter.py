@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from fewclip.errors import InvalidValueError
 from fewclip.functional import (
     cache_keys,
+    count_correct,
     l2_normalize,
     search_tip,
     tip_cache_logits,
@@ -287,4 +288,4 @@ class TipAdapterF(TipAdapter):
             beta=self.beta_,
             scale=self.scale,
         )
-        return float((logits.argmax(1) == y).float().mean())
+        return count_correct(logits, y) / len(y)
