@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from fewclip import methods
 from fewclip.bench import (
     BenchError,
     Prepared,
@@ -49,7 +50,10 @@ def test_rows_hold_the_cell_result_and_environment(tmp_path, prepare, fit_counte
         assert r["n_test"] == SHAPES[c.dataset].test
         n_classes = SHAPES[c.dataset].classes
         assert r["n_support"] == c.shots * n_classes
-        assert r["n_val"] == min(c.shots, 4) * n_classes and r["val_split"] == "train"
+        if methods.get(c.method).uses_validation:
+            assert r["n_val"] == min(c.shots, 4) * n_classes and r["val_split"] == "train"
+        else:  # zero-shot never reads a validation set: none is loaded or reported
+            assert r["n_val"] == 0 and r["val_split"] is None
         assert r["protocol"] == "fewshot-val" and r["leaky"] is False and r["mark"] == ""
         assert r["toy"] is False and r["backbone_note"] is None  # Prepared's defaults
         assert r["n_views"] == 3 and r["prompts"] == "synthetic"

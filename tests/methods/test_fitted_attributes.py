@@ -12,18 +12,6 @@ import pytest
 
 from fewclip import methods
 
-FAST = {
-    "tip-adapter": {"search_step": (10, 5)},
-    "tip-adapter-f": {"epochs": 2, "search_step": (10, 5)},
-    "clip-adapter": {"epochs": 3},
-    "linear-probe": {"Cs": (1.0, 10.0)},
-    "cross-modal-lp": {"iters": 200, "eval_every": 50},
-    "taskres": {"epochs": 20},
-    "ape": {"search_step": (10, 5, 3)},
-    "ape-t": {"epochs": 3, "search_step": (10, 5)},
-    "tip-x": {"search_step": (10, 5, 4)},
-}
-
 _ENTRY = re.compile(r"([A-Za-z]\w*_)[ (:,]")
 
 
@@ -77,7 +65,7 @@ def fitted_attributes(method):
 
 @pytest.mark.parametrize("name", methods.available())
 def test_fitted_attributes_are_documented(name, task):
-    method = methods.create(name, **FAST.get(name, {})).fit(task)
+    method = methods.create(name, **methods.get(name).quick_params).fit(task)
     cls = type(method)
     fitted = fitted_attributes(method)
     assert fitted, f"{name}: fit set no public fitted attribute"

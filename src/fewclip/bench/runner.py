@@ -15,6 +15,7 @@ source; benchmarks and tests: ``fewclip.bench.synthetic``) and is called lazily,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -280,6 +281,10 @@ def run_cell(
     plan = proto.plan_source(
         source, shots=cell.shots, seed=cell.seed, classnames=list(prepared.classnames)
     )
+    if not methods.get(cell.method).uses_validation:
+        # the method never reads task.val (a promise the conformance suite checks): the
+        # validation features are not loaded, and the row says no validation set was used
+        plan = dataclasses.replace(plan, val=None)
     task = build_task(
         plan,
         source,
@@ -400,7 +405,8 @@ def run_bench(
     prompts), the same keys flat for convenience, ``toy``/``backbone_note`` (``Prepared``'s),
     ``leaky``/``mark`` (``"LEAKY"`` under
     ``oracle-test``), ``accuracy`` (top-1, percent), ``n_test``, ``n_support``, ``n_val``,
-    ``val_split``, ``prompts``, ``n_views``, ``params`` (the method's resolved and selected
+    ``val_split`` (0 and None for a method with ``uses_validation = False``: none is loaded),
+    ``prompts``, ``n_views``, ``params`` (the method's resolved and selected
     hyper-parameters, ``EvalResult.params``), ``fitted`` (scalar fitted values),
     ``dataset_fingerprint``, ``data`` (``Prepared.meta``), ``versions``, ``device``,
     ``threads``, ``jobs`` (the run's), ``plan_s``/``fit_s``/``eval_s``/``wall_s`` (seconds),

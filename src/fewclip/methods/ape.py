@@ -33,8 +33,8 @@ trained with cross-entropy (β, α fixed at their initial values), best epoch on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -152,6 +152,10 @@ class APE(Method):
         val_accuracy_ (float or None): validation accuracy in % at the chosen point; None
             without a search.
     """
+
+    training_free = True
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"search_step": (10, 5, 3)}
 
     _state_tensors: ClassVar[tuple[str, ...]] = (
         "text_weights_",
@@ -317,6 +321,10 @@ class APET(APE):
         best_epoch_ (int): the kept epoch (1-based; the last without validation, 0 untrained).
         val_accuracy_ (float or None): validation accuracy in % at (β, α); None without a search.
     """
+
+    training_free = False
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 3, "search_step": (10, 5)}
 
     _state_tensors: ClassVar[tuple[str, ...]] = (
         "text_weights_",

@@ -295,8 +295,9 @@ def _differs(a: Any, b: Any) -> bool:
 class Method(EstimatorParams):
     """Base class of every few-shot method.
 
-    Subclasses implement ``_fit(task)`` and ``_logits(x_normalised)`` and list their fitted
-    tensors in ``_state_tensors`` and JSON-able fitted values in ``_state_values``.
+    Subclasses implement ``_fit(task)`` and ``_logits(x_normalised)``, list their fitted
+    tensors in ``_state_tensors`` and JSON-able fitted values in ``_state_values``, and declare
+    their traits (``training_free``, ``uses_validation``, ``quick_params``).
     ``logits`` L2-normalises the raw query features before calling ``_logits``; methods that
     need raw features (CLIP-Adapter) override ``logits``.
 
@@ -307,6 +308,17 @@ class Method(EstimatorParams):
     """
 
     name: ClassVar[str] = "base"
+    # -- traits: what tests (fewclip.testing.check_method), the benchmark and the CLI read
+    #    about a method instead of lists of method names --------------------------------------
+    #: ``fit`` is closed-form or a search over a grid: no gradient steps, no epochs.
+    training_free: ClassVar[bool] = False
+    #: ``fit`` may read ``task.val`` (hyper-parameter search, epoch selection, early stopping).
+    #: False is a promise, checked by the conformance suite: the fitted method is the same with
+    #: or without a validation set, so the benchmark does not load one for it.
+    uses_validation: ClassVar[bool] = False
+    #: Hyper-parameters that make ``fit`` take a fraction of a second on a small task (short
+    #: schedules, coarse grids): for tests and smoke runs, never for reported results.
+    quick_params: ClassVar[Mapping[str, Any]] = {}
     _state_tensors: ClassVar[tuple[str, ...]] = ()
     _state_values: ClassVar[tuple[str, ...]] = ()
 

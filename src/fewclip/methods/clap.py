@@ -9,7 +9,8 @@ configuration for every task, so they need no validation set (the ``val-free`` p
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -85,6 +86,10 @@ class ZSLP(DasslSchedule, Method):
         prototypes_ (C, D) tensor: the trained class prototypes w, not normalised (the logits
             use ŵ_k = w_k/‖w_k‖).
     """
+
+    training_free = False
+    uses_validation = False
+    quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 5}
 
     _state_tensors: ClassVar[tuple[str, ...]] = ("prototypes_",)
 

@@ -8,6 +8,9 @@ logits ``scale·f'·W'ᵀ`` after normalising both.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -92,6 +95,10 @@ class CLIPAdapter(DasslSchedule, Method):
     Each epoch draws one stored augmented view per support image instead of re-running the
     image encoder. The last epoch's weights are kept (as Dassl's default final model).
     """
+
+    training_free = False
+    uses_validation = False
+    quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 3}
 
     _state_values = ("ratio_", "text_ratio_")
 

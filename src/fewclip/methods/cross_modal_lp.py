@@ -12,7 +12,8 @@ the trained head with the zero-shot one: W' = (1 − r)·W + r·normalise(W_zs).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -67,6 +68,10 @@ class CrossModalLP(Method):
     the template-averaged text classifier, so each class contributes one text sample (the same
     as the reference for the 10 datasets that use a single template).
     """
+
+    training_free = False
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"iters": 50, "eval_every": 10}
 
     _state_tensors = ("coef_", "zero_shot_")
     _state_values = ("lr_", "weight_decay_", "batch_size_", "best_iter_", "val_accuracy_")

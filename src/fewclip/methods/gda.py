@@ -157,6 +157,9 @@ class GDA(Method):
             search ran.
     """
 
+    training_free = True
+    uses_validation = True
+
     _state_tensors = ("text_weights_", "coef_", "intercept_")
     _state_values = ("alpha_", "val_accuracy_")
 

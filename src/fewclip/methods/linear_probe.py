@@ -8,7 +8,8 @@ on validation), warm-starting each fit from the previous one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -86,6 +87,10 @@ class LinearProbe(Method):
         C_ float: the inverse L2 strength used (``C``, the sweep's best or ``default_C``).
         val_accuracy_ float or None: ``task.val`` accuracy (%) of ``C_``; None when no sweep ran.
     """
+
+    training_free = False
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"Cs": (1.0, 10.0)}
 
     _state_tensors = ("coef_", "intercept_")
     _state_values = ("C_", "val_accuracy_")

@@ -11,6 +11,9 @@ come from Lipschitz bounds of the gradient, so there is no learning rate to sear
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -92,6 +95,10 @@ class LPPlusPlus(Method):
         val_accuracy_ float or None: ``task.val`` accuracy (%) of the kept epoch; None
             without a validation set.
     """
+
+    training_free = False
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 20}
 
     _state_tensors = ("coef_", "intercept_", "text_coef_", "text_weights_")
     _state_values = ("best_epoch_", "val_accuracy_", "lr_w_", "lr_alpha_")

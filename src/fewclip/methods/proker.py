@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -244,6 +245,10 @@ class ProKeR(Method):
         cg_iterations_ (int or None): conjugate-gradient iterations (CG only).
         val_accuracy_ (float or None): validation accuracy in % at (β, λ); None without a search.
     """
+
+    training_free = True
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"betas": (1.0, 4.0), "lams": (0.03, 0.3)}
 
     _state_tensors = ("text_weights_", "centers_", "dual_coef_")
     _state_values = ("beta_", "lam_", "solver_", "rows_", "val_accuracy_", "cg_iterations_")

@@ -12,6 +12,8 @@ Flowers102). Only x is trained, with cross-entropy on the support images.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -56,6 +58,10 @@ class TaskRes(DasslSchedule, Method):
 
     The validation set, when the task has one, is not used (the paper fixes every setting).
     """
+
+    training_free = False
+    uses_validation = False
+    quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 5}
 
     _state_tensors = ("text_weights_", "residual_")
     _state_values = ("alpha_",)

@@ -13,8 +13,8 @@ initial values, picks the best epoch on validation, then searches (β, α) again
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -86,6 +86,10 @@ class TipAdapter(Method):
         alpha_, beta_ (float): the α and β in use (searched on validation, else given).
         val_accuracy_ (float or None): validation accuracy in % at (β, α); None without a search.
     """
+
+    training_free = True
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"search_step": (10, 5)}
 
     _state_tensors = ("keys_", "key_labels_", "text_weights_")
     _state_values: ClassVar[tuple[str, ...]] = ("alpha_", "beta_", "val_accuracy_")
@@ -182,6 +186,10 @@ class TipAdapterF(TipAdapter):
     Attributes: as ``TipAdapter``'s (``keys_`` are the fine-tuned keys of the best epoch), plus:
         best_epoch_ (int): the kept epoch (1-based; the last without validation, 0 untrained).
     """
+
+    training_free = False
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 2, "search_step": (10, 5)}
 
     _state_values: ClassVar[tuple[str, ...]] = ("alpha_", "beta_", "val_accuracy_", "best_epoch_")
 

@@ -19,8 +19,8 @@ with Y the one-hot support labels and (α, β, γ) searched on validation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -104,6 +104,10 @@ class TipX(Method):
         val_accuracy_ float or None: ``task.val`` accuracy (%) at the chosen (α, β, γ); None
             when no search ran.
     """
+
+    training_free = True
+    uses_validation = True
+    quick_params: ClassVar[Mapping[str, Any]] = {"search_step": (10, 5, 4)}
 
     _state_tensors: ClassVar[tuple[str, ...]] = (
         "text_weights_",

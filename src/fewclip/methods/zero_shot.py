@@ -24,6 +24,9 @@ class ZeroShot(Method):
         text_weights_ (C, D) tensor: the classifier W, the task's L2-normalised text weights.
     """
 
+    training_free = True
+    uses_validation = False
+
     _state_tensors = ("text_weights_",)
 
     def __init__(self, *, scale: float = 100.0, dtype: str = "float32", device: str = "cpu"):

@@ -1,0 +1,381 @@
+"""The conformance suite every method must pass (like scikit-learn's ``check_estimator``).
+
+>>> from fewclip import methods
+>>> from fewclip.testing import check_method
+>>> check_method(methods.get("tip-adapter"))  # raises AssertionError naming the failed check
+
+Each check fits the method on small generated feature tasks (feature world only: no images,
+no backbone) with the method's ``quick_params`` and asserts one part of the contract:
+
+- ``fit`` returns ``self``; ``logits``/``predict``/``predict_proba``/``score`` agree;
+- logits computed in row blocks equal one block; save → load gives identical logits;
+- float64, float32 and float16 fits give logits of that dtype, finite, and the same answers;
+- use before ``fit`` raises ``NotFittedError``; bad queries and a non-task raise
+  ``FewclipError`` subclasses naming the input;
+- ``get_params``/``set_params``/``clone`` follow scikit-learn's rules;
+- a second fit with the same seed gives identical logits;
+- legitimate small inputs work or raise a clear ``FewclipError``: one shot with no and with one
+  augmented view, two classes, a thousand classes, a class with a single image, no validation;
+- a method that declares ``uses_validation = False`` fits the same with or without one.
+
+A third-party method registered with ``fewclip.methods.register`` can run the same suite in its
+own tests: ``for name, check in method_checks(MyMethod): check()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fewclip.errors import (
+    FewclipError,
+    InvalidTypeError,
+    InvalidValueError,
+    OutputFolderError,
+    UnknownParameterError,
+)
+from fewclip.methods import base
+from fewclip.methods.base import Method, NotFittedError
+from fewclip.task import FeatureSet, Task
+
+__all__ = ["check_method", "make_task", "method_checks"]
+
+
+def make_task(
+    n_classes: int = 5,
+    shots: int | list[int] = 4,
+    *,
+    dim: int = 16,
+    views: int = 3,
+    val: bool = True,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Task:
+    """A small CLIP-like feature task: class means in ``dim`` dimensions, support features
+    scattered around them, ``views`` augmented views (0: none), a 2-per-class validation set
+    (``val``) and noisy unit-norm text weights near the means. ``shots`` is one count for every
+    class or one count per class."""
+    g = torch.Generator().manual_seed(seed)
+    counts = [shots] * n_classes if isinstance(shots, int) else list(shots)
+    means = torch.randn(n_classes, dim, generator=g, dtype=dtype)
+    labels = torch.cat([torch.full((k,), c, dtype=torch.long) for c, k in enumerate(counts)])
+    feats = 3 * (means[labels] + 0.7 * torch.randn(len(labels), dim, generator=g, dtype=dtype))
+    bank = None
+    if views:
+        noise = torch.randn(views, len(labels), dim, generator=g, dtype=dtype)
+        bank = feats + 0.2 * noise
+    text = torch.nn.functional.normalize(
+        means + torch.randn(n_classes, dim, generator=g, dtype=dtype), dim=1
+    )
+    val_set = None  # drawn last: the rest of the task is the same with or without it
+    if val:
+        vy = torch.arange(n_classes).repeat_interleave(2)
+        vx = 3 * (means[vy] + 0.7 * torch.randn(len(vy), dim, generator=g, dtype=dtype))
+        val_set = FeatureSet(vx, vy)
+    return Task(
+        [f"class {i}" for i in range(n_classes)],
+        text,
+        FeatureSet(feats, labels, bank),
+        val_set,
+    )
+
+
+def _queries(dim: int = 16, n: int = 9, dtype: torch.dtype = torch.float32) -> Tensor:
+    return 3 * torch.randn(n, dim, generator=torch.Generator().manual_seed(5), dtype=dtype)
+
+
+def _cast(task: Task, dtype: torch.dtype) -> Task:
+    """``task`` with every feature tensor in ``dtype``."""
+
+    def cast(fs: FeatureSet | None) -> FeatureSet | None:
+        if fs is None:
+            return None
+        views = None if fs.views is None else fs.views.to(dtype)
+        return FeatureSet(fs.features.to(dtype), fs.labels, views)
+
+    support = cast(task.support)
+    assert support is not None
+    return Task(task.classnames, task.text_weights.to(dtype), support, cast(task.val))
+
+
+def _create(cls: type[Method], params: Mapping[str, Any], **extra: Any) -> Method:
+    return cls(**{**cls.quick_params, **params, **extra})
+
+
+@contextmanager
+def _predict_rows(rows: int) -> Iterator[None]:
+    old = base.PREDICT_ROWS
+    base.PREDICT_ROWS = rows
+    try:
+        yield
+    finally:
+        base.PREDICT_ROWS = old
+
+
+def _expect(error: type[BaseException], match: str, fn: Callable[[], Any], what: str) -> None:
+    """``fn()`` must raise ``error`` (a FewclipError) whose message contains ``match``."""
+    caught: BaseException | None = None
+    try:
+        fn()
+    except Exception as e:
+        caught = e
+    if caught is None:
+        raise AssertionError(f"{what}: expected {error.__name__}, nothing was raised")
+    if not isinstance(caught, error):
+        raise AssertionError(f"{what}: expected {error.__name__}, got {caught!r}") from caught
+    assert isinstance(caught, FewclipError), f"{what}: {caught!r} is not a FewclipError"
+    assert match in str(caught), f"{what}: message {str(caught)!r} does not contain {match!r}"
+
+
+def _fits_or_clear_error(method: Method, task: Task, what: str) -> bool:
+    """Fit ``method``; True if it fitted (then its logits must be finite), False if it refused
+    with a ``FewclipError`` (legitimate input must work or get a clear error)."""
+    try:
+        method.fit(task)
+    except FewclipError:
+        return False
+    except Exception as e:
+        raise AssertionError(
+            f"{what}: fit raised {type(e).__name__} ({e}); legitimate input must fit or raise "
+            "a FewclipError that says why"
+        ) from e
+    out = method.logits(task.support.features)
+    assert out.shape == (task.support.n, task.n_classes), f"{what}: logits shape {out.shape}"
+    assert torch.isfinite(out).all(), f"{what}: non-finite logits"
+    return True
+
+
+# -- the checks ------------------------------------------------------------------------------
+def check_traits(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Traits are declared with the right types; ``quick_params`` names real parameters."""
+    assert isinstance(cls.training_free, bool), "training_free: expected a bool"
+    assert isinstance(cls.uses_validation, bool), "uses_validation: expected a bool"
+    names = set(cls._get_param_names())
+    unknown = set(cls.quick_params) - names
+    assert not unknown, f"quick_params: {sorted(unknown)} are not parameters of {cls.__name__}"
+    assert cls.name in base.available(), f"{cls.__name__} is not registered"
+    if cls.training_free:
+        trained = names & {"epochs", "iters"}
+        assert not trained, f"{cls.__name__} declares training_free but takes {sorted(trained)}"
+
+
+def check_fit_and_predict(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """``fit`` returns self; logits (N, C) finite; predict, predict_proba and score agree."""
+    task, x = make_task(), _queries()
+    m = _create(cls, params)
+    assert m.fit(task) is m, "fit must return self"
+    logits = m.logits(x)
+    assert logits.shape == (9, task.n_classes), f"logits shape {tuple(logits.shape)}"
+    assert logits.dtype == torch.float32, f"logits are {logits.dtype}"
+    assert torch.isfinite(logits).all(), "non-finite logits"
+    assert torch.equal(m.predict(x), logits.argmax(1)), "predict must be argmax of logits"
+    proba = m.predict_proba(x)
+    torch.testing.assert_close(proba.sum(1), torch.ones(9))
+    assert torch.equal(proba.argmax(1), logits.argmax(1))
+    y = m.predict(x)
+    assert m.score(x, y) == 1.0, "score of the method's own predictions"
+    assert m.score(x, (y + 1) % task.n_classes) == 0.0, "score of wrong labels"
+    assert m.classnames_ == task.classnames, "classnames_"
+    assert m.classes_ == list(range(task.n_classes)), "classes_"
+    assert m.n_features_in_ == task.dim
+
+
+def check_blocked_logits(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Logits computed in blocks of 2 rows, or one row at a time, equal one block."""
+    task, x = make_task(), _queries()
+    m = _create(cls, params).fit(task)
+    whole = m.logits(x)
+    with _predict_rows(2):
+        torch.testing.assert_close(m.logits(x), whole, rtol=1e-5, atol=1e-5)
+    rows = torch.cat([m.logits(x[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(rows, whole, rtol=1e-5, atol=1e-5)
+
+
+def check_save_load(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """save → load (``methods.load`` and ``cls.load``) gives identical logits and params; an
+    existing folder is replaced only with ``overwrite=True``."""
+    task, x = make_task(), _queries()
+    m = _create(cls, params).fit(task)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "m"
+        m.save(folder)
+        for loaded in (base.load(folder), cls.load(folder)):
+            assert type(loaded) is cls
+            assert torch.equal(loaded.logits(x), m.logits(x)), "loaded logits differ"
+            assert loaded.get_params() == m.get_params(), "loaded params differ"
+        _expect(OutputFolderError, "--overwrite", lambda: m.save(folder), "save over a save")
+        m.save(folder, overwrite=True)
+        assert torch.equal(base.load(folder).logits(x), m.logits(x))
+        leftovers = [p.name for p in Path(tmp).iterdir() if p.name != "m"]
+        assert not leftovers, f"save left {leftovers} beside the folder"
+
+
+def check_dtypes(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """float64 and float16 fits give logits of that dtype, finite, and mostly the float32
+    answers (float16 is fitted on float32 features, as a float16 store would hand them)."""
+    x, task = _queries(), make_task()
+    ref = _create(cls, params).fit(task).predict(x)
+    for dtype in ("float64", "float16"):
+        features = torch.float64 if dtype == "float64" else torch.float32
+        m = _create(cls, params, dtype=dtype).fit(_cast(task, features))
+        out = m.logits(x.to(features))
+        want = getattr(torch, dtype)
+        assert out.dtype == want, f"dtype={dtype}: logits are {out.dtype}"
+        assert torch.isfinite(out).all(), f"dtype={dtype}: non-finite logits"
+        agree = float((out.argmax(1) == ref).float().mean())
+        assert agree >= 0.75, f"dtype={dtype}: only {agree:.0%} of float32's predictions"
+
+
+def check_not_fitted(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Use before ``fit`` raises ``NotFittedError`` (a ValueError and an AttributeError)."""
+    m, x = _create(cls, params), _queries()
+    for what, call in (
+        ("logits", lambda: m.logits(x)),
+        ("predict", lambda: m.predict(x)),
+        ("predict_proba", lambda: m.predict_proba(x)),
+        ("save", lambda: m.save(Path(tempfile.gettempdir()) / "fewclip-never-written")),
+    ):
+        _expect(NotFittedError, "not fitted", call, f"{what} before fit")
+
+
+def check_bad_input(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Bad queries and a non-task get FewclipErrors that name the input and what was wrong."""
+    task = make_task()
+    m = _create(cls, params)
+    _expect(
+        InvalidTypeError,
+        "task: expected a fewclip.Task",
+        lambda: m.fit(task.support.features),
+        "fit(tensor)",
+    )  # type: ignore[arg-type]
+    m.fit(task)
+    nan = torch.randn(3, 16)
+    nan[1, 2] = float("nan")
+    for bad, error, match in (
+        (torch.randn(3, 8), InvalidValueError, "x: expected feature dimension 16, found 8"),
+        (torch.randn(16), InvalidValueError, "x: expected 2 dimensions"),
+        (nan, InvalidValueError, "x: expected finite values, found 1 NaN/inf"),
+        (torch.ones(3, 16, dtype=torch.long), InvalidTypeError, "x: expected a floating-point"),
+    ):
+        _expect(error, match, partial(m.logits, bad), f"logits({tuple(bad.shape)} {bad.dtype})")
+    _expect(
+        InvalidValueError,
+        "y: expected shape",
+        lambda: m.score(torch.randn(3, 16), torch.zeros(4, dtype=torch.long)),
+        "score with mismatched y",
+    )
+
+
+def check_params_and_clone(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """get_params lists the constructor's keywords; set_params round-trips; unknown names are
+    refused; scikit-learn's clone and is_classifier work (when scikit-learn is installed)."""
+    m = _create(cls, params)
+    got = m.get_params()
+    sig = inspect.signature(cls.__init__).parameters
+    assert set(got) == {k for k in sig if k != "self"}, "get_params must list every keyword"
+    assert {"dtype", "device"} <= set(got), "every method takes dtype and device"
+    assert m.set_params(**got) is m, "set_params must return self"
+    assert m.get_params() == got, "set_params(**get_params()) must change nothing"
+    _expect(UnknownParameterError, "unknown parameter", lambda: m.set_params(nope=1), "set_params")
+    assert repr(m).startswith(cls.__name__ + "(")
+    try:
+        from sklearn.base import clone, is_classifier
+    except ImportError:  # the feature world does not need scikit-learn
+        return
+    c = clone(m)
+    assert c is not m, "clone must make a new object"
+    assert c.get_params() == got, "clone must keep the parameters"
+    assert is_classifier(m), "sklearn.base.is_classifier must be true"
+
+
+def check_deterministic(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Two fits with the same parameters (and seed) give identical logits."""
+    task, x = make_task(), _queries()
+    a = _create(cls, params).fit(task).logits(x)
+    b = _create(cls, params).fit(task).logits(x)
+    assert torch.equal(a, b), "two fits with the same seed differ"
+
+
+def check_one_shot(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """One image per class, with no augmented view and with one: fits, or a FewclipError."""
+    for views in (0, 1):
+        task = make_task(shots=1, views=views, seed=1)
+        _fits_or_clear_error(_create(cls, params), task, f"1 shot, {views} views")
+    assert _fits_or_clear_error(_create(cls, params), make_task(shots=1, views=2), "1 shot")
+
+
+def check_two_classes(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Two classes (the smallest classification task) fit."""
+    task = make_task(n_classes=2, seed=2)
+    assert _fits_or_clear_error(_create(cls, params), task, "2 classes"), "2 classes refused"
+
+
+def check_many_classes(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """A thousand classes at one shot (ImageNet's class count) fit."""
+    task = make_task(n_classes=1000, shots=1, dim=32, views=2, seed=3)
+    assert _fits_or_clear_error(_create(cls, params), task, "1000 classes"), "1000 classes"
+
+
+def check_single_image_class(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Uneven classes, one of them with a single image (a user's own folder), fit."""
+    task = make_task(n_classes=4, shots=[1, 6, 3, 9], seed=4)
+    assert _fits_or_clear_error(_create(cls, params), task, "a single-image class")
+
+
+def check_validation_trait(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Without a validation set the method fits; with ``uses_validation = False`` it fits
+    identically with or without one (the promise the benchmark relies on)."""
+    x = _queries()
+    without = _create(cls, params).fit(make_task(val=False)).logits(x)
+    assert torch.isfinite(without).all()
+    if not cls.uses_validation:
+        with_val = _create(cls, params).fit(make_task(val=True)).logits(x)
+        assert torch.equal(with_val, without), (
+            f"{cls.__name__} declares uses_validation = False but its fit changes with task.val"
+        )
+
+
+_CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
+    check_traits,
+    check_fit_and_predict,
+    check_blocked_logits,
+    check_save_load,
+    check_dtypes,
+    check_not_fitted,
+    check_bad_input,
+    check_params_and_clone,
+    check_deterministic,
+    check_one_shot,
+    check_two_classes,
+    check_many_classes,
+    check_single_image_class,
+    check_validation_trait,
+)
+
+
+def method_checks(
+    cls: type[Method], params: Mapping[str, Any] | None = None
+) -> list[tuple[str, Callable[[], None]]]:
+    """Every check as ``(name, run)``, for test parametrisation; ``params`` override the
+    method's ``quick_params``."""
+    given = dict(params or {})
+    return [(check.__name__, partial(check, cls, given)) for check in _CHECKS]
+
+
+def check_method(cls: type[Method], params: Mapping[str, Any] | None = None) -> None:
+    """Run every conformance check on the method class ``cls``; the first failure (a failed
+    assertion or any unexpected error) raises an ``AssertionError`` that names the check."""
+    for name, run in method_checks(cls, params):
+        try:
+            run()
+        except Exception as e:  # an unexpected error fails the check too, named
+            detail = str(e) if isinstance(e, AssertionError) else f"{type(e).__name__}: {e}"
+            raise AssertionError(f"{name}({cls.__name__}): {detail}") from e

@@ -1,0 +1,116 @@
+"""Every registered method passes the conformance suite (fewclip.testing.conformance)."""
+
+import pytest
+
+from fewclip import methods
+from fewclip.testing.conformance import method_checks
+
+CASES = [
+    pytest.param(run, id=f"{name}-{check}")
+    for name in methods.available()
+    for check, run in method_checks(methods.get(name))
+]
+
+
+@pytest.mark.parametrize("run", CASES)
+def test_method_conforms(run):
+    run()
+
+
+# -- the suite fails on broken methods ---------------------------------------------------------
+import torch  # noqa: E402
+
+from fewclip.methods.base import _REGISTRY, Method, register  # noqa: E402
+from fewclip.methods.zero_shot import ZeroShot  # noqa: E402
+from fewclip.testing import check_method  # noqa: E402
+
+
+@pytest.fixture
+def registered():
+    """Register throw-away method classes for one test, then forget them."""
+    names = []
+
+    def add(name, cls):
+        names.append(name)
+        return register(name)(cls)
+
+    yield add
+    for name in names:
+        _REGISTRY.pop(name, None)
+
+
+class _ForgetsOnSave(ZeroShot):
+    """Saves nothing it fitted: loaded logits differ."""
+
+    _state_tensors = ()
+
+    def _load_extra_state(self, tensors):
+        self.text_weights_ = torch.zeros(len(self.classnames_), self.n_features_in_)
+
+
+class _PeeksAtValidation(ZeroShot):
+    """Declares uses_validation = False but moves its classifier with task.val."""
+
+    def _fit(self, task):
+        super()._fit(task)
+        if task.val is not None:
+            shift = task.val.features[: task.n_classes].to(self.text_weights_.dtype)
+            self.text_weights_ = self.text_weights_ + 0.01 * shift
+
+
+class _Noisy(ZeroShot):
+    """Ignores its seed: two fits differ."""
+
+    def _fit(self, task):
+        super()._fit(task)
+        noise = torch.randn(self.text_weights_.shape).to(self.text_weights_.dtype)
+        self.text_weights_ = self.text_weights_ + 1e-4 * noise
+
+
+class _RawErrors(ZeroShot):
+    """Fails a legitimate one-image class with a raw torch error instead of a FewclipError."""
+
+    def _fit(self, task):
+        if int(torch.bincount(task.support.labels).min()) < 2:
+            torch.linalg.cholesky(torch.zeros(2, 2))
+        super()._fit(task)
+
+
+class _WrongDtype(ZeroShot):
+    """Always answers in float32, whatever its dtype."""
+
+    def _logits(self, x):
+        return super()._logits(x).float()
+
+
+@pytest.mark.parametrize(
+    ("cls", "failing_check"),
+    [
+        (_ForgetsOnSave, "check_save_load"),
+        (_PeeksAtValidation, "check_validation_trait"),
+        (_Noisy, "check_deterministic"),
+        (_RawErrors, "check_one_shot"),
+        (_WrongDtype, "check_dtypes"),
+    ],
+)
+def test_the_suite_catches_a_broken_method(registered, cls, failing_check):
+    registered(f"broken-{failing_check}", cls)
+    with pytest.raises(AssertionError, match=rf"^{failing_check}\({cls.__name__}\)"):
+        check_method(cls)
+
+
+def test_an_unregistered_or_mistyped_method_fails_the_traits_check(registered):
+    class Unregistered(ZeroShot):
+        pass
+
+    Unregistered.name = "never-registered"
+    with pytest.raises(AssertionError, match="check_traits.*not registered"):
+        check_method(Unregistered)
+
+    class BadTraits(ZeroShot):
+        quick_params = {"epochs": 2}  # noqa: RUF012
+
+    registered("bad-traits", BadTraits)
+    with pytest.raises(AssertionError, match="quick_params.*epochs"):
+        check_method(BadTraits)
+    assert issubclass(BadTraits, Method)
