@@ -1,0 +1,71 @@
+"""Task builders, numpy helpers and method groups shared by several tests/methods files.
+
+Imported as ``tests.methods._helpers`` (pytest's importlib mode makes ``tests`` a namespace
+package; the leading underscore keeps pytest from collecting this module).
+"""
+
+import numpy as np
+import torch
+
+from fewclip import functional as F
+from fewclip.task import FeatureSet, Task
+from fewclip.testing import SyntheticWorld
+
+
+def make_clustered_task(c=5, shots=4, d=16, views=3, seed=0, val=True, dtype=torch.float32):
+    """Small clustered task (as tests/methods/conftest.py builds its ``task`` fixture)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(c, d, generator=g, dtype=dtype)
+    labels = torch.arange(c).repeat_interleave(shots)
+    feats = 3 * (means[labels] + 0.7 * torch.randn(len(labels), d, generator=g, dtype=dtype))
+    bank = feats + 0.2 * torch.randn(views, len(labels), d, generator=g, dtype=dtype)
+    vy = torch.arange(c).repeat_interleave(2)
+    vx = 3 * (means[vy] + 0.7 * torch.randn(len(vy), d, generator=g, dtype=dtype))
+    text = F.l2_normalize(means + torch.randn(c, d, generator=g, dtype=dtype))
+    return Task(
+        [f"class {i}" for i in range(c)],
+        text,
+        FeatureSet(feats, labels, bank),
+        FeatureSet(vx, vy) if val else None,
+    )
+
+
+def make_shuffled_task(
+    c=5, shots=4, d=16, views=3, seed=0, val=True, dtype=torch.float32, per=None
+):
+    """Small clustered task, labels shuffled, 3 validation images a class; ``per`` gives
+    unequal shots per class."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(c, d, generator=g, dtype=dtype)
+    counts = per if per is not None else [shots] * c
+    labels = torch.repeat_interleave(torch.arange(c), torch.tensor(counts))
+    labels = labels[torch.randperm(len(labels), generator=g)]
+    feats = 3 * (means[labels] + 0.7 * torch.randn(len(labels), d, generator=g, dtype=dtype))
+    bank = feats + 0.2 * torch.randn(views, len(labels), d, generator=g, dtype=dtype)
+    vy = torch.arange(c).repeat_interleave(3)
+    vx = 3 * (means[vy] + 0.7 * torch.randn(len(vy), d, generator=g, dtype=dtype))
+    text = F.l2_normalize(means + torch.randn(c, d, generator=g, dtype=dtype))
+    return Task(
+        [f"class {i}" for i in range(c)],
+        text,
+        FeatureSet(feats, labels, bank),
+        FeatureSet(vx, vy) if val else None,
+    )
+
+
+def np_unit(x):
+    """Rows of a numpy array scaled to unit L2 norm."""
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def separable_world_task(val="none"):
+    """A CLIP-like world where zero-shot is poor (~35% on the support set) but the support
+    set is linearly separable in 64 dimensions: a trained head should fit it exactly."""
+    world = SyntheticWorld(10, 64, seed=0, gap=0.8, sep=0.2, spread=0.05, test_size=500)
+    return world.calibrate(0.4).task(8, seed=1, views=2, val=val)
+
+
+# GDA, ProKeR, LP++, ZS-LP and CLAP
+GDA_PROKER_LPPP_CLAP = ["gda", "proker", "lp++", "zs-lp", "clap"]
+# TaskRes, APE, APE-T, TIP-X and the cross-modal linear probe
+TASKRES_APE_TIPX_CMLP = ["taskres", "ape", "ape-t", "tip-x", "cross-modal-lp"]

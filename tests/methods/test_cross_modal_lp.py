@@ -1,0 +1,68 @@
+"""The cross-modal linear probe: zero-shot limits, separable data, early stopping, search."""
+
+import itertools
+
+import pytest
+import torch
+from tests.methods._helpers import separable_world_task as _separable_world_task
+
+from fewclip import functional as F
+from fewclip import methods
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_cross_modal_zero_iterations_and_full_wiseft_are_zero_shot(task, queries):
+    zs = methods.create("zero-shot").fit(task).logits(queries)
+    torch.testing.assert_close(
+        methods.create("cross-modal-lp", iters=0).fit(task).logits(queries), zs
+    )
+    wise = methods.create("cross-modal-lp", iters=50, wiseft_ratio=1.0).fit(task)
+    torch.testing.assert_close(wise.logits(queries), zs)
+    half = methods.create("cross-modal-lp", iters=50, wiseft_ratio=0.5).fit(task)
+    trained = methods.create("cross-modal-lp", iters=50).fit(task)
+    torch.testing.assert_close(
+        half.coef_, 0.5 * trained.coef_ + 0.5 * F.l2_normalize(task.text_weights)
+    )
+
+
+def test_cross_modal_fits_separable_data_and_stops_early():
+    task = _separable_world_task()
+    s = task.support
+    assert methods.create("zero-shot").fit(task).score(s.features, s.labels) < 0.5
+    m = methods.create("cross-modal-lp", iters=400).fit(task)
+    assert m.score(s.features, s.labels) == 1.0
+    assert m.best_iter_ == 400 and m.val_accuracy_ is None  # no val: the last iterate
+    early = methods.create("cross-modal-lp", iters=400, eval_every=50)
+    early.fit(_separable_world_task(val="fewshot"))
+    assert early.best_iter_ % 50 == 0 and early.best_iter_ < 400
+    assert early.val_accuracy_ is not None
+
+
+def test_cross_modal_search_sweeps_on_validation(task):
+    m = methods.create(
+        "cross-modal-lp",
+        iters=60,
+        eval_every=20,
+        search=True,
+        search_lr=(1e-3, 1e-2),
+        search_weight_decay=(0.0,),
+        search_batch_size=(4, 8),
+    ).fit(task)
+    assert m.lr_ in (1e-3, 1e-2) and m.batch_size_ in (4, 8) and m.weight_decay_ == 0.0
+    best = []
+    for lr, bs in itertools.product((1e-3, 1e-2), (4, 8)):
+        one = methods.create("cross-modal-lp", iters=60, eval_every=20, lr=lr, batch_size=bs)
+        best.append(one.fit(task).val_accuracy_)
+    assert m.val_accuracy_ == pytest.approx(max(best))
+    assert methods.create("cross-modal-lp", search=True, iters=10).fit(task.without_val()).lr_ == (
+        1e-3
+    )
+
+
+def test_cross_modal_lr_schedule():
+    m = methods.create("cross-modal-lp")
+    assert m._lr_at(0, 1e-3) == 1e-5
+    assert m._lr_at(25, 1e-3) == pytest.approx(0.5e-3)
+    assert m._lr_at(50, 1e-3) == pytest.approx(1e-3)
+    assert m._lr_at(50 + 6400, 1e-3) == pytest.approx(0.5e-3)

@@ -1,0 +1,153 @@
+"""functional.cache_grid_counts (the cache methods' search engine) against brute force."""
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from fewclip import functional as F
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run thousands of tiny ops, where a second intra-op thread only adds
+    synchronisation (and stalls badly on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _brute_counts(x, y, keys, labels, base, betas, alphas, kw=None, extra=None, gammas=(0.0,)):
+    """Every grid point evaluated separately (float64, dense one-hot values, strict margins)."""
+    c = base.shape[1]
+    out = torch.zeros(len(betas), 1 if kw is None else len(kw), len(gammas), len(alphas))
+    onehot = torch.nn.functional.one_hot(labels, c).double()
+    for bi, b in enumerate(betas):
+        aff = torch.exp(-b * (1 - x.double() @ keys.double().T))
+        for g in range(out.shape[1]):
+            w = torch.ones(len(labels)) if kw is None else kw[g].double()
+            cache = aff @ (onehot * w[:, None])
+            for gi, ai in itertools.product(range(len(gammas)), range(len(alphas))):
+                logits = base.double() + alphas[ai] * cache
+                if extra is not None:
+                    logits = logits + gammas[gi] * extra.double()
+                true = logits.gather(1, y[:, None])[:, 0]
+                others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+                out[bi, g, gi, ai] = int((true > others).sum())
+    return out.long()
+
+
+@pytest.mark.parametrize(
+    ("variant", "dtype"),
+    [
+        ("plain", torch.float32),
+        ("weights", torch.float64),
+        ("extra", torch.float32),
+        ("both", torch.float64),
+        ("free-betas", torch.float32),
+    ],
+)
+def test_cache_grid_counts_equals_brute_force(variant, dtype):
+    g = torch.Generator().manual_seed(3)
+    n, c, d = 41, 6, 10
+    labels = torch.repeat_interleave(torch.arange(c), torch.tensor([1, 3, 2, 4, 2, 3]))
+    labels = labels[torch.randperm(len(labels), generator=g)]  # unsorted, uneven classes
+    keys = F.l2_normalize(torch.randn(len(labels), d, generator=g, dtype=dtype))
+    x = F.l2_normalize(torch.randn(n, d, generator=g, dtype=dtype))
+    y = torch.randint(c, (n,), generator=g)
+    base = 10 * x @ F.l2_normalize(torch.randn(c, d, generator=g, dtype=dtype)).T
+    betas = [0.5, 2.0, 1.0, 4.5] if variant == "free-betas" else F.reference_grid(7, 37)
+    alphas = F.reference_grid(3, 9)
+    kw = extra = None
+    gammas = (0.0,)
+    if variant in ("weights", "both"):
+        kw = 2 * torch.rand(3, len(labels), generator=g, dtype=dtype)
+    if variant in ("extra", "both"):
+        extra = torch.randn(n, c, generator=g, dtype=dtype)
+        gammas = [0.2 * i for i in range(6)]
+    got = F.cache_grid_counts(
+        x, y, keys, labels, base, betas, alphas, key_weights=kw, extra=extra, gammas=gammas,
+        chunk_bytes=3000,  # several row chunks
+    )  # fmt: skip
+    expected = _brute_counts(x, y, keys, labels, base, betas, alphas, kw, extra, gammas)
+    assert got.dtype == torch.long
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("variant", ["plain", "both"])
+def test_cache_grid_counts_row_groups_on_two_threads(monkeypatch, variant):
+    """With two intra-op threads the counting stage splits the rows into groups that run in
+    parallel Python threads; the counts must not change, and the caller's thread count must be
+    restored (also the one new threads start with)."""
+    g = torch.Generator().manual_seed(11)
+    n, c, d = 203, 7, 12
+    labels = torch.arange(c).repeat_interleave(3)
+    keys = F.l2_normalize(torch.randn(len(labels), d, generator=g, dtype=torch.float64))
+    x = F.l2_normalize(torch.randn(n, d, generator=g, dtype=torch.float64))
+    y = torch.randint(c, (n,), generator=g)
+    base = 10 * x @ F.l2_normalize(torch.randn(c, d, generator=g, dtype=torch.float64)).T
+    betas, alphas = F.reference_grid(7, 40), F.reference_grid(3, 8)
+    kw = extra = None
+    gammas = (0.0,)
+    if variant == "both":
+        kw = 2 * torch.rand(2, len(labels), generator=g, dtype=torch.float64)
+        extra = torch.randn(n, c, generator=g, dtype=torch.float64)
+        gammas = [0.3 * i for i in range(4)]
+    # 6 rows per cache block, so 203 rows make 34 blocks and, on two threads, two row groups
+    monkeypatch.setattr(F, "_GRID_BLOCK_BYTES", 6 * len(labels) * 8)
+    kwargs = dict(key_weights=kw, extra=extra, gammas=gammas)
+    assert torch.get_num_threads() == 1
+    one = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas, **kwargs)
+    calls = []
+    real = F._grid_rows_counts
+    monkeypatch.setattr(
+        F, "_grid_rows_counts", lambda s, *a, **k: calls.append(s.shape[0]) or real(s, *a, **k)
+    )
+    torch.set_num_threads(2)
+    two = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas, **kwargs)
+    assert torch.get_num_threads() == 2
+    with ThreadPoolExecutor(1) as pool:  # a fresh thread starts with the caller's count
+        assert pool.submit(torch.get_num_threads).result() == 2
+    assert sorted(calls) == [101, 102]
+    assert torch.equal(two, one)
+    assert torch.equal(
+        one, _brute_counts(x, y, keys, labels, base, betas, alphas, kw, extra, gammas)
+    )
+
+
+def test_cache_grid_counts_equals_tip_grid_counts_and_accepts_affinity():
+    g = torch.Generator().manual_seed(0)
+    keys = F.l2_normalize(torch.randn(30, 12, generator=g))
+    labels = torch.arange(5).repeat_interleave(6)
+    x = F.l2_normalize(torch.randn(50, 12, generator=g))
+    y = torch.randint(5, (50,), generator=g)
+    w = F.l2_normalize(torch.randn(5, 12, generator=g))
+    betas, alphas = F.reference_grid(7, 50), F.reference_grid(3, 10)
+    tip = F.tip_grid_counts(x, y, keys, labels, w, betas, alphas)
+    ours = F.cache_grid_counts(x, y, keys, labels, 100 * x @ w.T, betas, alphas)
+    assert torch.equal(ours[:, 0, 0, :], tip)
+    given = F.cache_grid_counts(
+        x, y, keys, labels, 100 * x @ w.T, betas, alphas, affinity=x @ keys.T
+    )
+    assert torch.equal(given, ours)
+
+
+def test_cache_grid_counts_bad_input():
+    x, keys = F.l2_normalize(torch.randn(4, 3)), F.l2_normalize(torch.randn(6, 3))
+    labels, y, base = torch.arange(3).repeat(2), torch.zeros(4, dtype=torch.long), torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="betas: expected positive"):
+        F.cache_grid_counts(x, y, keys, labels, base, [0.0, 1.0], [1.0])
+    with pytest.raises(ValueError, match="alphas: expected non-negative"):
+        F.cache_grid_counts(x, y, keys, labels, base, [1.0], [-1.0])
+    with pytest.raises(ValueError, match="gammas: expected a single value"):
+        F.cache_grid_counts(x, y, keys, labels, base, [1.0], [1.0], gammas=(0.0, 1.0))
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        F.cache_grid_counts(x, y, keys, labels[:5], base, [1.0], [1.0])
+    with pytest.raises(ValueError, match="key_weights: expected shape"):
+        F.cache_grid_counts(x, y, keys, labels, base, [1.0], [1.0], key_weights=torch.ones(6))
+    with pytest.raises(ValueError, match="extra: expected shape"):
+        F.cache_grid_counts(
+            x, y, keys, labels, base, [1.0], [1.0], extra=torch.ones(4, 2), gammas=(0.0, 1.0)
+        )
