@@ -21,6 +21,7 @@ FEATURE_WORLD = [
     "fewclip.bench.results",
     "fewclip.bench.runner",
     "fewclip.testing.synthetic",
+    "fewclip.testing.conformance",
 ]
 IMAGE_WORLD = (
     "PIL",

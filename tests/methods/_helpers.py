@@ -12,14 +12,19 @@ from fewclip.task import FeatureSet, Task
 from fewclip.testing import SyntheticWorld
 
 
-def make_clustered_task(c=5, shots=4, d=16, views=3, seed=0, val=True, dtype=torch.float32):
-    """Small clustered task (as tests/methods/conftest.py builds its ``task`` fixture)."""
+def _clustered_task(counts, d, views, seed, val, dtype, *, shuffle, val_per_class):
+    """Class means in ``d`` dimensions, support features around them (``counts`` per class,
+    labels shuffled when ``shuffle``), ``views`` noisy views, ``val_per_class`` validation
+    images a class and noisy unit text weights, drawn in that order from one generator."""
+    c = len(counts)
     g = torch.Generator().manual_seed(seed)
     means = torch.randn(c, d, generator=g, dtype=dtype)
-    labels = torch.arange(c).repeat_interleave(shots)
+    labels = torch.repeat_interleave(torch.arange(c), torch.tensor(counts))
+    if shuffle:
+        labels = labels[torch.randperm(len(labels), generator=g)]
     feats = 3 * (means[labels] + 0.7 * torch.randn(len(labels), d, generator=g, dtype=dtype))
     bank = feats + 0.2 * torch.randn(views, len(labels), d, generator=g, dtype=dtype)
-    vy = torch.arange(c).repeat_interleave(2)
+    vy = torch.arange(c).repeat_interleave(val_per_class)
     vx = 3 * (means[vy] + 0.7 * torch.randn(len(vy), d, generator=g, dtype=dtype))
     text = F.l2_normalize(means + torch.randn(c, d, generator=g, dtype=dtype))
     return Task(
@@ -28,6 +33,12 @@ def make_clustered_task(c=5, shots=4, d=16, views=3, seed=0, val=True, dtype=tor
         FeatureSet(feats, labels, bank),
         FeatureSet(vx, vy) if val else None,
     )
+
+
+def make_clustered_task(c=5, shots=4, d=16, views=3, seed=0, val=True, dtype=torch.float32):
+    """Small clustered task, labels in class order, 2 validation images a class (the ``task``
+    fixture of tests/methods/conftest.py)."""
+    return _clustered_task([shots] * c, d, views, seed, val, dtype, shuffle=False, val_per_class=2)
 
 
 def make_shuffled_task(
@@ -35,22 +46,8 @@ def make_shuffled_task(
 ):
     """Small clustered task, labels shuffled, 3 validation images a class; ``per`` gives
     unequal shots per class."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(c, d, generator=g, dtype=dtype)
     counts = per if per is not None else [shots] * c
-    labels = torch.repeat_interleave(torch.arange(c), torch.tensor(counts))
-    labels = labels[torch.randperm(len(labels), generator=g)]
-    feats = 3 * (means[labels] + 0.7 * torch.randn(len(labels), d, generator=g, dtype=dtype))
-    bank = feats + 0.2 * torch.randn(views, len(labels), d, generator=g, dtype=dtype)
-    vy = torch.arange(c).repeat_interleave(3)
-    vx = 3 * (means[vy] + 0.7 * torch.randn(len(vy), d, generator=g, dtype=dtype))
-    text = F.l2_normalize(means + torch.randn(c, d, generator=g, dtype=dtype))
-    return Task(
-        [f"class {i}" for i in range(c)],
-        text,
-        FeatureSet(feats, labels, bank),
-        FeatureSet(vx, vy) if val else None,
-    )
+    return _clustered_task(counts, d, views, seed, val, dtype, shuffle=True, val_per_class=3)
 
 
 def np_unit(x):

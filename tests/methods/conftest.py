@@ -1,30 +1,11 @@
 import pytest
 import torch
-
-from fewclip.task import FeatureSet, Task
-
-
-def make_task(c=5, shots=4, d=16, views=3, seed=0, val=True, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(c, d, generator=g, dtype=dtype)
-    labels = torch.arange(c).repeat_interleave(shots)
-    feats = 3 * (means[labels] + 0.7 * torch.randn(len(labels), d, generator=g, dtype=dtype))
-    bank = feats + 0.2 * torch.randn(views, len(labels), d, generator=g, dtype=dtype)
-    vy = torch.arange(c).repeat_interleave(2)
-    vx = 3 * (means[vy] + 0.7 * torch.randn(len(vy), d, generator=g, dtype=dtype))
-    text = means + 1.0 * torch.randn(c, d, generator=g, dtype=dtype)
-    text = text / text.norm(dim=1, keepdim=True)
-    return Task(
-        [f"class {i}" for i in range(c)],
-        text,
-        FeatureSet(feats, labels, bank),
-        FeatureSet(vx, vy) if val else None,
-    )
+from tests.methods._helpers import make_clustered_task
 
 
 @pytest.fixture
 def task():
-    return make_task()
+    return make_clustered_task()
 
 
 @pytest.fixture

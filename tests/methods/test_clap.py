@@ -1,7 +1,5 @@
 """ZS-LP and CLAP: penalty weights, zero-shot start, steps against autograd + SGD, schedule."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -120,15 +118,6 @@ def test_zs_lp_and_clap_never_use_validation(task64, queries64):
         a = methods.create(name, epochs=3, batch_size=8).fit(task64)
         b = methods.create(name, epochs=3, batch_size=8).fit(task64.without_val())
         assert torch.equal(a.logits(queries64), b.logits(queries64))
-
-
-def test_zs_lp_lr_schedule():
-    m = methods.create("zs-lp")
-    # Dassl's warm-up recount: the cosine starts at epoch 1, at the full rate
-    assert m._lr_at(0) == 1e-5
-    assert m._lr_at(1) == pytest.approx(0.1)
-    assert m._lr_at(2) == pytest.approx(0.05 * (1 + math.cos(math.pi / 300)))
-    assert m._lr_at(299) == pytest.approx(0.05 * (1 + math.cos(math.pi * 298 / 300)))
 
 
 def test_zs_lp_bad_input(task64):

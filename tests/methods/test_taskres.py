@@ -1,7 +1,5 @@
 """TaskRes: the zero-residual limit, the logit formula, fitting separable data, the schedule."""
 
-import math
-
 import pytest
 import torch
 from tests.methods._helpers import make_shuffled_task as make_task
@@ -40,11 +38,3 @@ def test_taskres_fits_separable_data_that_zero_shot_gets_wrong():
     assert methods.create("zero-shot").fit(task).score(s.features, s.labels) < 0.5
     m = methods.create("taskres", alpha=1.0, epochs=100, lr=1e-2).fit(task)
     assert m.score(s.features, s.labels) == 1.0
-
-
-def test_taskres_lr_schedule():
-    m = methods.create("taskres", epochs=200)
-    assert m._lr_at(0) == 1e-5
-    assert m._lr_at(1) == pytest.approx(2e-3)  # Dassl's warm-up recount
-    assert m._lr_at(2) == pytest.approx(0.5 * 2e-3 * (1 + math.cos(math.pi / 200)))
-    assert m._lr_at(199) == pytest.approx(0.5 * 2e-3 * (1 + math.cos(math.pi * 198 / 200)))

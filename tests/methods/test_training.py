@@ -4,6 +4,8 @@ it, and the batches from Dassl's loader rule drop_last = (n >= batch_size)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -219,3 +221,22 @@ def test_no_method_keeps_a_private_training_loop() -> None:
         src = path.read_text()
         for copy in ("lr_scheduler", "randint(n_views", "math.cos(", "self.batch_size)]"):
             assert copy not in src, f"{path.name} keeps its own {copy!r}"
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "lr", "epochs"),
+    [
+        ("clip-adapter", {"epochs": 200}, 2e-3, 200),
+        ("taskres", {"epochs": 200}, 2e-3, 200),
+        ("zs-lp", {}, 0.1, 300),  # the default schedule: 300 epochs at 0.1
+    ],
+)
+def test_the_reference_schedules_by_hand(name: str, params: dict, lr: float, epochs: int) -> None:
+    """Epoch 0 warms up at 1e-5; the cosine starts at epoch 1 at the full rate (Dassl's
+    recount) and is at cos(π·198/T) in the last epoch, written out by hand."""
+    m = methods.create(name, **params)
+    assert m._lr_at(0) == 1e-5
+    assert m._lr_at(1) == pytest.approx(lr)
+    assert m._lr_at(2) == pytest.approx(0.5 * lr * (1 + math.cos(math.pi / epochs)))
+    last = 0.5 * lr * (1 + math.cos(math.pi * (epochs - 2) / epochs))
+    assert m._lr_at(epochs - 1) == pytest.approx(last)
