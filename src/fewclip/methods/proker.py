@@ -402,20 +402,27 @@ class ProKeR(Method):
             k_sm = tip_affinity(keys, land, beta=beta)
             return land, nystrom_coef(k_sm, tip_affinity(land, land, beta=beta), residual, lam=lam)
         if self.solver_ == "cg":
-            coef, self.cg_iterations_ = proker_cg(
-                keys,
-                residual,
-                beta=beta,
-                lam=lam,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                n_landmarks=min(self.n_landmarks, keys.shape[0]),
-                seed=self.seed,
-            )
+            coef, self.cg_iterations_ = self._cg(keys, residual, beta, lam)
             return keys, coef
         gram = keys @ keys.T
         gram -= 1.0
         return keys, proker_cholesky(gram, residual, beta=beta, lam=lam)
+
+    def _cg(
+        self, keys: Tensor, residual: Tensor, beta: float, lam: float, x0: Tensor | None = None
+    ) -> tuple[Tensor, int]:
+        """:func:`proker_cg` with this method's tolerance, iteration cap, landmarks and seed."""
+        return proker_cg(
+            keys,
+            residual,
+            beta=beta,
+            lam=lam,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            n_landmarks=min(self.n_landmarks, keys.shape[0]),
+            seed=self.seed,
+            x0=x0,
+        )
 
     def _search(
         self,
@@ -454,17 +461,7 @@ class ProKeR(Method):
             for i, beta in enumerate(betas):
                 prev = None
                 for j, lam in enumerate(lams):
-                    coef, _ = proker_cg(
-                        keys,
-                        residual,
-                        beta=beta,
-                        lam=lam,
-                        tol=self.tol,
-                        max_iter=self.max_iter,
-                        n_landmarks=min(self.n_landmarks, keys.shape[0]),
-                        seed=self.seed,
-                        x0=prev,
-                    )
+                    coef, _ = self._cg(keys, residual, beta, lam, x0=prev)
                     prev = coef
                     counts[i, j] = count_correct(zv + kernel_matmul(xv, keys, coef, beta=beta), yv)
         else:
