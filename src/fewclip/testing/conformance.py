@@ -250,12 +250,8 @@ def check_bad_input(cls: type[Method], params: Mapping[str, Any]) -> None:
     """Bad queries and a non-task get FewclipErrors that name the input and what was wrong."""
     task = make_task()
     m = _create(cls, params)
-    _expect(
-        InvalidTypeError,
-        "task: expected a fewclip.Task",
-        lambda: m.fit(task.support.features),
-        "fit(tensor)",
-    )  # type: ignore[arg-type]
+    not_a_task: Any = task.support.features
+    _expect(InvalidTypeError, "task: expected a fewclip.Task", lambda: m.fit(not_a_task), "fit")
     m.fit(task)
     nan = torch.randn(3, 16)
     nan[1, 2] = float("nan")
