@@ -328,7 +328,7 @@ class Method(EstimatorParams):
         if not isinstance(task, Task):
             raise InvalidTypeError(
                 f"task: expected a fewclip.Task, found {type(task).__name__}; build one with "
-                "fewclip.Task(classnames, text_weights, support=FeatureSet(...))"
+                "fewclip.Task(classnames, text_weights, support=fewclip.FeatureSet(...))"
             )
         self.classnames_ = list(task.classnames)
         self.classes_ = list(range(task.n_classes))
