@@ -389,6 +389,14 @@ def test_every_command_as_a_console_process(shapes: Path, tmp_path: Path) -> Non
     assert res.returncode == 0, res.stderr
     ev = json.loads(res.stdout)
     assert ev["n"] == 16 and 0.0 <= ev["top1"] <= ev["top5"] <= 100.0
+    chart = tmp_path / "per_class.svg"
+    res = cli("evaluate", str(adapter), "--per-class", "--plot", str(chart), "-q")
+    assert res.returncode == 0, res.stderr
+    svg = chart.read_text()
+    assert "<svg" in svg and "TOY backbone" in svg  # the tiny backbone is named a toy
+    assert all(name in svg for name in ("green triangle", "red circle"))
+    res = cli("evaluate", str(adapter), "--plot", str(chart))
+    assert res.returncode == 1 and "exists" in res.stderr  # never overwritten
 
     data = _fake_dtd(tmp_path / "data")
     res = cli("datasets", "check", "dtd", "--root", str(data), "--json")
@@ -443,3 +451,19 @@ def test_help_and_missing_arguments_do_not_import_torch() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.stdout.strip().splitlines()[-1] == "[]", res.stderr
+
+
+def test_the_cli_reference_is_generated_from_every_command() -> None:
+    import typer
+
+    from fewclip.cli import app
+    from fewclip.cli.reference import markdown
+
+    ref = markdown()
+    for leaf, cmd in _leaf_commands(typer.main.get_command(app)):
+        assert f"## `fewclip {leaf}`" in ref
+        for param in cmd.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("-"):
+                    assert f"`{opt}`" in ref, (leaf, opt)
+    assert "## `fewclip`\n" in ref and "`--debug`" in ref

@@ -6,6 +6,9 @@ dataset plus the average panel: one line per method over a log₂ shots axis (ti
 accuracy does not depend on K), LEAKY results as hollow markers with "LEAKY" in the legend
 and the title, and "(TOY backbone)" with the TOY warning in the title of a toy backbone's figure
 (``Group.toy``). Each figure is written as PNG and SVG, atomically.
+
+``plot_per_class(rows, path)`` draws the per-class accuracy of one evaluation as horizontal
+bars, worst class at the top (what ``fewclip evaluate --per-class --plot FILE`` writes).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from fewclip.bench.results import TOY_WARNING, Group, Stat, Summary, Table, write_atomic
 from fewclip.errors import InvalidValueError, MissingExtraError
 
-__all__ = ["PLOT_EXTRA_HINT", "plot_group", "plot_summary"]
+__all__ = ["PLOT_EXTRA_HINT", "plot_group", "plot_per_class", "plot_summary"]
 
 PLOT_EXTRA_HINT = "plots need matplotlib: pip install 'fewclip[plot]'"
 
@@ -210,3 +213,47 @@ def plot_summary(
             fig.savefig(buf, format=fmt, dpi=dpi)
             paths.append(write_atomic(base.with_name(f"{base.name}.{fmt}"), buf.getvalue()))
     return paths
+
+
+def plot_per_class(
+    rows: list[dict[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "Per-class accuracy",
+    dpi: int = 150,
+) -> Path:
+    """Write a bar chart of per-class accuracy to ``path`` (format from its suffix: ``.png``,
+    ``.svg``, ``.pdf``), atomically.
+
+    ``rows`` are ``{"class": name, "accuracy": percent or None, "n": images}`` as
+    ``fewclip.metrics`` reports them; classes without test images are left out. The worst
+    class is drawn at the top; a dashed line marks the mean over classes (macro accuracy).
+    """
+    _require_matplotlib()
+    from matplotlib.figure import Figure
+
+    target = Path(path)
+    fmt = target.suffix.lstrip(".").lower()
+    if fmt not in ("png", "svg", "pdf"):
+        raise InvalidValueError(
+            f"--plot: expected a .png, .svg or .pdf file name, found {target.name!r}"
+        )
+    shown = sorted((r for r in rows if r.get("accuracy") is not None), key=lambda r: r["accuracy"])
+    if not shown:
+        raise InvalidValueError("per-class accuracy: no class has an image to score")
+    names = [f"{r['class']} ({r['n']})" for r in shown]
+    values = [float(r["accuracy"]) for r in shown]
+    fig = Figure(figsize=(6.4, 0.9 + 0.28 * len(shown)), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(range(len(values)), values, color="#4c72b0")
+    ax.set_yticks(range(len(values)), names, fontsize=8)
+    ax.invert_yaxis()
+    macro = sum(values) / len(values)
+    ax.axvline(macro, color="0.3", linestyle="--", linewidth=1, label=f"mean {macro:.1f}%")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("top-1 accuracy (%), class (test images)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi)
+    return write_atomic(target, buf.getvalue())

@@ -192,6 +192,23 @@ def default_backbone(pretrained: str | None, *, quiet: bool = False) -> str:
     )
 
 
+#: A file in a ``local-dir:`` backbone folder that marks it as toy weights (the demo writes
+#: one); its first line says what the weights are.
+TOY_MARKER = "TOY_BACKBONE.txt"
+
+
+def toy_backbone(name: str) -> str | None:
+    """What makes the backbone ``name`` a toy (``fewclip-tiny-*``: random weights; a
+    ``local-dir:`` folder holding :data:`TOY_MARKER`: its first line), or None."""
+    if name.startswith("fewclip-tiny"):
+        return "random, untrained weights"
+    if name.startswith("local-dir:"):
+        marker = Path(name.removeprefix("local-dir:")) / TOY_MARKER
+        if marker.is_file():
+            return (marker.read_text(encoding="utf-8").splitlines() or ["toy weights"])[0]
+    return None
+
+
 def load_backbone(
     name: str | None, pretrained: str | None, device: str, precision: str, *, quiet: bool = False
 ) -> Backbone:

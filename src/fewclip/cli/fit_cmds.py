@@ -29,6 +29,7 @@ from fewclip.cli._common import (
     load_dataset,
     parse_params,
     report_skipped,
+    toy_backbone,
 )
 from fewclip.cli.data_cmds import BACKBONE_HELP, DATA_HELP, ROOT_HELP, STORE_HELP
 
@@ -388,6 +389,11 @@ def evaluate(
     device: str = DEVICE_OPTION,
     precision: str = typer.Option("amp", help=PRECISION_HELP),
     per_class: bool = typer.Option(False, "--per-class", help="Also print per-class accuracy."),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Write a per-class accuracy chart to this .png/.svg/.pdf file (needs matplotlib).",
+    ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -397,6 +403,7 @@ def evaluate(
     \b
     Examples:
       fewclip evaluate ./my-adapter --data ./my_images
+      fewclip evaluate ./my-adapter --per-class --plot per_class.png
       fewclip evaluate --method tip-adapter --data dtd --root ~/data -k 16 -b RN50
     """
     from fewclip.adapter import Adapter, evaluate_model, fit_adapter
@@ -404,6 +411,8 @@ def evaluate(
 
     if (adapter is None) == (method is None):
         raise CLIError("give an ADAPTER folder or --method (one of them)")
+    if plot is not None and plot.exists():
+        raise CLIError(f"--plot: {plot} exists; fewclip does not overwrite it, give a new name")
     info: dict[str, Any]
     if adapter is not None:
         ad = Adapter.load(adapter)
@@ -474,6 +483,15 @@ def evaluate(
     skipped = source.skipped_images()
     report_skipped(skipped, quiet=quiet or as_json)
     result = {**info, "dataset": ds.name, "split": split, **rep, "skipped_images": skipped}
+    if plot is not None:
+        from fewclip.bench.plots import plot_per_class
+
+        title = f"{result['method']} on {ds.name}/{split}: per-class top-1 accuracy"
+        toy = toy_backbone(str((ad.info.get("backbone") or {}).get("name", "")))
+        if toy is not None:
+            title += f"\nTOY backbone ({toy}): says nothing about real CLIP models"
+        written = plot_per_class(rep["per_class"], plot, title=title)
+        echo(f"wrote {written}", quiet=quiet or as_json, err=True)
     if as_json:
         emit_json(result if per_class else {k: v for k, v in result.items() if k != "per_class"})
         return

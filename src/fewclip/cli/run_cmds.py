@@ -15,6 +15,7 @@ from fewclip.cli._common import (
     PRECISION_HELP,
     QUIET_HELP,
     SKIP_BAD_HELP,
+    TOY_MARKER,
     WORKERS_HELP,
     CLIError,
     atomic_write_text,
@@ -24,6 +25,7 @@ from fewclip.cli._common import (
     int_list,
     report_skipped,
     str_list,
+    toy_backbone,
 )
 from fewclip.cli.data_cmds import ROOT_HELP, STORE_HELP
 
@@ -77,7 +79,7 @@ def _claim_out(out: Path, kind: str, inputs: list[str] | None = None) -> None:
 DEMO_BACKBONE = "fewclip-tiny-vit"
 #: Written into the demo's toy checkpoint folder, so that the folder says what it holds (and a
 #: demo run with ``-b local-dir:FOLDER`` is still marked TOY). First line: what the weights are.
-DEMO_TOY_MARKER = "TOY_BACKBONE.txt"
+DEMO_TOY_MARKER = TOY_MARKER
 #: Shorter training schedules for the demo's 240-image dataset (the defaults are the papers').
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
     "clip-adapter": {"epochs": 50},
@@ -253,11 +255,10 @@ def _demo_backbone(
 
     if not name.startswith("fewclip-tiny-"):
         bb = fb.load(name, pretrained=pretrained)
-        marker = Path(name.removeprefix("local-dir:")) / DEMO_TOY_MARKER
-        if not (name.startswith("local-dir:") and marker.is_file()):
+        what = toy_backbone(name)
+        if what is None:
             return bb, None, None
-        what = (marker.read_text(encoding="utf-8").splitlines() or ["toy weights"])[0]
-        note = f"{what}; checkpoint {marker.parent.resolve()}"
+        note = f"{what}; checkpoint {Path(name.removeprefix('local-dir:')).resolve()}"
         echo(f"backbone: {name} is a TOY checkpoint ({what})", quiet=quiet, err=True)
         return bb, note, None
     if warmup_steps == 0 or name != DEMO_BACKBONE:
