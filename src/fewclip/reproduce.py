@@ -13,7 +13,7 @@ what a user without test labels gets.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fewclip.errors import InvalidValueError
@@ -129,11 +129,15 @@ _IGNORED = ("root_path", "load_cache", "load_pre_feat", "cache_dir")
 _DATASET_ALIASES = {"fgvc": "fgvc_aircraft"}
 
 
-def tip_yaml_to_overrides(cfg: Mapping[str, Any]) -> list[str]:
+def tip_yaml_to_overrides(cfg: Mapping[str, Any], *, datasets: Sequence[str] = ()) -> list[str]:
     """Bench ``key=value`` overrides equivalent to a Tip-Adapter config mapping.
 
-    Unknown keys raise ``ValueError`` naming them; file-system keys (``root_path``,
-    ``load_cache`` ...) are ignored, since fewclip has its own data root and feature store.
+    Method hyper-parameters (``init_alpha``, ``search_scale``, ``train_epoch``, ...) go to
+    ``dataset_params.<dataset>.<method>`` for the config's ``dataset`` (else for each of
+    ``datasets``), so that they win over the preset's per-dataset values, as the file's values
+    do in the reference; without any dataset they go to ``params``. Unknown keys raise
+    ``InvalidValueError`` naming them; file-system keys (``root_path``, ``load_cache`` ...)
+    are ignored, since fewclip has its own data root and feature store.
     """
     import json
 
@@ -143,6 +147,9 @@ def tip_yaml_to_overrides(cfg: Mapping[str, Any]) -> list[str]:
             f"Tip-Adapter config: unknown key(s) {', '.join(unknown)}; known: "
             f"{', '.join(sorted(TIP_YAML_KEYS))} (ignored: {', '.join(_IGNORED)})"
         )
+    scope = list(datasets)
+    if "dataset" in cfg:
+        scope = [_DATASET_ALIASES.get(str(cfg["dataset"]), str(cfg["dataset"]))]
     out: list[str] = []
     for key, value in cfg.items():
         if key in _IGNORED:
@@ -158,5 +165,9 @@ def tip_yaml_to_overrides(cfg: Mapping[str, Any]) -> list[str]:
             else [target]
         )
         for t in targets:
-            out.append(f"{t}={json.dumps(value)}")
+            if t.startswith("params.") and scope:
+                rest = t.removeprefix("params.")
+                out += [f"dataset_params.{d}.{rest}={json.dumps(value)}" for d in scope]
+            else:
+                out.append(f"{t}={json.dumps(value)}")
     return out

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from fewclip.cli import main
 from fewclip.testing.images import draw_shape_image, make_shapes_dataset
@@ -287,14 +288,21 @@ def test_bench_dry_run_and_reproduce_tip_config(
     tip = tmp_path / "dtd.yaml"
     tip.write_text(
         "root_path: ''\nload_cache: False\nload_pre_feat: False\nsearch_hp: True\n"
-        "search_scale: [13, 13]\nsearch_step: [200, 20]\ninit_beta: 1\ninit_alpha: 2\n"
+        "search_scale: [9, 4]\nsearch_step: [200, 20]\ninit_beta: 1\ninit_alpha: 2.5\n"
         "dataset: 'dtd'\nshots: 16\nbackbone: 'RN50'\nlr: 0.001\naugment_epoch: 10\n"
-        "train_epoch: 20\n"
+        "train_epoch: 30\n"
     )
     code, out, _ = run(["reproduce", "--tip-config", str(tip), "seeds=1", "--dry-run"], capsys)
     assert code == 0
     assert "- dtd" in out and "protocol: full-val" in out
-    assert "alpha: 2" in out and "search_scale:\n      - 13" in out.replace("- 13.0", "- 13")
+    # the file's values win over the preset's per-dataset ones ([13, 13], 2 and 20 for DTD)
+    from fewclip.bench import BenchConfig
+
+    cfg = BenchConfig.from_dict(yaml.safe_load(out.split("\n# ")[0]))
+    for method in ("tip-adapter", "tip-adapter-f"):
+        params = cfg.method_params(method, "dtd")
+        assert list(params["search_scale"]) == [9, 4] and params["alpha"] == 2.5, params
+    assert cfg.method_params("tip-adapter-f", "dtd")["epochs"] == 30
     tip.write_text("dataset: dtd\nwhat: 1\n")
     code, _, err = run(["reproduce", "--tip-config", str(tip), "--dry-run"], capsys)
     assert code == 1 and "unknown key(s) what" in err

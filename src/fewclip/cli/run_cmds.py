@@ -434,6 +434,12 @@ def reproduce(
     from fewclip.prepare import dataset_prepare
     from fewclip.reproduce import PAPER, PAPER_PROTOCOL, paper_number, tip_yaml_to_overrides
 
+    names = list(PAPER) if datasets == "all" else str_list(datasets)
+    unknown = [d for d in names if d not in PAPER]
+    if unknown:
+        raise CLIError(
+            f"--datasets: no paper numbers for {', '.join(unknown)}; known: {', '.join(PAPER)}"
+        )
     extra: list[str] = []
     if tip_config is not None:
         if not tip_config.is_file():
@@ -441,13 +447,7 @@ def reproduce(
         data = yaml.safe_load(tip_config.read_text())
         if not isinstance(data, dict):
             raise CLIError(f"--tip-config: {tip_config} is not a YAML mapping")
-        extra = tip_yaml_to_overrides(data)
-    names = list(PAPER) if datasets == "all" else str_list(datasets)
-    unknown = [d for d in names if d not in PAPER]
-    if unknown:
-        raise CLIError(
-            f"--datasets: no paper numbers for {', '.join(unknown)}; known: {', '.join(PAPER)}"
-        )
+        extra = tip_yaml_to_overrides(data, datasets=names)
     base = [*extra, *(overrides or [])]
     if not any(o.startswith("datasets=") for o in extra):
         base.insert(0, "datasets=" + ",".join(names))
