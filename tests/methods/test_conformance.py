@@ -114,3 +114,33 @@ def test_an_unregistered_or_mistyped_method_fails_the_traits_check(registered):
     with pytest.raises(AssertionError, match="quick_params.*epochs"):
         check_method(BadTraits)
     assert issubclass(BadTraits, Method)
+
+
+class _PicksTheLastPoint(methods.TipAdapter):
+    """Reports the search grid but keeps its last point, whatever the validation says."""
+
+    def _search(self, val):
+        super()._search(val)
+        if self._selection() is not None:
+            grid, _ = self._selection()
+            self.beta_, self.alpha_ = grid[-1]["beta"], grid[-1]["alpha"]
+
+
+class _KeepsTheLastBest(methods.GDA):
+    """Breaks ties towards the last α (``>=``), not the reference's first."""
+
+    def _search(self, val):
+        super()._search(val)
+        grid = [float(a) for a in self.alphas]
+        scores = []
+        for a in grid:
+            self.alpha_ = a
+            scores.append(int((self.predict(val.features) == val.labels).sum()))
+        self.alpha_ = grid[len(scores) - 1 - scores[::-1].index(max(scores))]
+
+
+@pytest.mark.parametrize("cls", [_PicksTheLastPoint, _KeepsTheLastBest])
+def test_the_selection_check_catches_a_wrong_pick_or_tie_rule(registered, cls):
+    registered(f"broken-selection-{cls.__name__.lower()}", cls)
+    with pytest.raises(AssertionError, match=r"^check_selection\("):
+        check_method(cls)

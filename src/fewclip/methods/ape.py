@@ -258,6 +258,19 @@ class APE(Method):
         if self.search and task.val is not None:
             self._search(task)
 
+    def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        if not self.search or self.val_accuracy_ is None:
+            return None
+        betas, alphas, gammas = self._grids()
+        grid = [
+            {"search": False, "beta": b, "alpha": a, "gamma": g}
+            for b in betas
+            for a in alphas
+            for g in gammas
+        ]
+        chosen = {"search": False, "beta": self.beta_, "alpha": self.alpha_, "gamma": self.gamma_}
+        return grid, chosen
+
     def _search(self, task: Task) -> None:
         assert task.val is not None
         betas, alphas, gammas = self._grids()
@@ -380,6 +393,11 @@ class APET(APE):
         self.batch_size = batch_size
         self.seed = seed
         self.progress = progress
+
+    def _selection(self) -> None:
+        """None: the (β, α) search runs on the trained residual, which a fit without a search
+        does not reproduce."""
+        return None
 
     def _fit(self, task: Task) -> None:
         self._check_grid(2)

@@ -376,6 +376,13 @@ class Method(EstimatorParams):
     def _fit(self, task: Task) -> None:
         raise NotImplementedError
 
+    def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """What the last ``fit`` chose by a search on ``task.val``, for the conformance suite:
+        ``(candidates, chosen)``, the candidates in the reference's visiting order, each as
+        constructor parameters that fit that candidate without a search, and the chosen one.
+        ``None`` when nothing was chosen by a search (the default)."""
+        return None
+
     def _logits(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 

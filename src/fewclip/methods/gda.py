@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -224,6 +225,11 @@ class GDA(Method):
             self.alpha_ = float(self.default_alpha)
         else:
             self._search(task.val)
+
+    def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        if self.alpha is not None or not self.val_accuracy_:
+            return None  # fixed α, no validation, or no grid point right (default α kept)
+        return [{"alpha": float(a)} for a in self.alphas], {"alpha": self.alpha_}
 
     def _search(self, val: FeatureSet) -> None:
         x = l2_normalize(val.features.to(self._device, self._stats_dtype()))

@@ -122,6 +122,11 @@ class LinearProbe(Method):
             y = y.repeat(1 + s.n_views)
         return l2_normalize(x), y
 
+    def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        if self.val_accuracy_ is None:
+            return None
+        return [{"C": float(c)} for c in sorted(self.Cs)], {"C": self.C_}
+
     def _fit(self, task: Task) -> None:
         x, y = self._train_set(task)
         c = task.n_classes

@@ -408,6 +408,14 @@ class ProKeR(Method):
         gram -= 1.0
         return keys, proker_cholesky(gram, residual, beta=beta, lam=lam)
 
+    def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        if self.val_accuracy_ is None:
+            return None
+        betas = [float(self.beta)] if self.beta is not None else [float(b) for b in self.betas]
+        lams = [float(self.lam)] if self.lam is not None else [float(v) for v in self.lams]
+        grid = [{"beta": b, "lam": v} for b in betas for v in lams]
+        return grid, {"beta": self.beta_, "lam": self.lam_}
+
     def _cg(
         self, keys: Tensor, residual: Tensor, beta: float, lam: float, x0: Tensor | None = None
     ) -> tuple[Tensor, int]:

@@ -25,6 +25,7 @@ from fewclip.functional import (
     cache_keys,
     count_correct,
     l2_normalize,
+    reference_grid,
     search_tip,
     tip_cache_logits,
     tip_logits,
@@ -154,6 +155,14 @@ class TipAdapter(Method):
         self._build_cache(task)
         self._search(task.val)
 
+    def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        if not self.search or self.val_accuracy_ is None:
+            return None
+        betas = reference_grid(float(self.search_scale[0]), int(self.search_step[0]))
+        alphas = reference_grid(float(self.search_scale[1]), int(self.search_step[1]))
+        grid = [{"search": False, "beta": b, "alpha": a} for b in betas for a in alphas]
+        return grid, {"search": False, "beta": self.beta_, "alpha": self.alpha_}
+
     def _logits(self, x: Tensor) -> Tensor:
         return tip_logits(
             x,
@@ -231,6 +240,11 @@ class TipAdapterF(TipAdapter):
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.progress = progress
+
+    def _selection(self) -> None:
+        """None: the final (β, α) search runs on the trained keys, which a fit without a
+        search does not reproduce (the search itself is Tip-Adapter's, checked there)."""
+        return None
 
     def _fit(self, task: Task) -> None:
         check_ranges(self, epochs="int>=0", batch_size="int>=1")

@@ -226,12 +226,28 @@ class TipX(Method):
         self.affinity_range_ = (a_lo, a_hi)
         return torch.cat(kept) if keep else None
 
-    def _search(self, x: Tensor, y: Tensor, affinity: Tensor | None) -> None:
+    def _grids(self) -> tuple[list[float], list[float], list[float]]:
+        """(β, α, γ) grids: β from 1 (the reference's TIP-X grid), α and γ from 0.1."""
         s_b, s_a, s_g = (float(v) for v in self.search_scale)
         n_b, n_a, n_g = (int(v) for v in self.search_step)
         betas = [i * (s_b - 1) / n_b + 1 for i in range(n_b)]
-        alphas = reference_grid(s_a, n_a)
-        gammas = reference_grid(s_g, n_g)
+        return betas, reference_grid(s_a, n_a), reference_grid(s_g, n_g)
+
+    def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        if not self.search or self.val_accuracy_ is None:
+            return None
+        betas, alphas, gammas = self._grids()
+        grid = [  # the reference visits α, then β, then γ
+            {"search": False, "beta": b, "alpha": a, "gamma": g}
+            for a in alphas
+            for b in betas
+            for g in gammas
+        ]
+        chosen = {"search": False, "beta": self.beta_, "alpha": self.alpha_, "gamma": self.gamma_}
+        return grid, chosen
+
+    def _search(self, x: Tensor, y: Tensor, affinity: Tensor | None) -> None:
+        betas, alphas, gammas = self._grids()
         base = self.scale * (x @ self.text_weights_.to(x.dtype).T)
         counts = cache_grid_counts(
             x,

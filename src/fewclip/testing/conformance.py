@@ -339,6 +339,44 @@ def check_validation_trait(cls: type[Method], params: Mapping[str, Any]) -> None
         )
 
 
+def check_selection(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """A hyper-parameter search picks a candidate with the highest validation accuracy, and
+    among equal ones the first in the reference's visiting order (its strict ``>``).
+
+    Every candidate the method reports (``Method._selection``) is fitted on its own, without a
+    search, and scored on the validation set; the small validation set (2 images a class)
+    makes ties common, so the tie rule is exercised too.
+    """
+    for seed in (0, 1):
+        task = make_task(seed=seed)
+        assert task.val is not None
+        m = _create(cls, params).fit(task)
+        selection = m._selection()
+        if selection is None:
+            return
+        candidates, chosen = selection
+        assert chosen in candidates, f"the chosen {chosen} is not a candidate"
+        scores = [
+            int(
+                (
+                    _create(cls, params, **cand).fit(task).predict(task.val.features)
+                    == task.val.labels
+                ).sum()
+            )
+            for cand in candidates
+        ]
+        picked = candidates.index(chosen)
+        best = max(scores)
+        assert scores[picked] == best, (
+            f"seed {seed}: picked {chosen} with {scores[picked]} of {task.val.n} validation "
+            f"images right; {candidates[scores.index(best)]} gets {best}"
+        )
+        assert picked == scores.index(best), (
+            f"seed {seed}: {chosen} ties with the earlier {candidates[scores.index(best)]}; "
+            "the reference keeps the first best"
+        )
+
+
 _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_traits,
     check_fit_and_predict,
@@ -354,6 +392,7 @@ _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_many_classes,
     check_single_image_class,
     check_validation_trait,
+    check_selection,
 )
 
 
