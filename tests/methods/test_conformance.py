@@ -144,3 +144,28 @@ def test_the_selection_check_catches_a_wrong_pick_or_tie_rule(registered, cls):
     registered(f"broken-selection-{cls.__name__.lower()}", cls)
     with pytest.raises(AssertionError, match=r"^check_selection\("):
         check_method(cls)
+
+
+class _KeepsTheLastEpoch(methods.TipAdapterF):
+    """Keeps the last epoch although an earlier one scored as well on validation."""
+
+    def _train(self, task):
+        super()._train(task)
+        self.best_epoch_ = self.epochs
+
+
+class _KeepsTheFirstOfEqualEpochs(methods.LPPlusPlus):
+    """Keeps the first of equally good epochs; the released LP++ keeps the last (``>=``)."""
+
+    def _fit(self, task):
+        super()._fit(task)
+        scores = [s for _, s in self._val_history]
+        if scores:
+            self.best_epoch_ = self._val_history[scores.index(max(scores))][0]
+
+
+@pytest.mark.parametrize("cls", [_KeepsTheLastEpoch, _KeepsTheFirstOfEqualEpochs])
+def test_the_epoch_selection_check_catches_a_wrong_epoch(registered, cls):
+    registered(f"broken-epochs-{cls.__name__.lower()}", cls)
+    with pytest.raises(AssertionError, match=r"^check_epoch_selection\("):
+        check_method(cls)

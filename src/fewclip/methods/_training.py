@@ -169,9 +169,12 @@ class KeepBest:
         self.score = -math.inf
         self.epoch = 0
         self.state: tuple[Tensor, ...] = ()
+        #: Every ``(epoch, score)`` offered, in order (what the selection was made from).
+        self.history: list[tuple[int, float]] = []
 
     def offer(self, score: float, epoch: int, *tensors: Tensor) -> bool:
         """Record ``tensors`` (detached copies) if ``score`` is the best; returns whether it was."""
+        self.history.append((epoch, score))
         better = score > self.score or (self.ties == "last" and score == self.score)
         if better:
             self.score, self.epoch = score, epoch

@@ -399,6 +399,10 @@ class APET(APE):
         does not reproduce."""
         return None
 
+    def _epoch_selection(self) -> tuple[list[tuple[int, float]], int, str, bool] | None:
+        history = getattr(self, "_val_history", [])
+        return (history, self.best_epoch_, "first", False) if history else None
+
     def _fit(self, task: Task) -> None:
         self._check_grid(2)
         check_ranges(self, epochs="int>=0", batch_size="int>=1")
@@ -413,6 +417,7 @@ class APET(APE):
         residual = torch.zeros(task.n_classes, q, dtype=tdt, device=dev)
         values = torch.ones(keys.shape[0], dtype=tdt, device=dev)
         self.best_epoch_ = 0
+        self._val_history: list[tuple[int, float]] = []
         val = None
         if task.val is not None:
             xv = l2_normalize(task.val.features.to(dev, tdt))
@@ -502,6 +507,7 @@ class APET(APE):
         if val is None:
             best.keep(self.epochs, res, vw)
         self.best_epoch_ = best.epoch
+        self._val_history = best.history
         return best.state[0], best.state[1]
 
     def _logits(self, x: Tensor) -> Tensor:

@@ -383,6 +383,15 @@ class Method(EstimatorParams):
         ``None`` when nothing was chosen by a search (the default)."""
         return None
 
+    def _epoch_selection(self) -> tuple[list[tuple[int, float]], int, str, bool] | None:
+        """What the last ``fit`` chose among training epochs (or iterations) on ``task.val``,
+        for the conformance suite: ``(history, chosen, ties, final)``. ``history`` holds every
+        ``(epoch, validation accuracy in [0, 1])`` scored, ``chosen`` the kept epoch, ``ties``
+        ``"first"`` or ``"last"`` (which of equal scores the reference keeps), and ``final``
+        whether the fitted method is that epoch's state as it is (no search after it).
+        ``None`` when no epoch was chosen on validation (the default)."""
+        return None
+
     def _logits(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 

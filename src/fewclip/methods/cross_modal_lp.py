@@ -171,15 +171,16 @@ class CrossModalLP(Method):
                 for wd in self.search_weight_decay
                 for bs in self.search_batch_size
             ]
-        best: tuple[float, Tensor, tuple[float, float, int], int] | None = None
+        best: tuple[float, Tensor, tuple[float, float, int], int, list] | None = None
         for cfg in configs:
-            w, acc, it = self._train(
+            w, acc, it, history = self._train(
                 images, image_labels, zero_shot, text_labels, val, *cfg, zero_shot.clone()
             )
             if best is None or acc > best[0]:
-                best = (acc, w, cfg, it)
+                best = (acc, w, cfg, it, history)
         assert best is not None
-        acc, w, (self.lr_, self.weight_decay_, self.batch_size_), self.best_iter_ = best
+        acc, w, (self.lr_, self.weight_decay_, self.batch_size_), self.best_iter_, history = best
+        self._val_history: list[tuple[int, float]] = history
         self.val_accuracy_: float | None = 100.0 * acc if val is not None else None
         self.zero_shot_ = zero_shot.to(self._dtype)
         r = float(self.wiseft_ratio)
@@ -196,8 +197,9 @@ class CrossModalLP(Method):
         weight_decay: float,
         batch_size: int,
         init: Tensor,
-    ) -> tuple[Tensor, float, int]:
-        """Returns (head, its val accuracy in [0, 1] or −1 without val, its iteration)."""
+    ) -> tuple[Tensor, float, int, list[tuple[int, float]]]:
+        """Returns (head, its val accuracy in [0, 1] or −1 without val, its iteration, every
+        (iteration, val accuracy) scored)."""
         n_text = int(batch_size * self.text_ratio)
         n_image = batch_size - n_text
         g = torch.Generator().manual_seed(self.seed)
@@ -224,7 +226,13 @@ class CrossModalLP(Method):
         if val is None or self.iters == 0:
             best.keep(self.iters, w)
         head = best.state[0]
-        return head, (-1.0 if val is None else _accuracy(val, head)), best.epoch
+        return head, (-1.0 if val is None else _accuracy(val, head)), best.epoch, best.history
+
+    def _epoch_selection(self) -> tuple[list[tuple[int, float]], int, str, bool] | None:
+        history = getattr(self, "_val_history", [])
+        if not history or self.iters == 0:
+            return None
+        return history, self.best_iter_, "first", float(self.wiseft_ratio) == 0.0
 
     def _logits(self, x: Tensor) -> Tensor:
         return self.scale * (x @ self.coef_.T)

@@ -203,16 +203,23 @@ class LPPlusPlus(Method):
             if val is not None and vlogits is not None:
                 correct = self._correct(val, coef, intercept, text_coef, vlogits)
                 best.offer(correct, epoch, coef, intercept, text_coef)
+        self._val_history: list[tuple[int, float]] = []
         if val is not None:
             coef, intercept, text_coef = best.state
             self.best_epoch_ = best.epoch
-            self.val_accuracy_ = 100.0 * best.score / max(1, val[2].shape[0])
+            n_val = max(1, val[2].shape[0])
+            self.val_accuracy_ = 100.0 * best.score / n_val
+            self._val_history = [(e, c / n_val) for e, c in best.history]
         else:
             self.best_epoch_ = self.epochs
         self.coef_ = coef.to(self._dtype)
         self.intercept_ = intercept.to(self._dtype)
         self.text_coef_ = text_coef.to(self._dtype)
         self.text_weights_ = text.to(self._dtype)
+
+    def _epoch_selection(self) -> tuple[list[tuple[int, float]], int, str, bool] | None:
+        history = getattr(self, "_val_history", [])
+        return (history, self.best_epoch_, "last", True) if history else None
 
     @staticmethod
     def _correct(

@@ -250,6 +250,7 @@ class TipAdapterF(TipAdapter):
         check_ranges(self, epochs="int>=0", batch_size="int>=1")
         self._build_cache(task)
         self.best_epoch_ = 0
+        self._val_history: list[tuple[int, float]] = []
         if self.epochs > 0:
             self._train(task)
         self._search(task.val)
@@ -299,6 +300,11 @@ class TipAdapterF(TipAdapter):
         if val_x is None:
             best.keep(self.epochs, keys)
         (self.keys_,), self.best_epoch_ = best.state, best.epoch
+        self._val_history = best.history
+
+    def _epoch_selection(self) -> tuple[list[tuple[int, float]], int, str, bool] | None:
+        history = getattr(self, "_val_history", [])
+        return (history, self.best_epoch_, "first", False) if history else None
 
     def _accuracy(self, x: Tensor, y: Tensor, keys: Tensor) -> float:
         logits = tip_logits(

@@ -377,6 +377,33 @@ def check_selection(cls: type[Method], params: Mapping[str, Any]) -> None:
         )
 
 
+def check_epoch_selection(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """A method that keeps its best training epoch on validation keeps the one with the
+    highest validation accuracy, first or last among equals as its reference does; where the
+    fitted method is that epoch's state, its validation accuracy is the recorded one."""
+    task = make_task(seed=2)
+    assert task.val is not None
+    m = _create(cls, params).fit(task)
+    selection = m._epoch_selection()
+    if selection is None:
+        return
+    history, chosen, ties, final = selection
+    assert history, "an epoch was chosen from an empty history"
+    scores = [s for _, s in history]
+    best = max(scores)
+    at = scores.index(best) if ties == "first" else len(scores) - 1 - scores[::-1].index(best)
+    assert chosen == history[at][0], (
+        f"kept epoch {chosen}; validation accuracy per epoch {history} says {history[at][0]} "
+        f"(ties: {ties})"
+    )
+    if final:
+        right = int((m.predict(task.val.features) == task.val.labels).sum())
+        assert abs(right / task.val.n - best) < 1e-9, (
+            f"the fitted method gets {right} of {task.val.n} validation images right, but "
+            f"epoch {chosen} was recorded at {best:.3f}"
+        )
+
+
 _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_traits,
     check_fit_and_predict,
@@ -393,6 +420,7 @@ _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_single_image_class,
     check_validation_trait,
     check_selection,
+    check_epoch_selection,
 )
 
 
