@@ -1,0 +1,39 @@
+"""`fewclip demo` options through the installed command: --seeds, --methods and
+--paper-schedules (on random tiny weights, one shot, one view: a few seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fewclip.cli.run_cmds import DEMO_PARAMS
+
+from .conftest import run_fewclip
+
+
+def test_seeds_methods_and_paper_schedules(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    res = run_fewclip(
+        "demo", "--out", out, "--shots", "1", "--seeds", "1,2", "--methods",
+        "zero-shot,clip-adapter", "--paper-schedules", "--warmup-steps", "0", "--views", "1",
+        store=tmp_path / "store",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "running 4 cells: 2 methods x shots [1] x seeds [1, 2]" in res.stderr
+    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    # --methods and --seeds: exactly these methods at exactly these seeds
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("clip-adapter", 1),
+        ("clip-adapter", 2),
+        ("zero-shot", 1),
+        ("zero-shot", 2),
+    ]
+    # --paper-schedules: CLIP-Adapter trains for the paper's epochs, not the demo's short ones
+    assert "demo schedules (shorter than the papers')" not in res.stderr
+    short = DEMO_PARAMS["clip-adapter"]["epochs"]
+    for r in rows:
+        assert r["cell"]["params"] == {}
+        if r["method"] == "clip-adapter":
+            assert r["params"]["epochs"] > short
+    table = res.stdout
+    assert "clip-adapter" in table and "zero-shot" in table and "tip-adapter" not in table
