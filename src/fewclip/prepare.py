@@ -89,7 +89,7 @@ def dataset_prepare(
         h = hashlib.sha256()
         for split in sorted(ds.splits):
             h.update(f"{split}:{ds.split(split).fingerprint()}\n".encode())
-        h.update(f"backbone:{bb.id}\nviews:{views}:{view_seed}".encode())
+        h.update(f"backbone:{bb.id}\nviews:{views}:{view_seed}\nprecision:{precision}".encode())
         for rec in skipped:
             h.update(f"\nskipped:{rec['split']}:{rec['path']}".encode())
         meta: dict[str, Any] = {
@@ -97,6 +97,7 @@ def dataset_prepare(
             "prompts_sha256": pset.fingerprint(),
             "n_views": views,
             "view_seed": view_seed,
+            "precision": precision,
             "backbone_id": bb.id,
             "dataset": source.dataset.summary(),
             "skipped_images": skipped,

@@ -55,3 +55,14 @@ def test_keep_going_num_workers_precision(opt_data: Path, tmp_path: Path) -> Non
     assert sorted(fs_stop.keys()) == sorted(fs_going.keys())
     for key in fs_going.keys():  # noqa: SIM118 (a method)
         assert torch.equal(fs_stop.load(key, mmap=False), fs_going.load(key, mmap=False))
+    assert row["data"]["precision"] == "fp32"  # recorded, and part of the data fingerprint
+
+
+def test_keep_going_exit_code_does_not_depend_on_json(opt_data: Path, tmp_path: Path) -> None:
+    cfg = _grid(tmp_path, opt_data)
+    res = run_fewclip(
+        "bench", cfg, "-o", tmp_path / "o", "--keep-going", "--json", store=tmp_path / "s"
+    )
+    assert res.returncode == 1, res.stderr  # a failed cell is not a success in JSON mode either
+    assert "error: 1 cells failed" in res.stderr
+    assert json.loads(res.stdout)["groups"]  # the summary is still printed, as valid JSON

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from fewclip._device import resolve_device
 from fewclip.backbones.base import (
     PRECISIONS,
     Backbone,
@@ -111,6 +112,7 @@ def load(
         raise InvalidValueError(f"precision: expected one of {PRECISIONS}, found {precision!r}")
     if not isinstance(name, str) or not name:
         raise InvalidTypeError(f"name: expected a non-empty model name, found {name!r}")
+    resolve_device(device)
     if name in TINY_NAMES:
         from fewclip.backbones.tiny import load_tiny
 

@@ -67,6 +67,40 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:1, ..."
 PRECISION_HELP = "amp (float16 autocast on a GPU, float32 on the CPU), fp32, fp16 or bf16."
+PRECISIONS = ("amp", "fp32", "fp16", "bf16")
+
+
+def check_precision(value: str) -> str:
+    """Typer callback of ``--precision``: one of :data:`PRECISIONS` (exit code 2 otherwise)."""
+    if value not in PRECISIONS:
+        raise typer.BadParameter(f"expected one of {', '.join(PRECISIONS)}, found {value!r}")
+    return value
+
+
+def check_device(value: str) -> str:
+    """Typer callback of ``--device``: ``cpu``, ``mps``, ``cuda`` or ``cuda:N``, and a CUDA
+    device must be one torch can use on this machine (exit code 2 otherwise)."""
+    import re
+
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"expected cpu, cuda or cuda:N, found {value!r}")
+    if value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(
+                f"{value!r}: no CUDA GPU that torch can use on this machine; use --device cpu"
+            )
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise typer.BadParameter(
+                f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return value
+
+
+DEVICE_OPTION: Any = typer.Option("cpu", help=DEVICE_HELP, callback=check_device)
+PRECISION_OPTION: Any = typer.Option("amp", help=PRECISION_HELP, callback=check_precision)
 QUIET_HELP = "Print only the result: no notes, no progress bars."
 JSON_HELP = "Print the result as JSON on stdout (accuracies in percent, as in the text)."
 BATCH_HELP = "Images per model call."

@@ -11,6 +11,8 @@ import typer
 from fewclip.cli._app import app, cache_app, datasets_app
 from fewclip.cli._common import (
     BATCH_HELP,
+    DEVICE_OPTION,
+    PRECISION_OPTION,
     SKIP_BAD_HELP,
     CLIError,
     default_store,
@@ -54,8 +56,8 @@ def extract(
     store: Path | None = typer.Option(None, help=STORE_HELP),
     batch_size: int = typer.Option(64, min=1, help=BATCH_HELP),
     num_workers: int = typer.Option(0, min=0, help="DataLoader workers for decoding."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
-    precision: str = typer.Option("amp", help="amp (fp16 autocast on GPU), fp32, fp16, bf16."),
+    device: str = DEVICE_OPTION,
+    precision: str = PRECISION_OPTION,
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     commit_seconds: float = typer.Option(
         30.0,

@@ -12,9 +12,10 @@ import typer
 from fewclip.cli._app import app
 from fewclip.cli._common import (
     BATCH_HELP,
-    DEVICE_HELP,
+    DEVICE_OPTION,
+    EXIT_USAGE,
     JSON_HELP,
-    PRECISION_HELP,
+    PRECISION_OPTION,
     PRETRAINED_HELP,
     PROMPTS_HELP,
     QUIET_HELP,
@@ -60,7 +61,6 @@ BACKBONE_OPTION = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP)
 PRETRAINED_OPTION = typer.Option(None, help=PRETRAINED_HELP)
 VIEWS_OPTION = typer.Option(10, min=0, help=VIEWS_HELP)
 STORE_OPTION = typer.Option(None, help=STORE_HELP)
-DEVICE_OPTION = typer.Option("cpu", help=DEVICE_HELP)
 
 
 def _method_name(method: str) -> str:
@@ -162,7 +162,7 @@ def fit(
     views: int = VIEWS_OPTION,
     store: Path | None = STORE_OPTION,
     device: str = DEVICE_OPTION,
-    precision: str = typer.Option("amp", help=PRECISION_HELP),
+    precision: str = PRECISION_OPTION,
     evaluate_test: bool = typer.Option(False, "--evaluate", help="Also report test accuracy."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
@@ -306,8 +306,8 @@ def predict(
         None, "--backbone", "-b", help="Load the backbone from here instead (same id required)."
     ),
     pretrained: str | None = typer.Option(None, help="Weights for --backbone."),
-    device: str = typer.Option("cpu", help=DEVICE_HELP),
-    precision: str = typer.Option("amp", help=PRECISION_HELP),
+    device: str = DEVICE_OPTION,
+    precision: str = PRECISION_OPTION,
     batch_size: int = typer.Option(64, min=1, help=BATCH_HELP),
     skip_bad: bool = typer.Option(
         False,
@@ -329,7 +329,7 @@ def predict(
     from fewclip.adapter import Adapter
 
     if fmt not in ("table", "csv", "json"):
-        raise CLIError(f"--format: expected table, csv or json, found {fmt!r}")
+        raise CLIError(f"--format: expected table, csv or json, found {fmt!r}", EXIT_USAGE)
     ad = Adapter.load(adapter)
     files = _collect_images(images, quiet=quiet)
     bb = ad.load_backbone(name=backbone, pretrained=pretrained, device=device, precision=precision)
@@ -366,8 +366,24 @@ def predict(
             raise typer.Exit(1)
 
 
+#: evaluate's options that only apply when it fits a method on the fly (--method).
+_FIT_ONLY_OPTIONS = {
+    "shots": "-k/--shots",
+    "seed": "--seed",
+    "protocol": "--protocol",
+    "repeat": "--repeat",
+    "allow_fewer": "--allow-fewer",
+    "param": "-p/--param",
+    "prompts": "--prompts",
+    "backbone": "-b/--backbone",
+    "pretrained": "--pretrained",
+    "views": "--views",
+}
+
+
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     adapter: Path | None = typer.Argument(None, help="Adapter folder (or use --method)."),
     data: str | None = typer.Option(
         None, "--data", "-d", help=DATA_HELP + " Default: the adapter's."
@@ -387,7 +403,7 @@ def evaluate(
     views: int = VIEWS_OPTION,
     store: Path | None = STORE_OPTION,
     device: str = DEVICE_OPTION,
-    precision: str = typer.Option("amp", help=PRECISION_HELP),
+    precision: str = PRECISION_OPTION,
     per_class: bool = typer.Option(False, "--per-class", help="Also print per-class accuracy."),
     plot: Path | None = typer.Option(
         None,
@@ -411,6 +427,19 @@ def evaluate(
 
     if (adapter is None) == (method is None):
         raise CLIError("give an ADAPTER folder or --method (one of them)")
+    if adapter is not None:
+        fit_only = [
+            opt
+            for name, opt in _FIT_ONLY_OPTIONS.items()
+            if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+        ]
+        if fit_only:
+            raise CLIError(
+                f"{', '.join(fit_only)}: only used with --method (fitting on the fly); an "
+                "adapter is evaluated as it was fitted. Refit it with `fewclip fit` to change "
+                "them.",
+                EXIT_USAGE,
+            )
     if plot is not None and plot.exists():
         raise CLIError(f"--plot: {plot} exists; fewclip does not overwrite it, give a new name")
     info: dict[str, Any]

@@ -251,10 +251,11 @@ class Dataset:
         return folders
 
     def summary(self) -> dict[str, Any]:
-        """Counts per split and class, JSON-able."""
+        """Counts per split and class, JSON-able; ``root`` absolute, so that a record (e.g. an
+        adapter's) still finds the data from another working directory."""
         return {
             "name": self.name,
-            "root": str(self.root),
+            "root": str(self.root.expanduser().resolve()),
             "n_classes": self.n_classes,
             "splits": {k: len(v) for k, v in self.splits.items()},
         }

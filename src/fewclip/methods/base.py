@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from fewclip._device import resolve_device
 from fewclip._version import __version__
 from fewclip.errors import (
     FewclipError,
@@ -404,7 +405,7 @@ class Method(EstimatorParams):
 
     @property
     def _device(self) -> torch.device:
-        return torch.device(getattr(self, "device", "cpu"))
+        return resolve_device(getattr(self, "device", "cpu"))
 
     def _to(self, x: Tensor) -> Tensor:
         """``x`` in the method's compute dtype and device."""
