@@ -38,8 +38,10 @@ def test_errors_keep_the_builtin_bases_users_catch() -> None:
     from fewclip.data.types import DatasetError, MissingDataError
     from fewclip.methods import NotFittedError
 
-    assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
-    assert issubclass(DatasetError, ValueError) and issubclass(MissingDataError, FileNotFoundError)
+    assert issubclass(NotFittedError, ValueError)
+    assert issubclass(NotFittedError, AttributeError)
+    assert issubclass(DatasetError, ValueError)
+    assert issubclass(MissingDataError, FileNotFoundError)
 
 
 def test_every_raise_in_fewclip_uses_a_fewclip_error() -> None:
@@ -75,6 +77,9 @@ def test_the_cli_reports_a_bug_in_one_line_with_exit_70(monkeypatch, capsys) -> 
     err = capsys.readouterr().err
     assert code == 70
     assert "internal error, a bug: ZeroDivisionError: division by zero" in err
-    assert "--debug" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--debug" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     code = main(["--debug", "fit", "-m", "zero-shot", "-d", "x", "-o", "y"])
-    assert code == 70 and "Traceback" in capsys.readouterr().err
+    assert code == 70
+    assert "Traceback" in capsys.readouterr().err

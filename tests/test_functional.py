@@ -154,10 +154,26 @@ def test_search_tip_unsorted_labels_and_reference_grid():
     assert F.search_tip(x, y, keys[perm], labels[perm], w) == ref
 
 
-def test_search_tip_keeps_dtype_and_accepts_float32():
+def _spy_dtypes(monkeypatch, name):
+    """Record the dtype of the validation features that ``F.<name>`` is called with."""
+    real, seen = getattr(F, name), []
+
+    def spy(x_val, *args, **kwargs):
+        seen.append(x_val.dtype)
+        return real(x_val, *args, **kwargs)
+
+    monkeypatch.setattr(F, name, spy)
+    return seen
+
+
+def test_search_tip_keeps_dtype_and_accepts_float32(monkeypatch):
     x, y, keys, labels, w = _world(0, 20, dtype=torch.float32)
-    beta, alpha, acc = F.search_tip(x, y, keys, labels, w, search_step=(10, 5))
-    assert 0 <= acc <= 100 and beta >= 0.1 and alpha >= 0.1
+    counted_in = _spy_dtypes(monkeypatch, "cache_grid_counts")
+    got = F.search_tip(x, y, keys, labels, w, search_step=(10, 5))
+    assert counted_in == [torch.float32]  # searched in float32, not upcast to float64
+    ref = _reference_search(x, y, keys, labels, w, (7, 3), (10, 5))  # the float32 loop
+    assert ref[2] > 0
+    assert got == ref
     with pytest.raises(ValueError, match="x_val"):
         F.search_tip(x[:0], y[:0], keys, labels, w)
     with pytest.raises(ValueError, match="search_scale"):
@@ -182,10 +198,12 @@ def test_affinity_in_place_is_bit_identical_and_keeps_autograd():
     torch.testing.assert_close(trainable.grad, manual)
 
 
-def test_search_tip_half_precision_counts_in_its_own_dtype():
+def test_search_tip_half_precision_counts_in_its_own_dtype(monkeypatch):
     x, y, keys, labels, w = (t.half() if t.is_floating_point() else t for t in _world(1, 30))
-    betas, alphas = F.reference_grid(7.0, 12), F.reference_grid(3.0, 6)
-    counts = F.tip_grid_counts(x, y, keys, labels, w, betas, alphas)
-    bi, ai = F.first_best(counts)
+    counted_in = _spy_dtypes(monkeypatch, "tip_grid_counts")
     got = F.search_tip(x, y, keys, labels, w, search_step=(12, 6))
-    assert got == (betas[bi], alphas[ai], 100.0 * int(counts[bi, ai]) / 30)
+    assert counted_in == [torch.float16]  # not cache_grid_counts, which searches in float32
+    # the reference loop run on the float16 tensors computes every logit in float16
+    ref = _reference_search(x, y, keys, labels, w, (7.0, 3.0), (12, 6))
+    assert ref[2] > 0
+    assert got == ref

@@ -35,7 +35,8 @@ def test_formats_decode_to_rgb(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"img.{fmt.lower()}"
     _solid().save(path, fmt)
     img = decode_image(path)
-    assert img.mode == "RGB" and img.size == (40, 30)
+    assert img.mode == "RGB"
+    assert img.size == (40, 30)
     _close(img, (20, 15), RED)
 
 
@@ -149,7 +150,8 @@ def test_bad_corpus_is_reported_completely(tmp_path: Path) -> None:
         assert bad[b.path] in b.reason
         with pytest.raises(ImageDecodeError) as err:
             decode_image(b.path)
-        assert err.value.path == b.path and err.value.reason == b.reason
+        assert err.value.path == b.path
+        assert err.value.reason == b.reason
     error = BadImageError(found, total=len(bad) + 1)
     for path in bad:
         assert path in str(error)
@@ -159,4 +161,5 @@ def test_bad_corpus_is_reported_completely(tmp_path: Path) -> None:
 
 def test_bad_image_error_truncates_long_lists() -> None:
     err = BadImageError([BadImage(f"/x/{i}.jpg", "empty file") for i in range(50)])
-    assert "and 30 more" in str(err) and len(err.bad_files) == 50
+    assert "and 30 more" in str(err)
+    assert len(err.bad_files) == 50

@@ -48,7 +48,8 @@ def test_save_into_a_folder_of_user_files_is_refused_and_deletes_nothing(tmp_pat
     for overwrite in (False, True):
         with pytest.raises(OutputFolderError, match="not empty.*important.txt.*sub/") as e:
             m.save(target, overwrite=overwrite)
-        assert isinstance(e.value, FewclipError) and isinstance(e.value, FileExistsError)
+        assert isinstance(e.value, FewclipError)
+        assert isinstance(e.value, FileExistsError)
         assert _snapshot(target) == before
     assert _hidden(tmp_path) == []
 
@@ -186,7 +187,8 @@ def test_claim_folder_refuses_user_files_and_adopts_old_fewclip_folders(tmp_path
     before = _user_files(mine)
     with pytest.raises(OutputFolderError, match="did not write.*important.txt"):
         claim_folder(mine, "bench", ["results.*"])
-    assert _snapshot(mine) == before and not (mine / OUTPUT_MARKER).exists()
+    assert _snapshot(mine) == before
+    assert not (mine / OUTPUT_MARKER).exists()
     old = tmp_path / "old"
     old.mkdir()
     (old / "results.jsonl").write_text("{}\n")

@@ -31,7 +31,8 @@ def test_draw_all_holds_out_a_seeded_disjoint_validation_set() -> None:
     assert draw_all(UNEVEN, seed=1, val_shots=4) == (support, val)
     assert draw_all(UNEVEN, seed=2, val_shots=4)[1] != val
     everything, none = draw_all(UNEVEN, seed=1)
-    assert everything == list(range(len(UNEVEN))) and none == []
+    assert everything == list(range(len(UNEVEN)))
+    assert none == []
 
 
 def test_draw_all_with_validation_refuses_a_class_of_fewer_than_five() -> None:
@@ -53,7 +54,8 @@ def test_protocol_plans_all_shots(protocol: str, val_split: str | None, val_n: i
     if val_split is None:
         assert plan.val is None
     else:
-        assert plan.val is not None and plan.val.split == val_split
+        assert plan.val is not None
+        assert plan.val.split == val_split
         if val_n is not None:
             assert len(plan.val) == val_n
     assert plan.meta["train_per_class"] == [7, 23]
@@ -63,7 +65,8 @@ def test_not_enough_images_names_class_counts_and_cli_flags() -> None:
     with pytest.raises(NotEnoughImagesError) as e:
         Protocol("fewshot-val").plan(UNEVEN, shots=16, seed=1, classnames=["a", "b", "c"])
     msg = str(e.value)
-    assert "class 0 ('a') has 7 images" in msg and "class 1 ('b') has 12 images" in msg
+    assert "class 0 ('a') has 7 images" in msg
+    assert "class 1 ('b') has 12 images" in msg
     assert "largest -k every class can give is 3" in msg
     for flag in ("-k all", "--repeat", "--allow-fewer", "--protocol val-free"):
         assert flag in msg
@@ -80,7 +83,8 @@ def test_choose_defaults_for_own_folders(tmp_path: Path) -> None:
     assert choose_defaults(big, None, None)[:2] == ("all", "fewshot-val")
     small = load_folder(_folder(tmp_path / "b", {"train": 3, "test": 2}))
     k, proto, why = choose_defaults(small, None, None)
-    assert (k, proto) == ("all", "val-free") and "too few images" in why
+    assert (k, proto) == ("all", "val-free")
+    assert "too few images" in why
     with_val = load_folder(_folder(tmp_path / "c", {"train": 3, "val": 1, "test": 1}))
     assert choose_defaults(with_val, None, None)[:2] == ("all", "full-val")
     assert choose_defaults(small, 2, None)[:2] == (2, "val-free")
@@ -99,7 +103,8 @@ def test_a_val_split_missing_a_class_is_not_chosen(tmp_path: Path) -> None:
     for p in sorted((root / "train" / "red_circle").glob("*.png"))[3:]:
         p.unlink()
     ds = load_folder(root / "train")
-    assert ds.has_split("val") and set(ds.split("val").labels) != {0, 1}
+    assert ds.has_split("val")
+    assert set(ds.split("val").labels) != {0, 1}
     k, proto, _ = choose_defaults(ds, None, None)
     assert (k, proto) == ("all", "val-free")
     plan_dataset(proto, ds, shots=k, seed=1)  # and it plans

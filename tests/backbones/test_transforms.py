@@ -38,7 +38,10 @@ def test_crop_params_respect_scale() -> None:
     t = AugmentTransform(Preprocess(size=32), Augment(scale=(0.5, 1.0)))
     for k in range(50):
         i, j, h, w = t.crop_params(80, 60, view_generator(k, 0, 0))
-        assert i >= 0 and j >= 0 and i + h <= 60 and j + w <= 80
+        assert i >= 0
+        assert j >= 0
+        assert i + h <= 60
+        assert j + w <= 80
         assert h * w >= 0.5 * 80 * 60 * 0.95
 
 

@@ -20,7 +20,8 @@ from fewclip.bench import (
 def test_defaults_roundtrip_through_dict_and_yaml(tmp_path):
     cfg = BenchConfig()
     assert cfg.methods == DEFAULT_METHODS
-    assert cfg.shots == (1, 2, 4, 8, 16) and cfg.seeds == (1, 2, 3)
+    assert cfg.shots == (1, 2, 4, 8, 16)
+    assert cfg.seeds == (1, 2, 3)
     assert BenchConfig.from_dict(cfg.to_dict()) == cfg
     assert hash(BenchConfig.from_dict(cfg.to_dict())) == hash(cfg)  # usable as a dict key
     assert len({c: 1 for c in [*cfg.cells(), *cfg.cells()]}) == cfg.n_cells
@@ -79,7 +80,10 @@ def test_unknown_override_key_names_it_and_lists_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["shotz=1,2"])
     msg = str(e.value)
-    assert "'shotz'" in msg and "shots" in msg and "methods" in msg and "params" in msg
+    assert "'shotz'" in msg
+    assert "shots" in msg
+    assert "methods" in msg
+    assert "params" in msg
 
 
 def test_unknown_yaml_key_names_it(tmp_path):
@@ -116,7 +120,8 @@ def test_bad_overrides_raise_clear_errors(override, pattern):
 def test_presets_load():
     assert {"tip-adapter", "smoke"} <= set(presets())
     cfg = load_config("tip-adapter")
-    assert len(cfg.datasets) == 11 and cfg.methods == DEFAULT_METHODS
+    assert len(cfg.datasets) == 11
+    assert cfg.methods == DEFAULT_METHODS
     assert cfg.method_params("tip-adapter-f", "eurosat")["epochs"] == 100
     assert cfg.method_params("clip-adapter", "imagenet") == {"epochs": 50}
     assert cfg.method_params("tip-adapter", "fgvc_aircraft")["search_scale"] == [30, 30]
@@ -133,9 +138,8 @@ def test_unknown_preset_lists_presets():
 def test_apply_overrides_does_not_mutate_its_input():
     data = {"params": {"tip-adapter": {"alpha": 1}}}
     out = apply_overrides(data, ["params.tip-adapter.alpha=2"])
-    assert (
-        data["params"]["tip-adapter"]["alpha"] == 1 and out["params"]["tip-adapter"]["alpha"] == 2
-    )
+    assert data["params"]["tip-adapter"]["alpha"] == 1
+    assert out["params"]["tip-adapter"]["alpha"] == 2
 
 
 # -- hashes ---------------------------------------------------------------------------------

@@ -56,14 +56,18 @@ def test_mean_and_sample_std_per_dataset(rows):
     s = summarize(rows, methods=["zero-shot", "tip-adapter"])
     (g,) = s.groups
     dtd = g.tables["dtd"]
-    assert dtd.methods == ["zero-shot", "tip-adapter"] and dtd.shots == [1, 2]
+    assert dtd.methods == ["zero-shot", "tip-adapter"]
+    assert dtd.shots == [1, 2]
     c = dtd.cells["tip-adapter"][1]
-    assert c.mean == pytest.approx(60.0) and c.std == pytest.approx(10.0) and c.n == 3
+    assert c.mean == pytest.approx(60.0)
+    assert c.std == pytest.approx(10.0)
+    assert c.n == 3
     assert c.seeds == (1, 2, 3)
     assert dtd.cells["tip-adapter"][2].std == pytest.approx(2.0)
     assert dtd.cells["zero-shot"][1].std == pytest.approx(0.0)
     eu = g.tables["eurosat"].cells["tip-adapter"][2]
-    assert eu.mean == pytest.approx(87.0) and eu.std == pytest.approx(statistics.stdev([82, 92]))
+    assert eu.mean == pytest.approx(87.0)
+    assert eu.std == pytest.approx(statistics.stdev([82, 92]))
     assert g.tables["pets"].cells["zero-shot"][1].std is None  # one seed
 
 
@@ -71,7 +75,8 @@ def test_average_only_over_datasets_present_for_all_methods(rows):
     g = summarize(rows, methods=["zero-shot", "tip-adapter"]).groups[0]
     avg = g.average
     assert avg is not None
-    assert avg.datasets == ["dtd", "eurosat"] and avg.excluded == ["pets"]
+    assert avg.datasets == ["dtd", "eurosat"]
+    assert avg.excluded == ["pets"]
     assert avg.cells["tip-adapter"][1].mean == pytest.approx((60.0 + 86.0) / 2)
     assert avg.cells["zero-shot"][2].mean == pytest.approx(35.0)
     # seeds differ between datasets (dtd 1-3, eurosat 1-2): no std for the average
@@ -92,15 +97,16 @@ def test_average_std_over_seeds_when_seeds_line_up(rows):
 def test_text_and_markdown_rendering(rows):
     s = summarize(rows, methods=["zero-shot", "tip-adapter"])
     text = format_tables(s, "text")
-    assert "60.00 ± 10.00" in text and "85.00" in text and "|" not in text
+    assert "60.00 ± 10.00" in text
+    assert "85.00" in text
+    assert "|" not in text
     lines = text.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("method"))
-    assert lines[header + 2].startswith("zero-shot") and lines[header + 3].startswith("tip-adapter")
+    assert lines[header + 2].startswith("zero-shot")
+    assert lines[header + 3].startswith("tip-adapter")
     md = format_tables(s, "markdown")
-    assert (
-        "| method | 1-shot | 2-shot |" in md
-        and "| tip-adapter | 60.00 ± 10.00 | 64.00 ± 2.00 |" in md
-    )
+    assert "| method | 1-shot | 2-shot |" in md
+    assert "| tip-adapter | 60.00 ± 10.00 | 64.00 ± 2.00 |" in md
     assert "### average over 2 dataset(s) — RN50 — fewshot-val" in md
     assert format_tables(s, "text", digits=1).count("60.0 ± 10.0") == 1
     with pytest.raises(ValueError, match="fmt"):
@@ -116,9 +122,12 @@ def test_leaky_cells_and_groups_are_marked(rows):
     leaky = [row("tip-adapter", "imagenet", k, 1, 60.0 + k, leaky=True) for k in (1, 2)]
     s = summarize(rows + leaky)
     assert [g.protocol for g in s.groups] == ["fewshot-val", "oracle-test"]
-    assert s.groups[1].leaky and not s.groups[0].leaky
+    assert s.groups[1].leaky
+    assert not s.groups[0].leaky
     text = format_tables(s)
-    assert "61.00 †" in text and "protocol oracle-test — LEAKY" in text and "† LEAKY:" in text
+    assert "61.00 †" in text
+    assert "protocol oracle-test — LEAKY" in text
+    assert "† LEAKY:" in text
     js = summary_json(s)
     assert js["groups"][1]["leaky"] is True
     assert js["groups"][1]["datasets"]["imagenet"]["cells"]["tip-adapter"]["1"]["leaky"] is True
@@ -126,7 +135,8 @@ def test_leaky_cells_and_groups_are_marked(rows):
 
 def test_duplicates_are_counted_once_and_variants_kept_apart(rows):
     s = summarize(rows + rows[:3])
-    assert s.duplicates == 3 and s.n_rows == len(rows)
+    assert s.duplicates == 3
+    assert s.n_rows == len(rows)
     variant = [row("tip-adapter", "dtd", 1, 1, 10.0, params={"alpha": 2})]
     t = summarize(rows + variant).groups[0].tables["dtd"]
     assert t.methods == ["tip-adapter #1", "tip-adapter #2", "zero-shot"]

@@ -20,6 +20,7 @@ from fewclip.bench import (
 )
 from fewclip.bench.runner import _Appender
 from fewclip.bench.synthetic import SyntheticSource
+from fewclip.protocol import Protocol
 
 from .conftest import SHAPES, CountingPrepare, tiny_config
 
@@ -30,6 +31,31 @@ ROW_KEYS = {
     "device", "threads", "jobs", "plan_s", "fit_s", "eval_s", "wall_s", "peak_rss_mib",
     "peak_rss_scope", "cuda_peak_mib", "timestamp",
 }  # fmt: skip
+
+
+def _unit(x):
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def _expected_accuracy(row):
+    """A row's test accuracy (%) recomputed from the synthetic data: zero-shot, or Tip-Adapter's
+    logits (paper Eq. 6) at the row's selected (α, β) with the cache of the cell's support set."""
+    data = CountingPrepare()(row["dataset"], row["backbone"])
+    test = data.source.features("test")
+    x, w = _unit(test.features.double()), _unit(data.text_weights.double())
+    logits = 100 * x @ w.T
+    if row["method"] == "tip-adapter":
+        plan = Protocol(row["protocol"]).plan_source(
+            data.source, shots=row["shots"], seed=row["seed"], classnames=list(data.classnames)
+        )
+        support = data.source.features("train", plan.support.indices, views=True)
+        keys = _unit(support.views.double().mean(0))
+        onehot = torch.nn.functional.one_hot(support.labels, len(data.classnames)).double()
+        alpha, beta = row["params"]["alpha_"], row["params"]["beta_"]
+        logits = logits + alpha * torch.exp(-beta * (1 - x @ keys.T)) @ onehot
+    else:
+        assert row["method"] == "zero-shot"
+    return 100.0 * float((logits.argmax(1) == test.labels).double().mean())
 
 
 def test_rows_hold_the_cell_result_and_environment(tmp_path, prepare, fit_counter):
@@ -46,23 +72,32 @@ def test_rows_hold_the_cell_result_and_environment(tmp_path, prepare, fit_counte
         assert (r["method"], r["dataset"], r["shots"], r["seed"]) == (
             c.method, c.dataset, c.shots, c.seed,
         )  # fmt: skip
-        assert 0.0 <= r["accuracy"] <= 100.0
+        assert r["accuracy"] == pytest.approx(_expected_accuracy(r), abs=1e-4)
         assert r["n_test"] == SHAPES[c.dataset].test
         n_classes = SHAPES[c.dataset].classes
         assert r["n_support"] == c.shots * n_classes
         if methods.get(c.method).uses_validation:
-            assert r["n_val"] == min(c.shots, 4) * n_classes and r["val_split"] == "train"
+            assert r["n_val"] == min(c.shots, 4) * n_classes
+            assert r["val_split"] == "train"
         else:  # zero-shot never reads a validation set: none is loaded or reported
-            assert r["n_val"] == 0 and r["val_split"] is None
-        assert r["protocol"] == "fewshot-val" and r["leaky"] is False and r["mark"] == ""
-        assert r["toy"] is False and r["backbone_note"] is None  # Prepared's defaults
-        assert r["n_views"] == 3 and r["prompts"] == "synthetic"
+            assert r["n_val"] == 0
+            assert r["val_split"] is None
+        assert r["protocol"] == "fewshot-val"
+        assert r["leaky"] is False
+        assert r["mark"] == ""
+        assert r["toy"] is False  # Prepared's defaults
+        assert r["backbone_note"] is None
+        assert r["n_views"] == 3
+        assert r["prompts"] == "synthetic"
         assert r["params"]["seed" if c.method == "tip-adapter" else "scale"] is not None
         assert set(r["versions"]) >= {"fewclip", "torch", "python", "open_clip"}
-        assert r["wall_s"] >= r["fit_s"] >= 0 and r["peak_rss_mib"] > 0
+        assert r["wall_s"] >= r["fit_s"] >= 0
+        assert r["peak_rss_mib"] > 0
         assert r["dataset_fingerprint"].startswith("synthetic:")
-        assert r["jobs"] == 1 and r["threads"] == torch.get_num_threads()
+        assert r["jobs"] == 1
+        assert r["threads"] == torch.get_num_threads()
     tip = [r for r in rows if r["method"] == "tip-adapter"]
+    assert len(tip) == 8
     # the cell's seed reaches methods with a seed; selected hyper-parameters are recorded
     assert all(r["params"]["seed"] == r["seed"] for r in tip)
     assert all("alpha_" in r["params"] and "beta_" in r["params"] for r in tip)
@@ -78,7 +113,9 @@ def test_rerun_runs_nothing_and_never_prepares(tmp_path, prepare, fit_counter):
     fit_counter.calls.clear()
     again = CountingPrepare()
     second = run_bench(tiny_config(), again, out, quiet=True)
-    assert second == first and fit_counter.calls == [] and again.calls == []
+    assert second == first
+    assert fit_counter.calls == []
+    assert again.calls == []
     assert completed_rows(tiny_config(), out) == first
     assert completed_rows(tiny_config(shots=(2, 4)), out) == [r for r in first if r["shots"] == 2]
     assert completed_rows(tiny_config(), tmp_path / "none.jsonl") == []
@@ -92,7 +129,8 @@ def test_growing_the_grid_runs_only_new_cells(tmp_path, prepare, fit_counter):
     fit_counter.calls.clear()
     rows = run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
     assert len(rows) == 16
-    assert {k for _, _, k, _ in fit_counter.calls} == {2} and len(fit_counter.calls) == 8
+    assert {k for _, _, k, _ in fit_counter.calls} == {2}
+    assert len(fit_counter.calls) == 8
 
 
 def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, fit_counter):
@@ -154,7 +192,8 @@ def test_interrupt_in_a_subprocess_then_resume(tmp_path):
     assert proc.returncode == 9, proc.stderr.decode()[-2000:]
     assert len(read_rows(out)) == 5
     rows = run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
-    assert len(rows) == 16 and len(read_rows(out)) == 16
+    assert len(rows) == 16
+    assert len(read_rows(out)) == 16
 
 
 def test_truncated_last_line_is_ignored_and_not_glued(tmp_path, prepare, fit_counter):
@@ -191,11 +230,13 @@ def test_a_second_writer_is_refused(tmp_path, prepare):
 def test_oracle_test_rows_and_tables_are_marked_leaky(tmp_path, prepare):
     cfg = tiny_config(protocol="oracle-test", methods=("tip-adapter",), seeds=(1,))
     rows = run_bench(cfg, prepare, tmp_path / "o.jsonl", quiet=True)
-    assert rows and all(r["leaky"] is True and r["mark"] == "LEAKY" for r in rows)
+    assert rows
+    assert all(r["leaky"] is True and r["mark"] == "LEAKY" for r in rows)
     assert all(r["val_split"] == "test" and r["protocol"] == "oracle-test" for r in rows)
     for fmt in ("text", "markdown"):
         text = format_tables(summarize(rows), fmt)
-        assert "LEAKY" in text and "†" in text
+        assert "LEAKY" in text
+        assert "†" in text
 
 
 def test_failing_cells_raise_or_are_skipped(tmp_path, prepare):
@@ -206,7 +247,8 @@ def test_failing_cells_raise_or_are_skipped(tmp_path, prepare):
         run_bench(cfg, prepare, tmp_path / "a.jsonl", quiet=True)
     with pytest.warns(RuntimeWarning, match=r"tip-adapter-f .*failed.*not recorded"):
         rows = run_bench(cfg, CountingPrepare(), tmp_path / "b.jsonl", quiet=True, on_error="skip")
-    assert {r["method"] for r in rows} == {"zero-shot"} and len(rows) == 8
+    assert {r["method"] for r in rows} == {"zero-shot"}
+    assert len(rows) == 8
 
 
 def test_a_failing_prepare_skips_its_dataset_only(tmp_path):
@@ -221,7 +263,8 @@ def test_a_failing_prepare_skips_its_dataset_only(tmp_path):
         run_bench(tiny_config(), prepare, tmp_path / "p.jsonl", quiet=True)
     with pytest.warns(RuntimeWarning, match=r"prepare\('alpha', 'toy'\) failed.*8 cell"):
         rows = run_bench(tiny_config(), prepare, tmp_path / "q.jsonl", quiet=True, on_error="skip")
-    assert {r["dataset"] for r in rows} == {"beta"} and len(rows) == 8
+    assert {r["dataset"] for r in rows} == {"beta"}
+    assert len(rows) == 8
 
 
 def test_views_are_limited_and_checked(tmp_path, prepare):
@@ -252,7 +295,9 @@ def test_progress_and_messages_respect_quiet(tmp_path, prepare, capsys):
     assert capsys.readouterr().err == ""
     run_bench(tiny_config(), CountingPrepare(), tmp_path / "q.jsonl", progress=False)
     err = capsys.readouterr().err
-    assert "4 of 8" not in err and "8 of 16 cells already done" in err and "ran 8 cells" in err
+    assert "4 of 8" not in err
+    assert "8 of 16 cells already done" in err
+    assert "ran 8 cells" in err
 
 
 def test_synthetic_source_rows_depend_only_on_split_and_index():
@@ -263,7 +308,8 @@ def test_synthetic_source_rows_depend_only_on_split_and_index():
     a = src.features("train", [5, 30, 7])
     b = src.features("train", [7, 5], views=True)
     assert torch.equal(a.features[[2, 0]], b.features)
-    assert b.views is not None and b.views.shape == (2, 2, 16)
+    assert b.views is not None
+    assert b.views.shape == (2, 2, 16)
     assert torch.equal(a.labels, src.labels("train")[[5, 30, 7]])
     full = src.features("test")
     assert full is src.features("test")  # whole-split requests are cached
@@ -277,7 +323,9 @@ def test_synthetic_source_rows_depend_only_on_split_and_index():
 
 def test_prepared_is_a_plain_dataclass():
     p = Prepared(source=None, classnames=["a"], text_weights=torch.zeros(1, 2))  # type: ignore[arg-type]
-    assert p.meta == {} and p.class_index is None and p.fingerprint is None
+    assert p.meta == {}
+    assert p.class_index is None
+    assert p.fingerprint is None
 
 
 def test_warnings_do_not_leak_from_a_clean_run(tmp_path, prepare):
@@ -291,7 +339,8 @@ def test_synthetic_prepare_accepts_benchmark_aliases():
 
     prep = synthetic_prepare(calibrate=False, dim=8)
     p = prep("fgvc_aircraft", "RN50")
-    assert len(p.classnames) == 100 and p.source.labels("test").numel() == 3_333
+    assert len(p.classnames) == 100
+    assert p.source.labels("test").numel() == 3_333
     assert len(prep("pets", "RN50").classnames) == 37
     with pytest.raises(KeyError, match="no synthetic shape"):
         prep("mnist", "RN50")
@@ -325,14 +374,16 @@ def test_parallel_cells_give_the_serial_results(tmp_path, prepare):
     assert alpha.index(2) < alpha.index(1)
     # rerun: nothing left to do, nothing prepared
     again = CountingPrepare()
-    assert run_bench(cfg, again, out, quiet=True, jobs=2) == parallel and again.calls == []
+    assert run_bench(cfg, again, out, quiet=True, jobs=2) == parallel
+    assert again.calls == []
 
 
 def test_parallel_cells_resume_a_partial_file(tmp_path, prepare):
     out = tmp_path / "r.jsonl"
     first = run_bench(tiny_config(shots=(1,)), prepare, out, quiet=True, jobs=2)
     rows = run_bench(tiny_config(), CountingPrepare(), out, quiet=True, jobs=3)
-    assert len(first) == 8 and len(rows) == 16
+    assert len(first) == 8
+    assert len(rows) == 16
     assert [r for r in rows if r["shots"] == 1] == first
     assert len(read_rows(out)) == 16
 
@@ -347,28 +398,40 @@ def test_parallel_failing_cells_raise_or_are_skipped(tmp_path, prepare):
         rows = run_bench(
             cfg, CountingPrepare(), tmp_path / "b.jsonl", quiet=True, on_error="skip", jobs=2
         )
-    assert {r["method"] for r in rows} == {"zero-shot"} and len(rows) == 8
+    assert {r["method"] for r in rows} == {"zero-shot"}
+    assert len(rows) == 8
     assert len(read_rows(tmp_path / "b.jsonl")) == 8
 
 
 def test_a_dead_worker_is_reported(tmp_path, prepare, monkeypatch):
     import os
+    import time
 
     from fewclip.methods.base import Method
 
     real = Method.fit
+    out = tmp_path / "d.jsonl"
 
     def fit(self, task):
         if self.name == "tip-adapter":
+            # The first cells are a zero-shot cell, then a tip-adapter one, taken in that order
+            # by the two workers: the worker that dies waits until the other one's row is on
+            # disk, so that a finished cell exists before the pool breaks. The deadline only
+            # bounds a broken run (the assertions below then fail).
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (out.exists() and out.read_bytes()):
+                time.sleep(0.01)
             os._exit(3)  # a worker killed mid-cell (e.g. by the out-of-memory killer)
         return real(self, task)
 
     monkeypatch.setattr(Method, "fit", fit)
     cfg = tiny_config(datasets=("alpha",))
     with pytest.raises(BenchError, match="worker process died"):
-        run_bench(cfg, prepare, tmp_path / "d.jsonl", quiet=True, on_error="skip", jobs=2)
+        run_bench(cfg, prepare, out, quiet=True, on_error="skip", jobs=2)
     # what finished before is kept; the rest is left for a later run
-    assert all(r["method"] == "zero-shot" for r in read_rows(tmp_path / "d.jsonl"))
+    kept = read_rows(out)
+    assert kept
+    assert all(r["method"] == "zero-shot" for r in kept)
 
 
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])

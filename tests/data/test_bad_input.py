@@ -39,7 +39,9 @@ def test_split_file_lists_missing_images(fresh_data: Any) -> None:
     with pytest.raises(DatasetError) as err:
         load_benchmark("dtd", root)
     msg = str(err.value)
-    assert str(p) in msg and "1 listed images do not exist" in msg and "banded/nope.jpg" in msg
+    assert str(p) in msg
+    assert "1 listed images do not exist" in msg
+    assert "banded/nope.jpg" in msg
     assert "test[9]" in msg
     # skipping the existence check reads it
     assert len(load_benchmark("dtd", root, verify_files=False).test) == 10
@@ -92,7 +94,9 @@ def test_path_escaping_the_root(fresh_data: Any, bad: str, why: str) -> None:
     with pytest.raises(DatasetError) as err:
         load_benchmark("dtd", root)
     msg = str(err.value)
-    assert why in msg and "train[3]" in msg and "split_zhou_DescribableTextures.json" in msg
+    assert why in msg
+    assert "train[3]" in msg
+    assert "split_zhou_DescribableTextures.json" in msg
 
 
 def test_safe_relpath_accepts_normal_paths() -> None:
@@ -193,7 +197,8 @@ def test_more_shots_than_images() -> None:
         draw_support(labels, 4, seed=1, classnames=names)
     # with repeat: sampled with replacement (Tip-Adapter)
     rep = draw_support(labels, 4, seed=1, classnames=names, repeat=True)
-    assert len(rep) == 12 and [labels[i] for i in rep].count(1) == 4
+    assert len(rep) == 12
+    assert [labels[i] for i in rep].count(1) == 4
     # allow_fewer: CoOp's behaviour
     assert draw_support(labels, 4, seed=1, classnames=names, allow_fewer=True) == idx
     # a class with no image at all is an error even with repeat

@@ -131,7 +131,8 @@ def test_imagenet(fk: Any, fake_data: tuple[Path, dict[str, Any]]) -> None:
     assert ds.classnames.count("missile") == 2  # duplicates kept
     assert ds.meta["imagenet_index"] == fk.IMAGENET_IDS
     assert ds.meta["classnames_source"] == "builtin"
-    assert len(ds.train) == 3 * len(fk.IMAGENET_IDS) and len(ds.test) == 2 * len(fk.IMAGENET_IDS)
+    assert len(ds.train) == 3 * len(fk.IMAGENET_IDS)
+    assert len(ds.test) == 2 * len(fk.IMAGENET_IDS)
     assert ds.train.paths[0] == f"{IMAGENET_WNIDS[0]}/img_00.JPEG"
     assert ds.test.root == root / "imagenet" / "images" / "val"
     assert ds.train.labels == tuple(sorted(ds.train.labels))
@@ -140,15 +141,19 @@ def test_imagenet(fk: Any, fake_data: tuple[Path, dict[str, Any]]) -> None:
 
 
 def test_imagenet_builtin_lists() -> None:
-    assert len(IMAGENET_WNIDS) == 1000 and list(IMAGENET_WNIDS) == sorted(IMAGENET_WNIDS)
-    assert len(IMAGENET_CLASSNAMES) == 1000 and len(set(IMAGENET_CLASSNAMES)) == 998
+    assert len(IMAGENET_WNIDS) == 1000
+    assert list(IMAGENET_WNIDS) == sorted(IMAGENET_WNIDS)
+    assert len(IMAGENET_CLASSNAMES) == 1000
+    assert len(set(IMAGENET_CLASSNAMES)) == 998
     assert IMAGENET_CLASSNAMES[657] == IMAGENET_CLASSNAMES[744] == "missile"
     assert IMAGENET_CLASSNAMES[836] == IMAGENET_CLASSNAMES[837] == "sunglasses"
     assert IMAGENET_CLASSNAMES[:3] == ("tench", "goldfish", "great white shark")
     for sub in (IMAGENET_A_WNIDS, IMAGENET_R_WNIDS):
-        assert len(sub) == 200 == len(set(sub)) and set(sub) <= set(IMAGENET_WNIDS)
+        assert len(sub) == 200 == len(set(sub))
+        assert set(sub) <= set(IMAGENET_WNIDS)
         assert list(sub) == sorted(sub)
-    assert IMAGENET_A_WNIDS[0] == "n01498041" and IMAGENET_R_WNIDS[0] == "n01443537"
+    assert IMAGENET_A_WNIDS[0] == "n01498041"
+    assert IMAGENET_R_WNIDS[0] == "n01443537"
 
 
 def test_imagenet_classnames_txt_overrides(fk: Any, tmp_path: Path) -> None:
@@ -163,11 +168,13 @@ def test_imagenet_classnames_txt_overrides(fk: Any, tmp_path: Path) -> None:
 def test_imagenet_variants(fk: Any, fake_data: tuple[Path, dict[str, Any]]) -> None:
     root, _ = fake_data
     sketch = load_benchmark("imagenet_sketch", root)
-    assert set(sketch.splits) == {"test"} and len(sketch.test) == 6
+    assert set(sketch.splits) == {"test"}
+    assert len(sketch.test) == 6
     assert list(sketch.classnames) == [IMAGENET_CLASSNAMES[i] for i in fk.IMAGENET_IDS[:3]]
 
     v2 = load_benchmark("imagenet_v2", root)
-    assert len(v2.classnames) == 1000 and v2.classnames == IMAGENET_CLASSNAMES
+    assert len(v2.classnames) == 1000
+    assert v2.classnames == IMAGENET_CLASSNAMES
     assert sorted(set(v2.test.labels)) == fk.V2_FOLDERS
     assert v2.test.paths[0] == "0/img_00.jpeg"
     assert len(v2.meta["missing_classes"]) == 1000 - len(fk.V2_FOLDERS)
@@ -214,7 +221,8 @@ def test_missing_dataset_folder_names_it_and_shows_layout(tmp_path: Path, name: 
         load_benchmark(name, tmp_path)
     msg = str(err.value)
     assert str(tmp_path / spec.dataset_dir) in msg
-    assert "Expected layout" in msg and f"$DATA/{spec.dataset_dir}/" in msg
+    assert "Expected layout" in msg
+    assert f"$DATA/{spec.dataset_dir}/" in msg
     assert "DATASETS.md" in msg
 
 
@@ -241,9 +249,11 @@ def test_check_reports_sizes(
     assert rep.counts == {s: 3 * n for s, n in fk.SIZES.items()}
     assert any("expected 47" in p for p in rep.problems)
     assert any("train: found 12 images, expected 2820" in p for p in rep.problems)
-    assert "PROBLEMS" in str(rep) and rep.to_dict()["expected"]["n_classes"] == 47
+    assert "PROBLEMS" in str(rep)
+    assert rep.to_dict()["expected"]["n_classes"] == 47
     missing = check(tmp_path, "caltech101")
-    assert not missing.ok and "not found" in missing.problems[0]
+    assert not missing.ok
+    assert "not found" in missing.problems[0]
 
 
 def test_check_passes_when_sizes_match(

@@ -166,7 +166,8 @@ def test_draw_fewshot_val_strict() -> None:
     with pytest.raises(NotEnoughImagesError):
         draw_fewshot_val(labels, 16, seed=1, repeat=True)
     s, v = draw_fewshot_val(labels, 16, seed=1, allow_fewer=True)
-    assert len(s) == 32 and [labels[i] for i in v].count(1) == 1
+    assert len(s) == 32
+    assert [labels[i] for i in v].count(1) == 1
 
 
 def test_draw_coop_strict() -> None:

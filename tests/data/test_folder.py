@@ -93,8 +93,10 @@ def test_csv_manifest_with_split(tmp_path: Path, fk: Any) -> None:
     )
     ds = load_manifest(m)
     assert ds.classnames == ("cat", "sea lion")
-    assert ds.train.paths == ("img/0.jpg", "img/1.jpg") and ds.train.labels == (1, 0)
-    assert ds.val.paths == ("img/2.jpg",) and ds.test.labels == (1,)
+    assert ds.train.paths == ("img/0.jpg", "img/1.jpg")
+    assert ds.train.labels == (1, 0)
+    assert ds.val.paths == ("img/2.jpg",)
+    assert ds.test.labels == (1,)
     assert load(m).classnames == ds.classnames
 
 
@@ -134,7 +136,8 @@ def test_hf_dataset(fk: Any) -> None:
     test = datasets.Dataset.from_dict({"image": imgs[8:], "label": [0, 1]}, features=feats)
     ds = load_hf(datasets.DatasetDict({"train": train, "test": test}))
     assert ds.classnames == ("sea lion", "cat")
-    assert len(ds.train) == 8 and len(ds.test) == 2
+    assert len(ds.train) == 8
+    assert len(ds.test) == 2
     assert ds.train.open(0).size == (8, 8)
     with pytest.raises(DatasetError, match="not mapped"):
         load_hf(datasets.DatasetDict({"train": train, "extra": test}))
@@ -149,6 +152,7 @@ def test_hf_dataset_from_local_folder(tmp_path: Path, fk: Any) -> None:
                 fk.write_image(tmp_path / "hf" / split / cls / f"{i}.png")
     ds = load_hf(tmp_path / "hf")
     assert ds.classnames == ("owl", "red fox")
-    assert len(ds.train) == 6 and len(ds.test) == 4
+    assert len(ds.train) == 6
+    assert len(ds.test) == 4
     assert sorted(ds.train.labels) == [0, 0, 0, 1, 1, 1]
     assert ds.test.open(0).mode == "RGB"

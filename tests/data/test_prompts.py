@@ -23,7 +23,8 @@ def test_reference_templates() -> None:
     assert DATASET_TEMPLATES["dtd"] == "{} texture."
     assert DATASET_TEMPLATES["food101"] == "a photo of {}, a type of food."
     assert DATASET_TEMPLATES["ucf101"] == "a photo of a person doing {}."
-    assert IMAGENET_TEMPLATES_7[0] == "itap of a {}." and len(IMAGENET_TEMPLATES_7) == 7
+    assert IMAGENET_TEMPLATES_7[0] == "itap of a {}."
+    assert len(IMAGENET_TEMPLATES_7) == 7
     assert len(OPENAI_IMAGENET_TEMPLATES) == 80 == len(set(OPENAI_IMAGENET_TEMPLATES))
     assert OPENAI_IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
     assert all(t.count("{}") == 1 for t in OPENAI_IMAGENET_TEMPLATES)

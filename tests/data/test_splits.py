@@ -27,11 +27,16 @@ def test_roundtrip_and_resolve(fake_data: tuple[Path, dict[str, Any]], tmp_path:
     out = save_plan(plan, tmp_path / "draws" / "caltech101_2shot_seed1.json", ds)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary files left
     rec = read_split(out)
-    assert rec["format"] == SPLIT_FORMAT and rec["dataset"] == "caltech101"
-    assert rec["protocol"] == "fewshot-val" and rec["leaky"] is False
-    assert rec["shots"] == 2 and rec["seed"] == 1 and rec["classnames"] == list(ds.classnames)
+    assert rec["format"] == SPLIT_FORMAT
+    assert rec["dataset"] == "caltech101"
+    assert rec["protocol"] == "fewshot-val"
+    assert rec["leaky"] is False
+    assert rec["shots"] == 2
+    assert rec["seed"] == 1
+    assert rec["classnames"] == list(ds.classnames)
     sup = rec["parts"]["support"]
-    assert sup["split"] == "train" and sup["fingerprint"] == ds.train.fingerprint()
+    assert sup["split"] == "train"
+    assert sup["fingerprint"] == ds.train.fingerprint()
     assert sup["items"][0] == [
         ds.train.paths[sup["indices"][0]],
         ds.train.labels[sup["indices"][0]],
@@ -42,15 +47,18 @@ def test_roundtrip_and_resolve(fake_data: tuple[Path, dict[str, Any]], tmp_path:
         "fingerprint": ds.test.fingerprint(),
     }
     support = resolve_split(rec, ds, "support")
-    assert support is not None and len(support) == 2 * ds.n_classes
+    assert support is not None
+    assert len(support) == 2 * ds.n_classes
     assert support.paths == tuple(ds.train.paths[i] for i in plan.support.indices or ())
     val = resolve_split(rec, ds, "val")
-    assert val is not None and not set(val.paths) & set(support.paths)
+    assert val is not None
+    assert not set(val.paths) & set(support.paths)
     assert resolve_split(rec, ds, "test") is ds.test
     # val-free has no val part
     free = plan_dataset("val-free", ds, shots=1, seed=2)
     rec2 = read_split(save_plan(free, tmp_path / "free.json", ds))
-    assert rec2["parts"]["val"] is None and resolve_split(rec2, ds, "val") is None
+    assert rec2["parts"]["val"] is None
+    assert resolve_split(rec2, ds, "val") is None
 
 
 def test_resolve_detects_a_changed_dataset(fresh_data: Any, tmp_path: Path) -> None:

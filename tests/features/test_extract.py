@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 
 import fewclip.backbones as fb
 from fewclip.backbones.transforms import view_generator
-from fewclip.features import FeatureStore, extract
+from fewclip.features import CorruptEntryError, FeatureStore, extract
 from fewclip.imageio import BadImageError, decode_image
 from fewclip.task import FeatureSet
 
@@ -65,17 +66,23 @@ def test_features_equal_direct_model_call(bb: fb.Backbone, images: list[str]) ->
     batch = torch.stack([bb.eval_transform(decode_image(p)) for p in images])
     with torch.no_grad():
         direct = bb.model.encode_image(batch)
-    assert res.features is not None and res.features.shape == (40, bb.embed_dim)
+    assert res.features is not None
+    assert res.features.shape == (40, bb.embed_dim)
     torch.testing.assert_close(res.features, direct, rtol=1e-5, atol=1e-5)
-    assert res.views is None and res.bad_files == [] and res.n_encoded == 40
+    assert res.views is None
+    assert res.bad_files == []
+    assert res.n_encoded == 40
 
 
 def test_views_are_seeded(bb: fb.Backbone, images: list[str]) -> None:
     a = extract(bb, images, views=3, seed=1, batch_size=8, plain=False)
     b = extract(bb, images, views=3, seed=1, batch_size=5, shard_size=7)
     c = extract(bb, images, views=3, seed=2)
-    assert a.views is not None and b.views is not None and c.views is not None
-    assert a.features is None and a.views.shape == (3, 40, bb.embed_dim)
+    assert a.views is not None
+    assert b.views is not None
+    assert c.views is not None
+    assert a.features is None
+    assert a.views.shape == (3, 40, bb.embed_dim)
     torch.testing.assert_close(a.views, b.views, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(a.views, c.views)
     assert not torch.allclose(a.views[0], a.views[1])
@@ -88,7 +95,8 @@ def test_views_are_seeded(bb: fb.Backbone, images: list[str]) -> None:
 def test_workers_give_the_same_views(bb: fb.Backbone, images: list[str]) -> None:
     a = extract(bb, images[:12], views=2, seed=3, batch_size=4)
     b = extract(bb, images[:12], views=2, seed=3, batch_size=6, num_workers=1)
-    assert a.views is not None and b.views is not None
+    assert a.views is not None
+    assert b.views is not None
     torch.testing.assert_close(a.views, b.views, rtol=1e-5, atol=1e-5)
 
 
@@ -100,20 +108,26 @@ def test_second_extraction_is_served_from_store(
     counter = Counter(bb)
     monkeypatch.setattr(bb, "encode_images", counter)
     second = extract(bb, images, labels=labels, views=2, store=tmp_path, split="train")
-    assert counter.calls == 0 and second.n_encoded == 0
-    assert first.features is not None and second.features is not None
+    assert counter.calls == 0
+    assert second.n_encoded == 0
+    assert first.features is not None
+    assert second.features is not None
     assert torch.equal(first.features, second.features)
-    assert first.views is not None and second.views is not None
+    assert first.views is not None
+    assert second.views is not None
     assert torch.equal(first.views, second.views)
     # more views: only the new one is computed
     third = extract(bb, images, labels=labels, views=3, store=tmp_path, split="train")
-    assert counter.images == 40 and third.views is not None
+    assert counter.images == 40
+    assert third.views is not None
     assert torch.equal(third.views[:2], first.views)
     # a different split name is a different entry
     extract(bb, images, store=tmp_path, split="val")
     assert counter.images == 80
     fs = second.feature_set()
-    assert isinstance(fs, FeatureSet) and fs.n_views == 2 and torch.equal(fs.labels, labels)
+    assert isinstance(fs, FeatureSet)
+    assert fs.n_views == 2
+    assert torch.equal(fs.labels, labels)
 
 
 def test_changed_file_invalidates_cache(tmp_path: Path, bb: fb.Backbone) -> None:
@@ -122,7 +136,9 @@ def test_changed_file_invalidates_cache(tmp_path: Path, bb: fb.Backbone) -> None
     Image.new("RGB", (40, 40), (0, 0, 0)).save(paths[0])
     os.utime(paths[0], ns=(1, 1))
     b = extract(bb, paths, store=tmp_path / "store")
-    assert b.n_encoded == 4 and a.features is not None and b.features is not None
+    assert b.n_encoded == 4
+    assert a.features is not None
+    assert b.features is not None
     assert not torch.allclose(a.features[0], b.features[0])
     assert torch.equal(a.features[1:], b.features[1:])
 
@@ -183,13 +199,16 @@ def test_sigkill_then_resume_equals_uninterrupted(
     resumed = extract(bb, images, views=1, seed=5, store=store, shard_size=8, batch_size=8)
     assert resumed.n_encoded == 40 - 16
     clean = extract(bb, images, views=1, seed=5, shard_size=8, batch_size=8)
-    assert resumed.features is not None and clean.features is not None
+    assert resumed.features is not None
+    assert clean.features is not None
     torch.testing.assert_close(resumed.features, clean.features, rtol=0, atol=0)
-    assert resumed.views is not None and clean.views is not None
+    assert resumed.views is not None
+    assert clean.views is not None
     torch.testing.assert_close(resumed.views, clean.views, rtol=0, atol=0)
     fs = FeatureStore(store)
     keys = fs.keys()
-    assert len(keys) == 2 and all(not fs.verify(k) for k in keys)
+    assert len(keys) == 2
+    assert all(not fs.verify(k) for k in keys)
 
 
 def test_truncated_shard_is_detected_and_rebuilt(
@@ -203,11 +222,12 @@ def test_truncated_shard_is_detected_and_rebuilt(
     shard.write_bytes(data[: len(data) - 100])
     assert not store.has(key)
     assert any("shard 1" in p for p in store.verify(key, full=False))
-    with pytest.raises(Exception, match="Run the extraction again"):
+    with pytest.raises(CorruptEntryError, match=r"damaged: shard 1 .*Run the extraction again"):
         store.load(key)
     again = extract(bb, images, store=tmp_path, shard_size=16)
     assert again.n_encoded == 16  # only the damaged shard
-    assert first.features is not None and again.features is not None
+    assert first.features is not None
+    assert again.features is not None
     assert torch.equal(first.features, again.features)
     assert store.verify(key) == []
 
@@ -226,31 +246,93 @@ def test_corrupt_bytes_found_by_full_verify(
     assert any("checksum" in p for p in store.verify(key, full=True))
     again = extract(bb, images[:10], store=tmp_path, verify=True)
     assert again.n_encoded == 10
-    assert first.features is not None and again.features is not None
+    assert first.features is not None
+    assert again.features is not None
     assert torch.equal(first.features, again.features)
 
 
 def test_two_processes_same_entry(tmp_path: Path, images: list[str]) -> None:
+    """Two processes extract the same entry at once: the second waits on the lock, then reads
+    what the first computed.
+
+    The overlap is forced, not timed: process A stops after its first shard, holding the lock,
+    and writes ``sync/holding``; the parent then starts B, whose first lock request finds the
+    lock taken and writes ``sync/blocked-B`` before it waits; only then does A go on.
+    """
     store = tmp_path / "store"
-    body = """
-        mod._after_shard = lambda view, shard: time.sleep(0.05)
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    body = f"""
+        import fcntl, types
+        from pathlib import Path
+        store_mod = importlib.import_module("fewclip.features.store")
+        role, sync = sys.argv[1], Path({str(sync)!r})
+
+        def wait_for(path):
+            deadline = time.monotonic() + 120
+            while not path.exists():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{{role}}: {{path.name}} never appeared")
+                time.sleep(0.01)
+
+        def flock(fd, op):
+            if op == fcntl.LOCK_EX:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    (sync / f"blocked-{{role}}").touch()
+            fcntl.flock(fd, op)
+
+        store_mod.fcntl = types.SimpleNamespace(
+            flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_UN=fcntl.LOCK_UN
+        )
+
+        def hold(view, shard):
+            if not (sync / "holding").exists():
+                (sync / "holding").touch()
+                wait_for(sync / "blocked-B")
+
+        if role == "A":
+            mod._after_shard = hold
         r = extract(bb, images, views=1, store=store, shard_size=8, batch_size=8)
         print("N", r.n_encoded, flush=True)
         print("SUM", float(r.features.double().sum()), float(r.views.double().sum()), flush=True)
     """
     script = _script(store, images, body)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script], stdout=subprocess.PIPE, env=_env(), text=True
+
+    def start(role: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", script, role], stdout=subprocess.PIPE, env=_env(), text=True
         )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+
+    a = start("A")
+    procs = [a]
+    try:
+        deadline = time.monotonic() + 120
+        while not (sync / "holding").exists():
+            assert a.poll() is None, "A ended before it held the lock"
+            assert time.monotonic() < deadline, "A never held the lock"
+            time.sleep(0.01)
+        b = start("B")
+        procs.append(b)
+        # B finishes only after A released the lock; if B never waited for it (no lock), A
+        # would wait for blocked-B forever: it is killed below
+        out_b = b.communicate(timeout=120)[0]
+        assert (sync / "blocked-B").exists(), "B did not wait for A's lock"
+        outs = [a.communicate(timeout=120)[0], out_b]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert [p.returncode for p in procs] == [0, 0], outs
+    assert not (sync / "blocked-A").exists()
     sums = [o.strip().splitlines()[-1] for o in outs]
-    assert sums[0] == sums[1] and sums[0].startswith("SUM")
+    assert sums[0].startswith("SUM")
+    assert sums[0] == sums[1]
     encoded = [int(o.strip().splitlines()[-2].split()[1]) for o in outs]
-    assert sum(encoded) == 40, encoded  # the entry was computed once
+    assert encoded == [40, 0]  # A computed the entry, B read it
     fs = FeatureStore(store)
     keys = fs.keys()
     assert len(keys) == 2  # plain + one view, each exactly once
@@ -276,12 +358,17 @@ def test_bad_files_raise_or_are_skipped_and_recorded(
         assert path in str(err.value)
     res = extract(bb, mixed, labels=labels, views=1, store=tmp_path / "s", skip_bad=True)
     assert res.n_encoded == 0  # served from the store, bad files included
-    assert [b.path for b in res.bad_files] == bad and res.bad_index == [5, 9, 10]
-    assert res.features is not None and res.features.shape == (8, bb.embed_dim)
-    assert res.labels is not None and res.labels.tolist() == [0, 1, 2, 3, 4, 6, 7, 8]
+    assert [b.path for b in res.bad_files] == bad
+    assert res.bad_index == [5, 9, 10]
+    assert res.features is not None
+    assert res.features.shape == (8, bb.embed_dim)
+    assert res.labels is not None
+    assert res.labels.tolist() == [0, 1, 2, 3, 4, 6, 7, 8]
     assert res.index.tolist() == [0, 1, 2, 3, 4, 6, 7, 8]
     full = extract(bb, images[:8], views=1)
-    assert full.features is not None and res.views is not None and full.views is not None
+    assert full.features is not None
+    assert res.views is not None
+    assert full.views is not None
     torch.testing.assert_close(res.features, full.features, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(res.views[:, :5], full.views[:, :5], rtol=1e-5, atol=1e-5)
     for info in FeatureStore(tmp_path / "s").entries(kind="image"):
@@ -307,6 +394,8 @@ def test_argument_errors(bb: fb.Backbone, images: list[str]) -> None:
 def test_pil_images_and_empty_input(bb: fb.Backbone) -> None:
     imgs = [Image.new("RGB", (40, 40), (i * 20, 0, 0)) for i in range(3)]
     res = extract(bb, imgs, views=1)
-    assert res.features is not None and res.features.shape == (3, bb.embed_dim)
+    assert res.features is not None
+    assert res.features.shape == (3, bb.embed_dim)
     empty = extract(bb, [], views=1)
-    assert empty.features is not None and empty.features.shape == (0, bb.embed_dim)
+    assert empty.features is not None
+    assert empty.features.shape == (0, bb.embed_dim)

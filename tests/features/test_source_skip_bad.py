@@ -52,7 +52,8 @@ def test_clean_split_features_match_a_direct_extraction(
     fs = src.features("train", index, views=True)
     torch.testing.assert_close(fs.features, direct.features[index])
     assert fs.labels.tolist() == labels[index].tolist()
-    assert fs.views is not None and fs.views.shape == (1, 3, backbone.embed_dim)
+    assert fs.views is not None
+    assert fs.views.shape == (1, 3, backbone.embed_dim)
     plan = Protocol("val-free").plan_source(src, shots=4, seed=1)
     assert len(plan.support) == 8
 

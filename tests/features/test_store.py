@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fewclip.backbones as fb
+from fewclip.errors import NotFoundError
 from fewclip.features import CorruptEntryError, FeatureStore, entry_key, extract
 from fewclip.imageio import BadImage
 
@@ -40,9 +41,11 @@ def test_write_list_inspect_load_delete(tmp_path: Path) -> None:
     assert [e.key for e in store.entries(split="train")] == [key]
     info = store.info(key)
     assert (info.n_rows, info.dim, info.dtype, info.n_shards) == (10, 5, "F32", 3)
-    assert info.record == {"kind": "image", "split": "train"} and info.meta == {"note": "test"}
+    assert info.record == {"kind": "image", "split": "train"}
+    assert info.meta == {"note": "test"}
     assert info.bad_files == [(4, BadImage("/x.jpg", "empty file"))]
-    assert info.nbytes > 10 * 5 * 4 and store.size_bytes() >= info.nbytes
+    assert info.nbytes > 10 * 5 * 4
+    assert store.size_bytes() >= info.nbytes
     assert torch.equal(store.load(key), x)
     assert torch.equal(store.load(key, mmap=False), x)
     assert torch.equal(store.load(key, rows=[9, 0, 5, 5]), x[[9, 0, 5, 5]])
@@ -51,18 +54,37 @@ def test_write_list_inspect_load_delete(tmp_path: Path) -> None:
         store.load(key, rows=[10])
     store.delete(key)
     assert store.keys() == [key2]
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFoundError, match=f"key: no complete entry '{key}'"):
         store.info(key)
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFoundError, match=f"key: no entry '{key}'"):
         store.delete(key)
 
 
+def _mapped_file(t: torch.Tensor) -> str | None:
+    """The file whose memory mapping holds the data of ``t`` (per /proc/self/maps), or None
+    when the data lies in anonymous memory."""
+    ptr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(a, 16) for a in fields[0].split("-"))
+        if lo <= ptr < hi:
+            return fields[5] if len(fields) == 6 and fields[5].startswith("/") else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
 def test_single_shard_is_memory_mapped_and_half_precision(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
     x = torch.randn(6, 4).to(torch.float16)
     key = _write(store, {"kind": "t"}, x, shard_size=100)
+    (shard,) = (store.info(key).path / "shards").iterdir()
     out = store.load(key)
-    assert out.dtype == torch.float16 and torch.equal(out, x)
+    assert out.dtype == torch.float16
+    assert torch.equal(out, x)
+    assert _mapped_file(out) == str(shard.resolve())  # returned without a copy
+    copied = store.load(key, mmap=False)
+    assert torch.equal(copied, x)
+    assert _mapped_file(copied) is None
     y = torch.randn(5, 3).to(torch.bfloat16)
     assert torch.equal(store.load(_write(store, {"kind": "b"}, y)), y)
 
@@ -74,11 +96,13 @@ def test_incomplete_entries_are_invisible(tmp_path: Path) -> None:
     with store.lock([key]):
         w = store.writer(key, record, n_rows=8, dim=2, shard_size=4)
         w.write_shard(0, torch.zeros(4, 2))
-        assert w.shard_ok(0) and not w.shard_ok(1)
+        assert w.shard_ok(0)
+        assert not w.shard_ok(1)
         with pytest.raises(CorruptEntryError, match="shard 1"):
             w.finalize()
-    assert store.keys() == [] and not store.has(key)
-    with pytest.raises(KeyError):
+    assert store.keys() == []
+    assert not store.has(key)
+    with pytest.raises(NotFoundError, match=f"key: no complete entry '{key}'"):
         store.load(key)
 
 
@@ -107,13 +131,18 @@ def test_extraction_entries_carry_their_key_record(tmp_path: Path) -> None:
     assert views == [-1, 0, 1]
     for e in entries:
         rec = e.record
-        assert rec["dtype"] == "float16" and rec["precision"] == "fp32"
+        assert rec["dtype"] == "float16"
+        assert rec["precision"] == "fp32"
         assert rec["preprocess"] == bb.preprocess.to_dict()
-        assert rec["fewclip_version"] and rec["dataset"] and rec["n"] == 4
+        assert rec["fewclip_version"]
+        assert rec["dataset"]
+        assert rec["n"] == 4
         if rec["view"]["type"] == "augment":
-            assert rec["view"]["seed"] == 3 and rec["view"]["augment"]["scale"] == [0.5, 1.0]
+            assert rec["view"]["seed"] == 3
+            assert rec["view"]["augment"]["scale"] == [0.5, 1.0]
         assert e.meta["backbone"]["name"] == "fewclip-tiny-vit"
-    assert res.features is not None and res.features.dtype == torch.float16
+    assert res.features is not None
+    assert res.features.dtype == torch.float16
     assert set(res.keys) == {"plain", "view0", "view1"}
 
 

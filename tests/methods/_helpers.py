@@ -50,6 +50,25 @@ def make_shuffled_task(
     return _clustered_task(counts, d, views, seed, val, dtype, shuffle=True, val_per_class=3)
 
 
+def one_view_task(seed, val=True):
+    """5 classes × 4 images in 16 float64 dimensions with a single stored view (the features
+    themselves), and 4 validation images a class: with one view and a batch of at least 20,
+    an epoch of Tip-Adapter-F or APE-T is one full-batch step whatever the shuffling, so a plain
+    optimiser loop reproduces it."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(5, 16, generator=g, dtype=torch.float64)
+    labels = torch.arange(5).repeat_interleave(4)
+    feats = 3 * (means[labels] + 0.7 * torch.randn(20, 16, generator=g, dtype=torch.float64))
+    text = means + torch.randn(5, 16, generator=g, dtype=torch.float64)
+    vx = 3 * (means[labels] + 0.7 * torch.randn(20, 16, generator=g, dtype=torch.float64))
+    return Task(
+        [f"c{i}" for i in range(5)],
+        text,
+        FeatureSet(feats, labels, feats[None]),
+        FeatureSet(vx, labels) if val else None,
+    )
+
+
 def np_unit(x):
     """Rows of a numpy array scaled to unit L2 norm."""
     return x / np.linalg.norm(x, axis=-1, keepdims=True)

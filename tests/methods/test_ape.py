@@ -7,6 +7,7 @@ import pytest
 import torch
 from tests.methods._helpers import make_shuffled_task as make_task
 from tests.methods._helpers import np_unit as _unit
+from tests.methods._helpers import one_view_task
 
 from fewclip import functional as F
 from fewclip import methods
@@ -129,8 +130,8 @@ def test_ape_t_with_zero_residual_is_tip_adapter(task64, queries64):
 def test_ape_t_trains_residual_on_the_selected_channels(task64):
     apet = methods.create("ape-t", epochs=5, channels=3, search=False, dtype="float64")
     apet.fit(task64)
-    assert apet.residual_.shape == (4, 3) and torch.count_nonzero(apet.residual_) > 0
-    assert 1 <= apet.best_epoch_ <= 5
+    assert apet.residual_.shape == (4, 3)
+    assert torch.count_nonzero(apet.residual_) > 0
     keys = F.cache_keys(task64.support.views)[torch.argsort(task64.support.labels, stable=True)]
     delta = apet.keys_ - keys
     off = [d for d in range(8) if d not in apet.channels_.tolist()]
@@ -140,6 +141,61 @@ def test_ape_t_trains_residual_on_the_selected_channels(task64):
     torch.testing.assert_close((apet.text_weights_ - text)[:, apet.channels_], apet.residual_)
     last = methods.create("ape-t", epochs=4, search=False).fit(task64.without_val())
     assert last.best_epoch_ == 4
+
+
+def _plain_ape_t(task, channels, epochs, lr, beta, alpha):
+    """Full-batch APE-T on a one-view task (tests.methods._helpers.one_view_task), written from
+    the paper's formula with autograd: t̃ = t + R and k̃_j = k_j + R_{y_j} on ``channels``,
+    logits ``100·x·T̃ᵀ + α·Σ_j exp(−β(1 − x·k̃_j))·v_j·onehot(y_j)``, cross-entropy, torch's
+    (unfused) AdamW (eps 1e-3, weight decay 0.1) and a per-iteration cosine schedule.
+    Returns ``logits(x, R, v)`` and the (R, v) after each epoch."""
+    x = F.l2_normalize(task.support.views[0])
+    y = task.support.labels
+    order = torch.argsort(y, stable=True)
+    keys, key_labels = x[order], y[order]
+    text = F.l2_normalize(task.text_weights)
+    c, d = text.shape
+    onehot = torch.nn.functional.one_hot(key_labels, c).double()
+
+    def logits(q, res, values):
+        shift = torch.zeros(c, d, dtype=torch.float64).index_copy(1, channels, res)
+        adapted_text, adapted_keys = text + shift, keys + shift[key_labels]
+        cache = torch.exp(-beta * (1 - q @ adapted_keys.T)) * values
+        return 100 * q @ adapted_text.T + alpha * cache @ onehot
+
+    res = torch.nn.Parameter(torch.zeros(c, len(channels), dtype=torch.float64))
+    values = torch.nn.Parameter(torch.ones(len(keys), dtype=torch.float64))
+    opt = torch.optim.AdamW([res, values], lr=lr, eps=1e-3, weight_decay=0.1, foreach=False)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    after = []
+    for _ in range(epochs):
+        loss = torch.nn.functional.cross_entropy(logits(x, res, values), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        after.append((res.detach().clone(), values.detach().clone()))
+    return logits, after
+
+
+def test_ape_t_keeps_the_best_validation_epoch():
+    task = one_view_task(6)
+    epochs, lr, beta, alpha = 8, 2e-2, 2.0, 3.0
+    kw = {"epochs": epochs, "lr": lr, "beta": beta, "alpha": alpha, "batch_size": 64}
+    apet = methods.create("ape-t", channels=8, search=False, dtype="float64", **kw).fit(task)
+    logits, after = _plain_ape_t(task, apet.channels_, epochs, lr, beta, alpha)
+    xv, yv = F.l2_normalize(task.val.features), task.val.labels
+    with torch.no_grad():
+        accs = [float((logits(xv, r, v).argmax(1) == yv).double().mean()) for r, v in after]
+    best = max(range(epochs), key=lambda e: (accs[e], -e)) + 1  # strict >: the earliest best
+    assert best == 3  # 85%, 90%, then 100% from epoch 3 on: neither the first nor the last
+    assert apet.best_epoch_ == best
+    torch.testing.assert_close(apet.residual_, after[best - 1][0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(apet.value_weights_, after[best - 1][1], rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(apet.residual_, after[-1][0])
+    last = methods.create("ape-t", channels=8, search=False, dtype="float64", **kw)
+    assert last.fit(task.without_val()).best_epoch_ == epochs
+    torch.testing.assert_close(last.residual_, after[-1][0], rtol=1e-9, atol=1e-12)
 
 
 def test_ape_t_search_is_the_reference_loop_on_the_trained_cache():

@@ -19,7 +19,9 @@ def test_clip_adapter_ratio_zero_equals_zero_shot(task, queries, branch):
 def test_clip_adapter_residual_formula(task, queries):
     ca = methods.create("clip-adapter", ratio=0.3, epochs=2, reduction=2).fit(task)
     a = ca.modules_["visual"].fc
-    assert a[0].weight.shape == (8, 16) and a[0].bias is None and a[2].bias is None
+    assert a[0].weight.shape == (8, 16)
+    assert a[0].bias is None
+    assert a[2].bias is None
     f = queries
     adapted = torch.relu(torch.relu(f @ a[0].weight.T) @ a[2].weight.T)
     blended = 0.3 * adapted + 0.7 * f
@@ -33,7 +35,8 @@ def test_clip_adapter_variants(task, queries, tmp_path):
     assert set(text.modules_.keys()) == {"text"}
     learned = methods.create("clip-adapter", branch="both", learn_ratio=True, epochs=3).fit(task)
     assert set(learned.modules_.keys()) == {"visual", "text", "ratio"}
-    assert 0 < learned.ratio_ < 1 and 0 < learned.text_ratio_ < 1
+    assert 0 < learned.ratio_ < 1
+    assert 0 < learned.text_ratio_ < 1
     learned.save(tmp_path / "l")
     assert torch.equal(methods.load(tmp_path / "l").logits(queries), learned.logits(queries))
     untrained = methods.create("clip-adapter", learn_ratio=True, epochs=0, ratio=0.6).fit(task)

@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 import torch
+from tests.methods._helpers import make_shuffled_task
 from tests.methods._helpers import separable_world_task as _separable_world_task
 
 from fewclip import functional as F
@@ -32,14 +33,17 @@ def test_cross_modal_fits_separable_data_and_stops_early():
     assert methods.create("zero-shot").fit(task).score(s.features, s.labels) < 0.5
     m = methods.create("cross-modal-lp", iters=400).fit(task)
     assert m.score(s.features, s.labels) == 1.0
-    assert m.best_iter_ == 400 and m.val_accuracy_ is None  # no val: the last iterate
+    assert m.best_iter_ == 400  # no val: the last iterate
+    assert m.val_accuracy_ is None
     early = methods.create("cross-modal-lp", iters=400, eval_every=50)
     early.fit(_separable_world_task(val="fewshot"))
-    assert early.best_iter_ % 50 == 0 and early.best_iter_ < 400
+    assert early.best_iter_ % 50 == 0
+    assert early.best_iter_ < 400
     assert early.val_accuracy_ is not None
 
 
-def test_cross_modal_search_sweeps_on_validation(task):
+def test_cross_modal_search_sweeps_on_validation():
+    task = make_shuffled_task(seed=1)  # the best configuration is neither the first nor the last
     m = methods.create(
         "cross-modal-lp",
         iters=60,
@@ -49,11 +53,16 @@ def test_cross_modal_search_sweeps_on_validation(task):
         search_weight_decay=(0.0,),
         search_batch_size=(4, 8),
     ).fit(task)
-    assert m.lr_ in (1e-3, 1e-2) and m.batch_size_ in (4, 8) and m.weight_decay_ == 0.0
+    # each configuration trained on its own, in the sweep's order (lr outer, batch size inner)
+    grid = list(itertools.product((1e-3, 1e-2), (4, 8)))
     best = []
-    for lr, bs in itertools.product((1e-3, 1e-2), (4, 8)):
+    for lr, bs in grid:
         one = methods.create("cross-modal-lp", iters=60, eval_every=20, lr=lr, batch_size=bs)
         best.append(one.fit(task).val_accuracy_)
+    assert best[2] == best[3]  # the first best is the third configuration
+    assert best[1] < best[2]
+    assert (m.lr_, m.batch_size_) == grid[best.index(max(best))]  # the first best
+    assert m.weight_decay_ == 0.0
     assert m.val_accuracy_ == pytest.approx(max(best))
     assert methods.create("cross-modal-lp", search=True, iters=10).fit(task.without_val()).lr_ == (
         1e-3

@@ -1,4 +1,4 @@
-"""Methods fitted and evaluated in float64 and float16 (and float32) agree or stay finite."""
+"""Methods fitted and evaluated in float64, float32 and float16 agree."""
 
 import pytest
 import torch
@@ -51,8 +51,12 @@ def test_dtypes(task, queries, name):
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", TASKRES_APE_TIPX_CMLP)
-def test_float64_and_float16_are_finite(name, task64, queries64):
+def test_float16_agrees_with_float64(name, task64, queries64):
     kw = dict(methods.get(name).quick_params)
+    if name in ("ape", "ape-t", "tip-x"):
+        searched = methods.create(name, dtype="float64", **kw).fit(task64)
+        assert searched.logits(queries64).dtype == torch.float64
+        kw = {**kw, "search": False}  # the same (β, α, γ) in both precisions
     m64 = methods.create(name, dtype="float64", **kw).fit(task64)
     out64 = m64.logits(queries64)
     assert out64.dtype == torch.float64
@@ -64,8 +68,9 @@ def test_float64_and_float16_are_finite(name, task64, queries64):
         ),
         FeatureSet(task64.val.features.float(), task64.val.labels),
     )
-    if name in ("ape", "ape-t", "tip-x"):
-        kw = {**kw, "search": False}
     m16 = methods.create(name, dtype="float16", **kw).fit(t32)
     out16 = m16.logits(queries64.float())
-    assert out16.dtype == torch.float16 and torch.isfinite(out16).all()
+    assert out16.dtype == torch.float16
+    # float16 keeps about 3 significant digits: logits of size ~80 carry errors of ~0.06
+    torch.testing.assert_close(out16.double(), out64, rtol=0, atol=4e-3 * float(out64.abs().max()))
+    assert torch.equal(out16.argmax(1), out64.argmax(1))

@@ -69,7 +69,8 @@ def test_gda_alpha_without_validation_and_fixed(task64):
     assert methods.create("gda").fit(task64.without_val()).alpha_ == 0.1
     assert methods.create("gda", default_alpha=3.0).fit(task64.without_val()).alpha_ == 3.0
     fixed = methods.create("gda", alpha=2.5).fit(task64)
-    assert fixed.alpha_ == 2.5 and fixed.val_accuracy_ is None
+    assert fixed.alpha_ == 2.5
+    assert fixed.val_accuracy_ is None
 
 
 def test_gda_plain_features_when_asked_or_without_views(task64):

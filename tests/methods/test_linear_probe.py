@@ -28,7 +28,15 @@ def test_linear_probe_matches_sklearn(C):
 
 def test_linear_probe_sweeps_on_validation():
     world = SyntheticWorld(8, 32, seed=1)
-    task = world.task(4, seed=2)
-    lp = methods.create("linear-probe", Cs=(0.01, 1.0, 100.0)).fit(task)
-    assert lp.C_ in (0.01, 1.0, 100.0) and lp.val_accuracy_ is not None
+    task = world.task(4, seed=3)
+    grid = (0.01, 1.0, 100.0)
+    lp = methods.create("linear-probe", Cs=grid).fit(task)
+    # each C fitted on its own (no sweep, no warm start), scored on the validation set
+    xv, yv = task.val.features, task.val.labels
+    val = [100.0 * methods.create("linear-probe", C=c).fit(task).score(xv, yv) for c in grid]
+    # here the best is the middle point, tied with the last: picking either end is wrong
+    assert val[1] == val[2]
+    assert val[0] < val[1]
+    assert grid.index(lp.C_) == val.index(max(val))  # the first C with the best val accuracy
+    assert lp.val_accuracy_ == pytest.approx(max(val))
     assert methods.create("linear-probe").fit(task.without_val()).C_ == 10.0

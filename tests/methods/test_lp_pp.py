@@ -39,13 +39,13 @@ def test_lp_pp_initialisation_and_step_sizes(task64):
     assert largest_eigenvalue(wide) == pytest.approx(np.linalg.eigvalsh(wide.T @ wide).max())
 
 
-def test_lp_pp_updates_follow_the_block_mm_rule(task64):
-    """12 epochs against a numpy re-implementation: momentum steps on (W, b), α every 10."""
-    lp = methods.create("lp++", epochs=12, dtype="float64").fit(task64.without_val())
-    x = _np_normalise(task64.support.features.numpy())
-    y = task64.support.labels.numpy()
-    t = _np_normalise(task64.text_weights.numpy())
-    c, n = task64.n_classes, len(x)
+def _np_lp_pp(task, epochs):
+    """LP++ in numpy: the (W, b, α) after each of ``epochs`` epochs (entry 0: the start).
+    Full-batch momentum steps on (W, b), an α step every 10 epochs."""
+    x = _np_normalise(task.support.features.numpy())
+    y = task.support.labels.numpy()
+    t = _np_normalise(task.text_weights.numpy())
+    c, n = task.n_classes, len(x)
     onehot = np.eye(c)[y]
     z = x @ t.T
     w = onehot.T @ x
@@ -54,7 +54,8 @@ def test_lp_pp_updates_follow_the_block_mm_rule(task64):
     lr_w = 4 * n / np.linalg.eigvalsh(x.T @ x).max()
     lr_a = n / (4 * (z**2).sum(0).max())
     mw = mb = None
-    for epoch in range(1, 13):
+    states = [(w, b, a)]
+    for epoch in range(1, epochs + 1):
         logits = x @ w.T + b + z * a
         p = np.exp(logits - logits.max(1, keepdims=True))
         g = (p / p.sum(1, keepdims=True) - onehot) / n
@@ -64,10 +65,19 @@ def test_lp_pp_updates_follow_the_block_mm_rule(task64):
         mw = gw if mw is None else 0.9 * mw + gw
         mb = gb if mb is None else 0.9 * mb + gb
         w, b = w - lr_w * mw, b - lr_w * mb
+        states.append((w, b, a))
+    return states
+
+
+def test_lp_pp_updates_follow_the_block_mm_rule(task64):
+    """12 epochs against a numpy re-implementation: momentum steps on (W, b), α every 10."""
+    lp = methods.create("lp++", epochs=12, dtype="float64").fit(task64.without_val())
+    w, b, a = _np_lp_pp(task64, 12)[-1]
     np.testing.assert_allclose(lp.coef_.numpy(), w, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(lp.intercept_.numpy(), b, atol=1e-9)
     np.testing.assert_allclose(lp.text_coef_.numpy(), a, rtol=1e-12)
-    assert lp.best_epoch_ == 12 and lp.val_accuracy_ is None
+    assert lp.best_epoch_ == 12
+    assert lp.val_accuracy_ is None
 
 
 def test_lp_pp_reaches_the_logistic_regression_optimum():
@@ -86,13 +96,34 @@ def test_lp_pp_reaches_the_logistic_regression_optimum():
     np.testing.assert_allclose(lp.predict_proba(x).numpy(), proba, atol=1e-5)
 
 
-def test_lp_pp_keeps_the_best_validation_epoch(task64):
-    lp = methods.create("lp++", epochs=30, dtype="float64").fit(task64)
-    assert 1 <= lp.best_epoch_ <= 30
-    acc = 100 * lp.score(task64.val.features, task64.val.labels)
-    assert lp.val_accuracy_ == pytest.approx(acc)
-    zero = methods.create("lp++", epochs=0).fit(task64)
-    assert zero.best_epoch_ == 0 and zero.val_accuracy_ is not None
+@pytest.mark.parametrize(
+    ("seed", "expected"),
+    [
+        (2, 30),  # 100% at epochs 1-7 and again from 11 on: the latest best is the last epoch
+        (7, 5),  # the best (87.5%) only at epochs 4 and 5
+    ],
+)
+def test_lp_pp_keeps_the_best_validation_epoch(seed, expected):
+    task = make_task(c=4, shots=5, d=8, views=3, seed=seed, dtype=torch.float64)
+    lp = methods.create("lp++", epochs=30, dtype="float64").fit(task)
+    # validation accuracy after every epoch of the numpy re-implementation; ties: the latest
+    states = _np_lp_pp(task, 30)
+    xv = _np_normalise(task.val.features.numpy())
+    zv = xv @ _np_normalise(task.text_weights.numpy()).T
+    yv = task.val.labels.numpy()
+    accs = [100.0 * float(((xv @ w.T + b + zv * a).argmax(1) == yv).mean()) for w, b, a in states]
+    best = max(range(1, 31), key=lambda e: (accs[e], e))
+    assert best == expected
+    assert lp.best_epoch_ == best
+    assert lp.val_accuracy_ == pytest.approx(accs[best])
+    w, b, a = states[best]  # the kept weights are those of that epoch
+    np.testing.assert_allclose(lp.coef_.numpy(), w, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(lp.intercept_.numpy(), b, atol=1e-9)
+    np.testing.assert_allclose(lp.text_coef_.numpy(), a, rtol=1e-12)
+    assert lp.val_accuracy_ == pytest.approx(100 * lp.score(task.val.features, task.val.labels))
+    zero = methods.create("lp++", epochs=0, dtype="float64").fit(task)
+    assert zero.best_epoch_ == 0
+    assert zero.val_accuracy_ == pytest.approx(accs[0])
 
 
 def test_lp_pp_bad_input(task64):

@@ -92,7 +92,8 @@ def test_method_names_are_case_insensitive_and_typos_get_suggestions():
     assert methods.get(" ZERO-SHOT ") is methods.ZeroShot
     with pytest.raises(UnknownNameError, match="did you mean 'tip-adapter'") as e:
         methods.create("tip-adaptor")
-    assert isinstance(e.value, FewclipError) and isinstance(e.value, KeyError)
+    assert isinstance(e.value, FewclipError)
+    assert isinstance(e.value, KeyError)
     assert not str(e.value).startswith('"')  # no KeyError quoting
 
 
@@ -101,7 +102,8 @@ def test_unknown_parameter_lists_the_valid_ones():
 
     with pytest.raises(UnknownParameterError, match="'alpah' \\(did you mean 'alpha'\\?\\)") as e:
         methods.create("tip-adapter", alpah=2.0)
-    assert "alpha, beta" in str(e.value) and isinstance(e.value, TypeError)
+    assert "alpha, beta" in str(e.value)
+    assert isinstance(e.value, TypeError)
 
 
 def test_run_params_gives_the_seed_only_to_methods_that_take_one():

@@ -40,6 +40,7 @@ def test_save_load_after_search_and_training(name, task64, queries64, tmp_path):
     m.save(tmp_path / name)
     loaded = methods.load(tmp_path / name)
     assert torch.equal(loaded.logits(queries64), m.logits(queries64))
-    for attr in ("alpha_", "beta_", "gamma_", "val_accuracy_", "best_epoch_", "lr_"):
-        if hasattr(m, attr):
-            assert getattr(loaded, attr) == getattr(m, attr)
+    values = type(m)._state_values  # e.g. alpha_, beta_, val_accuracy_, best_epoch_, lr_
+    assert values, f"{name} saves no fitted values"
+    for attr in values:
+        assert getattr(loaded, attr) == getattr(m, attr)

@@ -31,6 +31,7 @@ def test_synthetic_world_cache_methods_beat_zero_shot_and_grow_with_shots():
     zs = world.zero_shot_accuracy()
     acc = _curves(world, ["tip-adapter", "tip-adapter-f"], [1, 2, 4, 8, 16], [1, 2, 3])
     for name, curve in acc.items():
+        assert len(curve) == 5, (name, curve)
         assert curve[-1] > zs + 0.05, (name, curve, zs)
         assert all(b >= a - 0.005 for a, b in itertools.pairwise(curve)), (name, curve)
 

@@ -1,10 +1,10 @@
 """Tip-Adapter and Tip-Adapter-F: logit formula, validation search, training, prototypes."""
 
 import torch
+from tests.methods._helpers import one_view_task
 
 from fewclip import functional as F
 from fewclip import methods
-from fewclip.task import FeatureSet, Task
 
 
 def test_tip_with_alpha_zero_equals_zero_shot(task, queries):
@@ -41,13 +41,56 @@ def test_tip_f_with_zero_epochs_equals_tip(task, queries):
     assert (tipf.alpha_, tipf.beta_) == (tip.alpha_, tip.beta_)
 
 
-def test_tip_f_trains_keys_and_keeps_best_val_epoch(task):
-    tipf = methods.create("tip-adapter-f", epochs=5, search=False).fit(task)
-    init = F.cache_keys(task.support.views)
-    assert 1 <= tipf.best_epoch_ <= 5
-    assert not torch.allclose(tipf.keys_, init[torch.argsort(task.support.labels, stable=True)])
-    last = methods.create("tip-adapter-f", epochs=5, search=False).fit(task.without_val())
-    assert last.best_epoch_ == 5
+def _plain_tip_f(task, epochs, lr, beta, alpha):
+    """Full-batch Tip-F on a one-view task (tests.methods._helpers.one_view_task): the Tip
+    logits of paper Eq. 6 on trainable keys, cross-entropy, torch's (unfused) AdamW and a
+    per-iteration cosine schedule. Returns the keys after each epoch."""
+    feats = task.support.views[0]
+    x = feats / feats.norm(dim=1, keepdim=True)
+    w = task.text_weights / task.text_weights.norm(dim=1, keepdim=True)
+    y = task.support.labels
+    keys = torch.nn.Parameter(x.clone())  # one view: the cache keys are the normalised features
+    onehot = torch.nn.functional.one_hot(y, task.n_classes).double()
+    opt = torch.optim.AdamW([keys], lr=lr, eps=1e-4, weight_decay=0.01, foreach=False)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    after = []
+    for _ in range(epochs):
+        logits = 100 * x @ w.T + alpha * torch.exp(-beta * (1 - x @ keys.T)) @ onehot
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        after.append(keys.detach().clone())
+    return after
+
+
+def test_tip_f_trains_keys_and_keeps_best_val_epoch():
+    task = one_view_task(4)
+    epochs, lr, beta, alpha = 8, 5e-2, 2.0, 3.0
+    kw = {"epochs": epochs, "lr": lr, "beta": beta, "alpha": alpha, "batch_size": 64}
+    tipf = methods.create("tip-adapter-f", search=False, dtype="float64", **kw).fit(task)
+    # validation accuracy of the plain loop's keys after each epoch; the earliest best is kept
+    after = _plain_tip_f(task, epochs, lr, beta, alpha)
+    xv = F.l2_normalize(task.val.features)
+    w = F.l2_normalize(task.text_weights)
+    onehot = torch.nn.functional.one_hot(task.support.labels, task.n_classes).double()
+
+    def val_accuracy(keys):
+        logits = 100 * xv @ w.T + alpha * torch.exp(-beta * (1 - xv @ keys.T)) @ onehot
+        return float((logits.argmax(1) == task.val.labels).double().mean())
+
+    accs = [val_accuracy(k) for k in after]
+    best = max(range(epochs), key=lambda e: (accs[e], -e)) + 1
+    assert best == 3  # 85%, 85%, then 90% from epoch 3 to the last: neither the first nor last
+    assert tipf.best_epoch_ == best
+    # the kept keys are those of that epoch (the method's loss runs in float32, hence 1e-4)
+    torch.testing.assert_close(tipf.keys_, after[best - 1], rtol=0, atol=1e-4)
+    assert not torch.allclose(tipf.keys_, after[-1], rtol=0, atol=1e-3)
+    assert not torch.allclose(tipf.keys_, F.l2_normalize(task.support.features))  # they moved
+    last = methods.create("tip-adapter-f", search=False, dtype="float64", **kw)
+    assert last.fit(task.without_val()).best_epoch_ == epochs
+    torch.testing.assert_close(last.keys_, after[-1], rtol=0, atol=1e-4)
 
 
 def test_tip_f_is_deterministic(task, queries):
@@ -71,35 +114,15 @@ def test_prototypes(task, queries):
 
 
 def test_tip_adapter_f_steps_equal_a_plain_adamw_loop():
-    """Full-batch Tip-F (one view, batch ≥ N) against an independent loop: the Tip logits of
-    paper Eq. 6 on trainable keys, cross-entropy, torch's (unfused) AdamW and a per-iteration
-    cosine schedule. The method uses the fused AdamW kernel; the keys must agree."""
-    g = torch.Generator().manual_seed(0)
-    means = torch.randn(5, 16, generator=g, dtype=torch.float64)
-    labels = torch.arange(5).repeat_interleave(4)
-    feats = 3 * (means[labels] + 0.7 * torch.randn(20, 16, generator=g, dtype=torch.float64))
-    text = means + torch.randn(5, 16, generator=g, dtype=torch.float64)
-    task = Task([f"c{i}" for i in range(5)], text, FeatureSet(feats, labels, feats[None]))
+    """Full-batch Tip-F (one view, batch ≥ N) against an independent loop (``_plain_tip_f``).
+    The method uses the fused AdamW kernel; the keys must agree."""
+    task = one_view_task(0, val=False)
     epochs, lr, beta, alpha = 3, 1e-2, 2.0, 1.5
     m = methods.create(
         "tip-adapter-f", epochs=epochs, lr=lr, beta=beta, alpha=alpha, batch_size=64,
         dtype="float64",
     ).fit(task)  # fmt: skip
-    feats = task.support.views[0]
-    x = feats / feats.norm(dim=1, keepdim=True)
-    w = task.text_weights / task.text_weights.norm(dim=1, keepdim=True)
-    y = task.support.labels
-    keys = torch.nn.Parameter(x.clone())  # one view: the cache keys are the normalised features
-    onehot = torch.nn.functional.one_hot(y, task.n_classes).double()
-    opt = torch.optim.AdamW([keys], lr=lr, eps=1e-4, weight_decay=0.01, foreach=False)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    for _ in range(epochs):
-        logits = 100 * x @ w.T + alpha * torch.exp(-beta * (1 - x @ keys.T)) @ onehot
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    assert not torch.allclose(keys.detach(), x)  # the keys moved
-    torch.testing.assert_close(m.keys_, keys.detach(), rtol=1e-9, atol=1e-9)
+    keys = _plain_tip_f(task, epochs, lr, beta, alpha)[-1]
+    assert not torch.allclose(keys, F.l2_normalize(task.support.features))  # the keys moved
+    torch.testing.assert_close(m.keys_, keys, rtol=1e-9, atol=1e-9)
     assert m.best_epoch_ == epochs
