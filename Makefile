@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format typecheck bench docs clean install
+.PHONY: demo test lint format typecheck bench docs mutation clean install
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ typecheck: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
+
+# Mutation testing of the feature world (hours on 2 cores; not part of `make test` or CI).
+# Resumes where it stopped; the report goes to mutation-report.md.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,mutation]"
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/python scripts/mutation_report.py | tee mutation-report.md
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.search_speed
