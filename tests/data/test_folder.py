@@ -41,6 +41,27 @@ def test_folder_without_train(tmp_path: Path, fk: Any) -> None:
         load_folder(tmp_path)
 
 
+def test_folder_split_aliases_are_read_not_skipped(tmp_path: Path, fk: Any) -> None:
+    _tree(fk, tmp_path, {"a": 3, "b": 2}, "Training")
+    _tree(fk, tmp_path, {"a": 1, "b": 2}, "validation")
+    _tree(fk, tmp_path, {"a": 1, "b": 1}, "testing")
+    ds = load_folder(tmp_path)
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 5, "val": 3, "test": 2}
+    assert ds.split("val").paths[0] == "validation/a/00.png"
+
+
+def test_folder_refuses_what_it_would_have_ignored(tmp_path: Path, fk: Any) -> None:
+    _tree(fk, tmp_path, {"a": 2}, "train")
+    _tree(fk, tmp_path, {"a": 1}, "unlabeled")
+    with pytest.raises(DatasetError, match=r"unlabeled/ next to the split folders train/"):
+        load_folder(tmp_path)
+    _tree(fk, tmp_path / "two", {"a": 2}, "train")
+    _tree(fk, tmp_path / "two", {"a": 1}, "val")
+    _tree(fk, tmp_path / "two", {"a": 1}, "dev")
+    with pytest.raises(DatasetError, match=r"both (val/ and dev/|dev/ and val/) are val folders"):
+        load_folder(tmp_path / "two")
+
+
 def test_flat_folder_stratified_split(tmp_path: Path, fk: Any) -> None:
     _tree(fk, tmp_path, {"cat": 10, "dog": 7})
     (tmp_path / "dog" / "sub").mkdir()

@@ -167,6 +167,31 @@ def _warn_skipped(name: str, skipped: list[str], meta: dict[str, Any]) -> None:
         )
 
 
+def _split_folders(root: Path, top: list[str]) -> dict[str, str]:
+    """Split name → its folder under ``root`` (``train``/``training``, ``val``/``valid``/
+    ``validation``/``dev``, ``test``/``testing``, any case). Once a split folder is there, every
+    other folder must be one too: a folder that is neither is an error, never skipped."""
+    found: dict[str, str] = {}
+    for name in top:
+        split = _SPLIT_NAMES.get(name.lower())
+        if split is None:
+            continue
+        if split in found:
+            raise DatasetError(
+                f"{root}: both {found[split]}/ and {name}/ are {split} folders; keep one"
+            )
+        found[split] = name
+    if found:
+        other = [name for name in top if name.lower() not in _SPLIT_NAMES]
+        if other and "train" in found:
+            raise DatasetError(
+                f"{root}: {', '.join(o + '/' for o in other)} next to the split folders "
+                f"{', '.join(f + '/' for f in found.values())}; expected only train/, val/ "
+                "(or validation/, valid/, dev/) and test/ holding the class folders"
+            )
+    return found
+
+
 def load_folder(
     root: str | os.PathLike[str],
     *,
@@ -178,7 +203,9 @@ def load_folder(
     """Read an image folder: ``root/<class>/*`` or ``root/{train,val,test}/<class>/*``.
 
     With a ``train/`` subfolder, its class folders (sorted) define the classes and ``val/`` and
-    ``test/`` are used when present (their class folders must exist in ``train/``). Without one,
+    ``test/`` are used when present (their class folders must exist in ``train/``);
+    ``training/``, ``validation/``, ``valid/``, ``dev/`` and ``testing/`` are read as the same
+    splits (any case), and any other folder beside them is an error. Without one,
     ``stratified_split`` cuts each class into train/val/test with ``seed``. Images are found
     recursively inside a class folder; other files are skipped with a warning and counted in
     ``meta["skipped"]``. An empty class folder is an error.
@@ -192,27 +219,29 @@ def load_folder(
     ds_name = name or f"folder:{root.name}"
     meta: dict[str, Any] = {"source": "folder", "root": str(root)}
     top = _subdirs(root)
-    split_dirs = [s for s in ("train", "val", "test") if s in top]
+    folder_of = _split_folders(root, top)
+    split_dirs = [s for s in _SPLITS if s in folder_of]
     skipped: list[str] = []
     if split_dirs:
         if "train" not in split_dirs:
             raise DatasetError(
-                f"{root}: found {'/'.join(split_dirs)}/ but no train/ subfolder; add train/ or put "
-                "class folders directly under the root"
+                f"{root}: found {'/'.join(folder_of[s] for s in split_dirs)}/ but no train/ "
+                "subfolder; add train/ or put class folders directly under the root"
             )
-        classes = _subdirs(root / "train")
+        train_dir = root / folder_of["train"]
+        classes = _subdirs(train_dir)
         if not classes:
-            raise DatasetError(f"{root / 'train'}: no class folders")
+            raise DatasetError(f"{train_dir}: no class folders")
         index = {c: i for i, c in enumerate(classes)}
         raw: dict[str, tuple[list[str], list[int]]] = {}
         for split in split_dirs:
-            sdir = root / split
+            sdir = root / folder_of[split]
             paths: list[str] = []
             labels: list[int] = []
             for c in _subdirs(sdir):
                 if c not in index:
                     raise DatasetError(
-                        f"{sdir / c}: class folder {c!r} does not exist in {root / 'train'}"
+                        f"{sdir / c}: class folder {c!r} does not exist in {train_dir}"
                     )
                 imgs, skip = _walk_images(sdir / c, root)
                 if not imgs:
