@@ -20,6 +20,7 @@ the references, without touching Python's global random state.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -56,6 +57,11 @@ _CLI_WAYS_OUT = (
     "--allow-fewer (take all images of the short classes, CoOp's choice; Python: "
     "allow_fewer=True), --protocol val-free (no validation images held out), or a smaller -k"
 )
+
+
+def _more(n: int, shown: int = 5) -> str:
+    """The tail of a list of ``n`` problems of which ``shown`` are named: ``" (and 2 more)"``."""
+    return f" (and {n - shown} more)" if n > shown else ""
 
 
 class NotEnoughImagesError(FewclipError, ValueError):
@@ -100,7 +106,7 @@ def draw_all(
             f"{where}: -k all with a few-shot validation set holds out one image per "
             f"{VAL_EVERY} of a class, so each class needs at least {VAL_EVERY} images; "
             + "; ".join(short[:5])
-            + (" ..." if len(short) > 5 else "")
+            + _more(len(short))
             + ". Use --protocol val-free (fixed hyper-parameters, nothing held out), or add "
             "images."
         )
@@ -225,8 +231,14 @@ def check_shots(
     repeat: bool = False,
     allow_fewer: bool = False,
     reserve: int = 0,
+    val_shots: int = 4,
+    repeat_allowed: bool = True,
 ) -> None:
     """Raise ``NotEnoughImagesError`` if a class cannot give ``shots`` (+ ``reserve``) images.
+
+    ``val_shots`` is the validation rule behind ``reserve`` (min(K, val_shots) per class), used
+    for the largest K the message suggests; ``repeat_allowed=False`` leaves ``--repeat`` out of
+    the ways out (CoOp's draw has none).
 
     With ``classnames``, every class id ``0..C-1`` must occur (an empty class is always an
     error). A class with fewer than ``shots + reserve`` images is an error unless ``repeat``
@@ -243,7 +255,7 @@ def check_shots(
             raise NotEnoughImagesError(
                 f"{where}: {len(problems)} of {len(classnames)} classes are empty: "
                 + "; ".join(problems[:5])
-                + (" ..." if len(problems) > 5 else "")
+                + _more(len(problems))
             )
     if allow_fewer:
         return
@@ -257,7 +269,7 @@ def check_shots(
     if short:
         what = f"{shots} shots" + (f" + {reserve} validation images" if reserve else "")
         smallest = min(len(items) for items in groups.values())
-        fits = _largest_fitting_shots(smallest, reserve)
+        fits = _largest_fitting_shots(smallest, reserve, val_shots)
         largest = f" The largest -k every class can give is {fits}." if fits else ""
         ways = (
             _CLI_WAYS_OUT
@@ -266,20 +278,22 @@ def check_shots(
                 "--repeat (sample", "--repeat with --protocol val-free (sample"
             )
         )
+        if not repeat_allowed:
+            ways = re.sub(r"--repeat .*?\), ", "", ways)
         raise NotEnoughImagesError(
             f"{where}: {len(short)} of {len(groups)} classes have fewer images than {what}: "
             + "; ".join(short[:5])
-            + (" ..." if len(short) > 5 else "")
+            + _more(len(short))
             + f".{largest} Ways out: {ways}."
         )
 
 
-def _largest_fitting_shots(n: int, reserve: int) -> int:
-    """The largest K with K + min(K, reserve-rule) ≤ n (``reserve`` > 0: validation images of
-    min(K, 4)), or K ≤ n without a reserve."""
+def _largest_fitting_shots(n: int, reserve: int, val_shots: int = 4) -> int:
+    """The largest K with K + min(K, val_shots) ≤ n when validation images are held out
+    (``reserve`` > 0), or K ≤ n without a reserve."""
     if not reserve:
         return n
-    return max((k for k in range(1, n + 1) if k + min(k, 4) <= n), default=0)
+    return max((k for k in range(1, n + 1) if k + min(k, val_shots) <= n), default=0)
 
 
 def draw_support(
@@ -311,9 +325,21 @@ def draw_coop(
 ) -> tuple[list[int], list[int]]:
     """``sample_coop`` after checking both splits (train: ``shots``, val: min(shots, 4))."""
     _check_count(shots)
-    check_shots(train_labels, shots, classnames=classnames, where="train", allow_fewer=allow_fewer)
     check_shots(
-        val_labels, min(shots, 4), classnames=classnames, where="val", allow_fewer=allow_fewer
+        train_labels,
+        shots,
+        classnames=classnames,
+        where="train",
+        allow_fewer=allow_fewer,
+        repeat_allowed=False,
+    )
+    check_shots(
+        val_labels,
+        min(shots, 4),
+        classnames=classnames,
+        where="val",
+        allow_fewer=allow_fewer,
+        repeat_allowed=False,
     )
     return sample_coop(train_labels, val_labels, shots, seed=seed)
 
@@ -343,5 +369,6 @@ def draw_fewshot_val(
         repeat=repeat,
         allow_fewer=allow_fewer,
         reserve=k,
+        val_shots=val_shots,
     )
     return sample_fewshot_val(labels, shots, seed=seed, val_shots=val_shots, repeat=repeat)
