@@ -84,18 +84,14 @@ def check_device(value: str) -> str:
 
     if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
         raise typer.BadParameter(f"expected cpu, cuda or cuda:N, found {value!r}")
-    if value.startswith("cuda"):
-        import torch
+    if value.startswith("cuda"):  # only then import torch: `--device cpu` stays fast
+        from fewclip._device import resolve_device
+        from fewclip.errors import InvalidValueError
 
-        if not torch.cuda.is_available():
-            raise typer.BadParameter(
-                f"{value!r}: no CUDA GPU that torch can use on this machine; use --device cpu"
-            )
-        index = int(value.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise typer.BadParameter(
-                f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
+        try:
+            resolve_device(value)
+        except InvalidValueError as e:
+            raise typer.BadParameter(str(e).removeprefix("device: ")) from None
     return value
 
 
