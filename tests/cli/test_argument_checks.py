@@ -25,7 +25,8 @@ def test_bad_values_are_usage_errors(args: list[str], message: str, tmp_path: Pa
     res = run_fewclip(*args, store=tmp_path / "s", cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr
-    assert "bug" not in res.stderr and "Traceback" not in res.stderr
+    assert "bug" not in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_evaluate_refuses_fit_options_for_an_adapter(opt_adapter: Path, tmp_path: Path) -> None:

@@ -41,8 +41,10 @@ def test_fit_without_skip_bad_names_the_files_and_the_flag(data: Path, tmp_path:
     res = run_fewclip(*FIT, "-m", "zero-shot", "-d", data, "-o", tmp_path / "a", store=tmp_path)
     assert res.returncode == 1
     _no_traceback(res)
-    assert "broken.jpg" in res.stderr and "truncated.png" in res.stderr
-    assert "--skip-bad" in res.stderr and "skip_bad=True" in res.stderr
+    assert "broken.jpg" in res.stderr
+    assert "truncated.png" in res.stderr
+    assert "--skip-bad" in res.stderr
+    assert "skip_bad=True" in res.stderr
     assert not (tmp_path / "a").exists()
 
 
@@ -63,22 +65,27 @@ def test_fit_and_evaluate_with_skip_bad_list_every_skipped_file(data: Path, tmp_
     # evaluate on a fresh store: without --skip-bad it stops, with it it reports
     fresh = tmp_path / "fresh"
     res = run_fewclip("evaluate", out, "--json", store=fresh)
-    assert res.returncode == 1 and "empty.jpg" in res.stderr and "--skip-bad" in res.stderr
+    assert res.returncode == 1
+    assert "empty.jpg" in res.stderr
+    assert "--skip-bad" in res.stderr
     _no_traceback(res)
     res = run_fewclip("evaluate", out, "--json", "--skip-bad", store=fresh)
     assert res.returncode == 0, res.stderr
     rep = json.loads(res.stdout)
-    assert rep["n"] == 9 and [Path(r["path"]).name for r in rep["skipped_images"]] == ["empty.jpg"]
+    assert rep["n"] == 9
+    assert [Path(r["path"]).name for r in rep["skipped_images"]] == ["empty.jpg"]
 
 
 def test_extract_skip_bad_then_fit_without_the_flag_works(data: Path, tmp_path: Path) -> None:
     store = tmp_path / "s"
     res = run_fewclip("extract", "-d", data, *TINY, "--views", "1", "--skip-bad", store=store)
     assert res.returncode == 0, res.stderr
-    assert "broken.jpg" in res.stderr and "empty.jpg" in res.stderr
+    assert "broken.jpg" in res.stderr
+    assert "empty.jpg" in res.stderr
     res = run_fewclip(*FIT, "-m", "zero-shot", "-d", data, "-o", tmp_path / "a", store=store)
     assert res.returncode == 0, res.stderr  # the store remembers the earlier --skip-bad
-    assert "skipped 2 image(s)" in res.stderr and "truncated.png" in res.stderr
+    assert "skipped 2 image(s)" in res.stderr
+    assert "truncated.png" in res.stderr
     rec = json.loads((tmp_path / "a" / "adapter.json").read_text())
     assert len(rec["skipped_images"]) == 2
 
@@ -103,16 +110,21 @@ def test_predict_prints_a_row_for_every_file_and_fails_on_bad_ones(
     _no_traceback(res)
     lines = res.stdout.splitlines()
     assert len(lines) == 3
-    assert "ERROR" in lines[1] and "truncated.png" in lines[1]
-    assert "ERROR" not in lines[0] and "%" in lines[0] and "%" in lines[2]
-    assert "1 of 3 images could not be decoded" in res.stderr and "--skip-bad" in res.stderr
+    assert "ERROR" in lines[1]
+    assert "truncated.png" in lines[1]
+    assert "ERROR" not in lines[0]
+    assert "%" in lines[0]
+    assert "%" in lines[2]
+    assert "1 of 3 images could not be decoded" in res.stderr
+    assert "--skip-bad" in res.stderr
     res = run_fewclip(
         "predict", tmp_path / "a", *files, "-k", "2", "-f", "csv", "--skip-bad", store=store
     )
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [r["image"] for r in rows] == [str(files[0])] * 2 + [str(bad)] + [str(files[2])] * 2
-    assert rows[2]["error"] and not rows[0]["error"]
+    assert rows[2]["error"]
+    assert not rows[0]["error"]
     res = run_fewclip("predict", tmp_path / "a", *files, "-f", "json", store=store)
     assert res.returncode == 1
     got = json.loads(res.stdout)
@@ -121,10 +133,12 @@ def test_predict_prints_a_row_for_every_file_and_fails_on_bad_ones(
     (new / "list.txt").write_text("red_circle.png\ngreen_triangle.png\n")
     res = run_fewclip("predict", tmp_path / "a", new / "list.txt", store=store)
     assert res.returncode == 0, res.stderr
-    assert "list.txt: a list of 2 image paths" in res.stderr and len(res.stdout.splitlines()) == 2
+    assert "list.txt: a list of 2 image paths" in res.stderr
+    assert len(res.stdout.splitlines()) == 2
     (new / "notes.txt").write_text("remember to label the cats\n")
     res = run_fewclip("predict", tmp_path / "a", new / "notes.txt", store=store)
-    assert res.returncode == 1 and "read as a list of image paths" in res.stderr
+    assert res.returncode == 1
+    assert "read as a list of image paths" in res.stderr
 
 
 def test_bench_skip_bad_records_the_skipped_files_in_every_row(data: Path, tmp_path: Path) -> None:
@@ -135,7 +149,8 @@ def test_bench_skip_bad_records_the_skipped_files_in_every_row(data: Path, tmp_p
     )
     out = tmp_path / "bench"
     res = run_fewclip("bench", cfg, "-o", out, "-q", store=tmp_path / "s")
-    assert res.returncode == 1 and "--skip-bad" in res.stderr
+    assert res.returncode == 1
+    assert "--skip-bad" in res.stderr
     _no_traceback(res)
     res = run_fewclip("bench", cfg, "-o", out, "--skip-bad", store=tmp_path / "s")
     assert res.returncode == 0, res.stderr

@@ -70,7 +70,8 @@ def subprocess_env(store: Path) -> dict[str, str]:
 def test_help_of_every_command(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run([*cmd, "--help"], capsys)
     assert code == 0
-    assert "Usage:" in out and "Example" in out
+    assert "Usage:" in out
+    assert "Example" in out
 
 
 def test_top_level_help_lists_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,10 +112,12 @@ def test_error_in_a_subprocess_and_debug_traceback(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "fewclip.cli", "fit", "--data", str(tmp_path / "nope"), "-o", "x"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(tmp_path))
     assert res.returncode == 1
-    assert res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith("error:")
+    assert "Traceback" not in res.stderr
     cmd.insert(3, "--debug")
     res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(tmp_path))
-    assert res.returncode == 1 and "Traceback" in res.stderr
+    assert res.returncode == 1
+    assert "Traceback" in res.stderr
 
 
 def test_extract_then_cache_ls_info_rm(
@@ -140,12 +143,16 @@ def test_extract_then_cache_ls_info_rm(
     key = entries[0]["key"]
     code, out, _ = run(["cache", "info", key[:10], "--verify"], capsys)
     info = json.loads(out)
-    assert code == 0 and info["key"] == key and info["problems"] == []
+    assert code == 0
+    assert info["key"] == key
+    assert info["problems"] == []
     code, _, _ = run(["cache", "rm", key[:10]], capsys)
     code, out, _ = run(["cache", "ls", "--json"], capsys)
-    assert code == 0 and len(json.loads(out)) == 3
+    assert code == 0
+    assert len(json.loads(out)) == 3
     code, _, err = run(["cache", "info", "zzzz"], capsys)
-    assert code == 1 and "no entry starts with" in err
+    assert code == 1
+    assert "no entry starts with" in err
     code, _, _ = run(["cache", "rm", "--all", "--yes"], capsys)
     code, out, _ = run(["cache", "ls", "--json"], capsys)
     assert json.loads(out) == []
@@ -159,12 +166,14 @@ def test_fit_predict_evaluate(
     code, out, _ = run([*args, "--views", "2", "-o", str(adapter), "--json"], capsys)
     assert code == 0
     rec = json.loads(out)
-    assert rec["method"] == "tip-adapter" and rec["protocol"] == "fewshot-val"
+    assert rec["method"] == "tip-adapter"
+    assert rec["protocol"] == "fewshot-val"
     assert rec["classnames"] == ["blue square", "green triangle", "red circle", "yellow star"]
     assert len(rec["draw"]["support"]["indices"]) == 16
     assert rec["prompts"]["templates"] == ["a photo of a {}."]
     saved = json.loads((adapter / "adapter.json").read_text())
-    assert saved["backbone"]["name"] == "fewclip-tiny-vit" and saved["backbone"]["id"]
+    assert saved["backbone"]["name"] == "fewclip-tiny-vit"
+    assert saved["backbone"]["id"]
     # new images, never seen by extraction: a file and a folder
     new = tmp_path / "new"
     new.mkdir()
@@ -177,20 +186,29 @@ def test_fit_predict_evaluate(
     assert [Path(p["image"]).name for p in preds] == ["0.png", "1.png", "2.png"]
     for p in preds:
         probs = [t["prob"] for t in p["top"]]
-        assert len(probs) == 2 and probs[0] >= probs[1] and 0 < sum(probs) <= 1 + 1e-6
+        assert len(probs) == 2
+        assert probs[0] >= probs[1]
+        assert 0 < sum(probs) <= 1 + 1e-6
     code, out, _ = run(["predict", str(adapter), str(new / "0.png"), "-f", "csv"], capsys)
     lines = out.strip().splitlines()
-    assert lines[0] == "image,rank,label,class,prob,error" and len(lines) == 1 + 4
+    assert lines[0] == "image,rank,label,class,prob,error"
+    assert len(lines) == 1 + 4
     code, out, _ = run(["predict", str(adapter), str(new / "0.png")], capsys)
-    assert code == 0 and "0.png" in out and "%" in out
+    assert code == 0
+    assert "0.png" in out
+    assert "%" in out
     # a different backbone is refused
     code, _, err = run(["predict", str(adapter), str(new), "-b", "fewclip-tiny-rn"], capsys)
-    assert code == 4 and "different" in err
+    assert code == 4
+    assert "different" in err
     # evaluate the adapter on its own dataset's test split
     code, out, _ = run(["evaluate", str(adapter), "--json", "--per-class"], capsys)
     ev = json.loads(out)
-    assert code == 0 and ev["n"] == 16 and ev["split"] == "test"
-    assert ev["top1"] <= ev["top5"] and ev["units"] == "percent"
+    assert code == 0
+    assert ev["n"] == 16
+    assert ev["split"] == "test"
+    assert ev["top1"] <= ev["top5"]
+    assert ev["units"] == "percent"
     # top-1 equals what `predict` says of the same 16 test images, counted here
     code, out, _ = run(
         ["predict", str(adapter), str(shapes / "test"), "-k", "1", "-f", "json"], capsys
@@ -199,7 +217,8 @@ def test_fit_predict_evaluate(
         Path(p["image"]).parent.name.replace("_", " ") == p["top"][0]["class"]
         for p in json.loads(out)
     ]
-    assert code == 0 and len(right) == 16
+    assert code == 0
+    assert len(right) == 16
     assert ev["top1"] == pytest.approx(100.0 * sum(right) / 16, abs=1e-6)
     assert len(ev["per_class"]) == 4
     macro = sum(r["accuracy"] for r in ev["per_class"]) / 4
@@ -209,7 +228,8 @@ def test_fit_predict_evaluate(
         ["evaluate", "-m", "zero-shot", "-d", str(shapes), *TINY, "-k", "2", "--views", "1", "-q"],
         capsys,
     )
-    assert code == 0 and "zero-shot on folder:data/test" in out
+    assert code == 0
+    assert "zero-shot on folder:data/test" in out
 
 
 def test_demo_subprocess(tmp_path: Path) -> None:
@@ -218,7 +238,8 @@ def test_demo_subprocess(tmp_path: Path) -> None:
     cmd += ["--warmup-steps", "0", "--views", "2"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(tmp_path))
     assert res.returncode == 0, res.stderr
-    assert "RANDOM weights" in res.stderr and "TINY TOY backbone" in res.stdout
+    assert "RANDOM weights" in res.stderr
+    assert "TINY TOY backbone" in res.stdout
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 3  # four methods at 1, 4 and 16 shots, one seed
     assert {r["method"] for r in rows} == {
@@ -300,7 +321,8 @@ def test_bench_interrupted_then_resumed(shapes: Path, tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     before = jsonl.read_text().splitlines()
     assert proc.returncode == 130, err
-    assert "Finished cells are kept in" in err.decode() and "resume" in err.decode()
+    assert "Finished cells are kept in" in err.decode()
+    assert "resume" in err.decode()
     assert len(before) == 1
     # resumed with two worker processes: same table as the uninterrupted single-process run
     res = subprocess.run(
@@ -309,7 +331,8 @@ def test_bench_interrupted_then_resumed(shapes: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip().endswith("}")]
     hashes = [r["hash"] for r in rows]
-    assert len(hashes) == n_cells and len(set(hashes)) == n_cells  # no cell ran twice
+    assert len(hashes) == n_cells
+    assert len(set(hashes)) == n_cells
     assert {r["jobs"] for r in rows[len(before) :]} == {2}
     assert _table(out) == _table(ref)
 
@@ -318,7 +341,9 @@ def test_bench_dry_run_and_reproduce_tip_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(["bench", "smoke", "shots=1,2", "protocol=coop-val", "--dry-run"], capsys)
-    assert code == 0 and "protocol: coop-val" in out and "# 16 cells" in out
+    assert code == 0
+    assert "protocol: coop-val" in out
+    assert "# 16 cells" in out
     tip = tmp_path / "dtd.yaml"
     tip.write_text(
         "root_path: ''\nload_cache: False\nload_pre_feat: False\nsearch_hp: True\n"
@@ -328,18 +353,21 @@ def test_bench_dry_run_and_reproduce_tip_config(
     )
     code, out, _ = run(["reproduce", "--tip-config", str(tip), "seeds=1", "--dry-run"], capsys)
     assert code == 0
-    assert "- dtd" in out and "protocol: full-val" in out
+    assert "- dtd" in out
+    assert "protocol: full-val" in out
     # the file's values win over the preset's per-dataset ones ([13, 13], 2 and 20 for DTD)
     from fewclip.bench import BenchConfig
 
     cfg = BenchConfig.from_dict(yaml.safe_load(out.split("\n# ")[0]))
     for method in ("tip-adapter", "tip-adapter-f"):
         params = cfg.method_params(method, "dtd")
-        assert list(params["search_scale"]) == [9, 4] and params["alpha"] == 2.5, params
+        assert list(params["search_scale"]) == [9, 4], params
+        assert params["alpha"] == 2.5, params
     assert cfg.method_params("tip-adapter-f", "dtd")["epochs"] == 30
     tip.write_text("dataset: dtd\nwhat: 1\n")
     code, _, err = run(["reproduce", "--tip-config", str(tip), "--dry-run"], capsys)
-    assert code == 1 and "unknown key(s) what" in err
+    assert code == 1
+    assert "unknown key(s) what" in err
     code, out, _ = run(["reproduce", "--datasets", "imagenet", "--dry-run"], capsys)
     assert "protocol: oracle-test" in out
 
@@ -384,7 +412,8 @@ def test_reproduce_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert by_key[("tip-adapter-f", "2")][4] == "53.72"
     assert all(r[3] == "full-val" for r in rows)  # DTD's protocol in the paper; not LEAKY
     jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert {r["dataset"] for r in jsonl} == {"dtd"} and len(jsonl) == 6
+    assert {r["dataset"] for r in jsonl} == {"dtd"}
+    assert len(jsonl) == 6
     assert all(0.0 <= r["accuracy"] <= 100.0 for r in jsonl)
 
 
@@ -406,13 +435,16 @@ def test_every_command_as_a_console_process(shapes: Path, tmp_path: Path) -> Non
     }
     res = cli("cache", "ls", "--json")
     keys = [e["key"] for e in json.loads(res.stdout)]
-    assert res.returncode == 0 and len(keys) == 4
+    assert res.returncode == 0
+    assert len(keys) == 4
     res = cli("cache", "info", keys[0][:12])
-    assert res.returncode == 0 and json.loads(res.stdout)["key"] == keys[0]
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["key"] == keys[0]
 
     adapter = tmp_path / "adapter"
     res = cli("fit", "-m", "tip-adapter", "-d", str(shapes), "-k", "2", *TINY, "--views", "2")
-    assert res.returncode == 2 and "--out" in res.stderr  # a usage error: no output folder
+    assert res.returncode == 2
+    assert "--out" in res.stderr
     res = cli("fit", "-m", "tip-adapter", "-d", str(shapes), "-k", "2", *TINY, "--views", "2",
               "-o", str(adapter), "-q")  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -430,21 +462,26 @@ def test_every_command_as_a_console_process(shapes: Path, tmp_path: Path) -> Non
     res = cli("evaluate", str(adapter), "--json")
     assert res.returncode == 0, res.stderr
     ev = json.loads(res.stdout)
-    assert ev["n"] == 16 and 0.0 <= ev["top1"] <= ev["top5"] <= 100.0
+    assert ev["n"] == 16
+    assert 0.0 <= ev["top1"] <= ev["top5"] <= 100.0
     chart = tmp_path / "per_class.svg"
     res = cli("evaluate", str(adapter), "--per-class", "--plot", str(chart), "-q")
     assert res.returncode == 0, res.stderr
     svg = chart.read_text()
-    assert "<svg" in svg and "TOY backbone" in svg  # the tiny backbone is named a toy
+    assert "<svg" in svg
+    assert "TOY backbone" in svg
     assert all(name in svg for name in ("green triangle", "red circle"))
     res = cli("evaluate", str(adapter), "--plot", str(chart))
-    assert res.returncode == 1 and "exists" in res.stderr  # never overwritten
+    assert res.returncode == 1
+    assert "exists" in res.stderr
 
     data = _fake_dtd(tmp_path / "data")
     res = cli("datasets", "check", "dtd", "--root", str(data), "--json")
     report = json.loads(res.stdout)[0]
     # a 3-class toy DTD is not the published 47-class one: reported, exit code 1
-    assert res.returncode == 1 and not report["ok"] and report["problems"]
+    assert res.returncode == 1
+    assert not report["ok"]
+    assert report["problems"]
     res = cli("reproduce", "--datasets", "dtd", "--root", str(data), "-o", str(tmp_path / "r"),
               "-q", "backbones=fewclip-tiny-vit", "views=2", "shots=1", "seeds=1",
               "methods=zero-shot,tip-adapter")  # fmt: skip
@@ -480,7 +517,9 @@ def test_every_option_and_argument_of_every_command_has_a_description() -> None:
 
 def test_help_pages_are_plain_and_keep_example_lines(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["evaluate", "--help"], capsys)
-    assert code == 0 and "<bool>" not in out and "╭" not in out
+    assert code == 0
+    assert "<bool>" not in out
+    assert "╭" not in out
     assert "\n    fewclip evaluate --method tip-adapter --data dtd" in out
 
 
@@ -508,4 +547,5 @@ def test_the_cli_reference_is_generated_from_every_command() -> None:
             for opt in getattr(param, "opts", []):
                 if opt.startswith("-"):
                     assert f"`{opt}`" in ref, (leaf, opt)
-    assert "## `fewclip`\n" in ref and "`--debug`" in ref
+    assert "## `fewclip`\n" in ref
+    assert "`--debug`" in ref

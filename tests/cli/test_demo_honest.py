@@ -47,7 +47,8 @@ def test_terminal_names_the_toy_backbone_and_its_checkpoint(
 ) -> None:
     out, res = demo
     first = res.stdout.splitlines()[0]
-    assert first.startswith(f"TOY BACKBONE: {LABEL} (") and WARNING in first
+    assert first.startswith(f"TOY BACKBONE: {LABEL} (")
+    assert WARNING in first
     assert f"== {LABEL} — protocol fewshot-val — TOY ==" in res.stdout
     assert "fewclip-tiny-vit —" not in res.stdout  # the bare (random) name labels nothing
     ckpt = _checkpoint(out)
@@ -64,8 +65,10 @@ def test_results_md_starts_with_the_toy_line(
     out, _ = demo
     md = (out / "results.md").read_text()
     first = md.splitlines()[0]
-    assert first.startswith(f"**TOY BACKBONE: {LABEL} (") and first.endswith("**")
-    assert WARNING in first and str(_checkpoint(out).resolve()) in first
+    assert first.startswith(f"**TOY BACKBONE: {LABEL} (")
+    assert first.endswith("**")
+    assert WARNING in first
+    assert str(_checkpoint(out).resolve()) in first
     assert f"## {LABEL} — protocol fewshot-val — TOY" in md
     assert "fewclip-tiny-vit —" not in md
     assert (out / "results.txt").read_text().startswith(f"TOY BACKBONE: {LABEL}")
@@ -78,7 +81,8 @@ def test_every_jsonl_row_names_the_toy_backbone(
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 3
     for r in rows:
-        assert r["backbone"] == LABEL and r["cell"]["backbone"] == LABEL
+        assert r["backbone"] == LABEL
+        assert r["cell"]["backbone"] == LABEL
         assert r["toy"] is True
         assert str(_checkpoint(out).resolve()) in r["backbone_note"]
     summary = json.loads((out / "results.summary.json").read_text())
@@ -97,7 +101,8 @@ def test_the_plot_title_says_toy(demo: tuple[Path, subprocess.CompletedProcess[s
     assert WARNING in svg
     fig = plot_group(summarize(read_rows(out / "results.jsonl")).groups[0])
     title = fig._suptitle.get_text()
-    assert title.startswith(f"{LABEL} (TOY backbone)") and WARNING in title
+    assert title.startswith(f"{LABEL} (TOY backbone)")
+    assert WARNING in title
 
 
 def test_quiet_prints_only_the_table(
@@ -108,8 +113,10 @@ def test_quiet_prints_only_the_table(
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     assert len(TABLE_HEADER.findall(res.stdout)) == 1, res.stdout
-    assert res.stdout.startswith(f"TOY BACKBONE: {LABEL} (") and WARNING in res.stdout
-    assert "wrote" not in res.stdout and "These numbers" not in res.stdout
+    assert res.stdout.startswith(f"TOY BACKBONE: {LABEL} (")
+    assert WARNING in res.stdout
+    assert "wrote" not in res.stdout
+    assert "These numbers" not in res.stdout
     assert len((out / "results.jsonl").read_text().splitlines()) == 4 * 3  # resumed, no rerun
 
 
@@ -120,7 +127,8 @@ def test_json_prints_only_json(
     res = run_fewclip(*ARGS, "--out", out, "--json", store=tmp_path / "store")
     assert res.returncode == 0, res.stderr
     (group,) = json.loads(res.stdout)["groups"]
-    assert group["backbone"] == LABEL and group["toy"] is True
+    assert group["backbone"] == LABEL
+    assert group["toy"] is True
 
 
 def test_labels_of_random_real_and_reused_backbones(tmp_path: Path) -> None:
@@ -130,17 +138,22 @@ def test_labels_of_random_real_and_reused_backbones(tmp_path: Path) -> None:
     from fewclip.cli.run_cmds import DEMO_TOY_MARKER, _demo_backbone
 
     bb, note, ckpt = _demo_backbone("fewclip-tiny-vit", None, tmp_path, 0, True)
-    assert bb.name == "fewclip-tiny-vit+random" and note is not None and "untrained" in note
+    assert bb.name == "fewclip-tiny-vit+random"
+    assert note is not None
+    assert "untrained" in note
     assert ckpt is None
     # a checkpoint without the demo's marker stands for real weights: nothing is TOY
     folder = tmp_path / "ckpt"
     fb.load("fewclip-tiny-vit").save_pretrained(folder)
     bb, note, ckpt = _demo_backbone(f"local-dir:{folder}", None, tmp_path, 40, True)
-    assert bb.name == f"local-dir:{folder}" and note is None and ckpt is None
+    assert bb.name == f"local-dir:{folder}"
+    assert note is None
+    assert ckpt is None
     row = {"method": "zero-shot", "dataset": "d", "backbone": bb.name, "protocol": "p"}
     rows = [{**row, "shots": k, "seed": 1, "accuracy": 50.0, "toy": False} for k in (1, 2)]
     assert "TOY" not in format_tables(summarize(rows), "markdown")
     # the demo's own checkpoint, reused with -b local-dir:, stays TOY
     (folder / DEMO_TOY_MARKER).write_text("fewclip-tiny-vit random init + 40 steps\n")
     _, note, _ = _demo_backbone(f"local-dir:{folder}", None, tmp_path, 40, True)
-    assert note is not None and note.startswith("fewclip-tiny-vit random init + 40 steps")
+    assert note is not None
+    assert note.startswith("fewclip-tiny-vit random init + 40 steps")

@@ -37,8 +37,10 @@ def test_4_predict_with_another_backbone_than_the_adapters(
     res = run_fewclip("predict", adapter, image, "-b", "fewclip-tiny-rn", store=store)
     assert res.returncode == 4, res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "different" in errors[0], res.stderr
-    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert len(errors) == 1, res.stderr
+    assert "different" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stdout == ""
 
 
 # fewclip has no switch that raises an internal error on purpose, and no environment hook

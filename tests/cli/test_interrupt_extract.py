@@ -1,5 +1,9 @@
 """Ctrl-C during `fewclip extract`: it says what was kept, and the next run resumes to the same
-features as an uninterrupted one."""
+features as an uninterrupted one.
+
+The interrupt never races the extraction: a ``sitecustomize`` hook in the child holds it,
+mid-run, once every view has saved its partial rows, and says so through a flag file.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,27 @@ from fewclip.features import FeatureStore
 from fewclip.testing.images import make_shapes_dataset
 
 from .conftest import fewclip_exe, run_fewclip
+
+#: Holds the extraction once all 11 entries (10 views and the mean) have saved partial rows.
+HOLD_AFTER_PARTIALS = """
+import os
+import time
+
+from fewclip.features.store import EntryWriter
+
+_write_partial, _saved = EntryWriter.write_partial, []
+
+
+def write_partial(self, *args, **kwargs):
+    _write_partial(self, *args, **kwargs)
+    _saved.append(1)
+    if len(_saved) == 11:
+        open(os.environ["FEWCLIP_TEST_HELD"], "w").close()
+        time.sleep(600)  # the test sends SIGINT here
+
+
+EntryWriter.write_partial = write_partial
+"""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +66,16 @@ def test_sigint_during_extract_then_resume_equals_an_uninterrupted_run(
     assert ref.returncode == 0, ref.stderr
 
     store = tmp_path / "s"
-    env = {**os.environ, "FEWCLIP_STORE": str(store), "HF_HUB_OFFLINE": "1"}
+    hook, held = tmp_path / "hook", tmp_path / "held"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_AFTER_PARTIALS)
+    env = {
+        **os.environ,
+        "FEWCLIP_STORE": str(store),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(hook),
+        "FEWCLIP_TEST_HELD": str(held),
+    }
     proc = subprocess.Popen(
         [fewclip_exe(), *map(str, args), "--commit-seconds", "0"],
         env=env,
@@ -50,15 +84,18 @@ def test_sigint_during_extract_then_resume_equals_an_uninterrupted_run(
         text=True,
     )
     deadline = time.monotonic() + 120
-    while len(list(store.rglob("*.partial"))) < 11:  # every view's entry saved its rows
-        assert proc.poll() is None, "extraction ended before any partial shard was saved"
+    while not held.exists():
+        assert proc.poll() is None, "extraction ended before every view saved partial rows"
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    assert len(list(store.rglob("*.partial"))) == 11
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted:" in err and "image-view rows are kept" in err
-    assert "Run the same command again to resume" in err and "Traceback" not in err
+    assert "interrupted:" in err
+    assert "image-view rows are kept" in err
+    assert "Run the same command again to resume" in err
+    assert "Traceback" not in err
     kept = int(err.split(" of ")[0].rsplit(" ", 1)[-1])
     assert kept > 0
 

@@ -32,7 +32,9 @@ def test_keep_going_num_workers_precision(opt_data: Path, tmp_path: Path) -> Non
     stop, s_stop = tmp_path / "stop", tmp_path / "s-stop"
     res = run_fewclip("bench", cfg, "-o", stop, "--num-workers", "1", "-q", store=s_stop)
     assert res.returncode == 1
-    assert "error:" in res.stderr and "50 shots" in res.stderr and "Traceback" not in res.stderr
+    assert "error:" in res.stderr
+    assert "50 shots" in res.stderr
+    assert "Traceback" not in res.stderr
     assert [r["shots"] for r in _rows(stop)] == [1]
     assert not (stop / "results.md").exists()
 
@@ -43,9 +45,11 @@ def test_keep_going_num_workers_precision(opt_data: Path, tmp_path: Path) -> Non
         "bench", cfg, "-o", going, "--keep-going", "--precision", "fp32", store=s_going
     )
     assert res.returncode == 1  # some cells failed: said, and not a success
-    assert "K=50 seed=1 failed" in res.stderr and "1 failed (not recorded)" in res.stderr
+    assert "K=50 seed=1 failed" in res.stderr
+    assert "1 failed (not recorded)" in res.stderr
     assert "error: 1 cells failed" in res.stderr
-    assert (going / "results.md").is_file() and "zero-shot" in res.stdout
+    assert (going / "results.md").is_file()
+    assert "zero-shot" in res.stdout
     (row,) = _rows(going)
     assert row["shots"] == 1
     assert row["accuracy"] == _rows(stop)[0]["accuracy"]

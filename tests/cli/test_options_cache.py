@@ -20,5 +20,6 @@ def test_kind_lists_only_entries_of_that_kind(
     res = run_fewclip("cache", "ls", "--kind", "text", "--json", store=store)
     assert res.returncode == 0, res.stderr
     listed = json.loads(res.stdout)
-    assert listed and {e["kind"] for e in listed} == {"text"}
+    assert listed
+    assert {e["kind"] for e in listed} == {"text"}
     assert sorted(e["key"] for e in listed) == sorted(k for k, v in kinds.items() if v == "text")

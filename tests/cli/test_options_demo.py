@@ -36,4 +36,6 @@ def test_seeds_methods_and_paper_schedules(tmp_path: Path) -> None:
         if r["method"] == "clip-adapter":
             assert r["params"]["epochs"] > short
     table = res.stdout
-    assert "clip-adapter" in table and "zero-shot" in table and "tip-adapter" not in table
+    assert "clip-adapter" in table
+    assert "zero-shot" in table
+    assert "tip-adapter" not in table

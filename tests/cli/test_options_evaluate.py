@@ -24,7 +24,8 @@ def test_split_and_prompts_decide_what_is_scored(opt_data: Path, tmp_path: Path)
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     rep = json.loads(res.stdout)
-    assert rep["split"] == "val" and rep["n"] == 2 * len(OPTION_CLASSES)
+    assert rep["split"] == "val"
+    assert rep["n"] == 2 * len(OPTION_CLASSES)
     assert rep["params"]["device"] == "cpu"
     assert rep["top1"] == pytest.approx(100 / 3, abs=1e-3)
     assert sorted(row["accuracy"] for row in rep["per_class"]) == [0.0, 0.0, 100.0]

@@ -44,12 +44,14 @@ def test_prompts_device_precision_seed_and_views_are_honoured_and_recorded(
     assert saved["params"]["device"] == "cpu"
     # --seed 7: another draw than seed 1 at the same shots and protocol
     first = json.loads((opt_adapter[0] / "adapter.json").read_text())
-    assert saved["draw"]["seed"] == 7 and first["draw"]["seed"] == 1
+    assert saved["draw"]["seed"] == 7
+    assert first["draw"]["seed"] == 1
     assert saved["protocol"] == first["protocol"]
     assert saved["draw"]["support"] != first["draw"]["support"]
     # --views 0: recorded, and no augmented view was extracted
     assert saved["views"] == 0
     entries = FeatureStore(store).entries()
-    assert entries and all(e.record.get("view", {}).get("type") != "augment" for e in entries)
+    assert entries
+    assert all(e.record.get("view", {}).get("type") != "augment" for e in entries)
     # --precision bf16: every feature was computed, and recorded, in bfloat16
     assert {e.record["precision"] for e in entries} == {"bf16"}

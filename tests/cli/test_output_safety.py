@@ -34,7 +34,8 @@ def test_out_inside_the_training_folder_is_refused(data: Path, tmp_path: Path) -
     for out in (data / "train", data, data / "train" / "adapter"):
         res = run_fewclip(*FIT, "-m", "zero-shot", "-d", data, "-o", out, store=tmp_path / "s")
         assert res.returncode == 1, res.stderr
-        assert "inside the input data" in res.stderr and "Traceback" not in res.stderr
+        assert "inside the input data" in res.stderr
+        assert "Traceback" not in res.stderr
         assert _snapshot(data) == before
     assert not (data / "train" / "adapter").exists()
 
@@ -52,7 +53,8 @@ def test_out_at_a_folder_of_user_files_is_refused_with_and_without_overwrite(
             *FIT, "-m", "zero-shot", "-d", data, "-o", mine, *extra, store=tmp_path / "s"
         )
         assert res.returncode == 1
-        assert "not empty" in res.stderr and "important.txt" in res.stderr
+        assert "not empty" in res.stderr
+        assert "important.txt" in res.stderr
         assert _snapshot(mine) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -66,11 +68,13 @@ def test_replacing_an_adapter_needs_overwrite_and_says_what_it_replaced(
     first = _snapshot(out)
     res = run_fewclip(*FIT, "-m", "tip-adapter", "-d", data, "-o", out, store=store)
     assert res.returncode == 1
-    assert "already holds a zero-shot adapter" in res.stderr and "--overwrite" in res.stderr
+    assert "already holds a zero-shot adapter" in res.stderr
+    assert "--overwrite" in res.stderr
     assert _snapshot(out) == first
     res = run_fewclip(*FIT, "-m", "tip-adapter", "-d", data, "-o", out, "--overwrite", store=store)
     assert res.returncode == 0, res.stderr
-    assert "replaced a zero-shot adapter" in res.stderr and "tip-adapter" in res.stderr
+    assert "replaced a zero-shot adapter" in res.stderr
+    assert "tip-adapter" in res.stderr
     assert '"method": "tip-adapter"' in (out / "config.json").read_text()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -88,7 +92,8 @@ def test_bench_and_demo_refuse_a_folder_of_user_files(
     args = ["bench", f"datasets={data}", *grid] if command == "bench" else ["demo", "--fast"]
     res = run_fewclip(*args, "-o", mine, store=tmp_path / "s")
     assert res.returncode == 1, res.stderr
-    assert "notes.txt" in res.stderr and "did not write" in res.stderr
+    assert "notes.txt" in res.stderr
+    assert "did not write" in res.stderr
     assert _snapshot(mine) == before
 
 
@@ -98,7 +103,8 @@ def test_bench_output_inside_the_dataset_is_refused_and_its_own_folder_resumes(
     grid = [f"datasets={data}", "methods=zero-shot", "shots=1", "seeds=1"]
     grid += ["backbones=fewclip-tiny-vit", "views=1", "-q"]
     res = run_fewclip("bench", *grid, "-o", data / "results", store=tmp_path / "s")
-    assert res.returncode == 1 and "inside the input data" in res.stderr
+    assert res.returncode == 1
+    assert "inside the input data" in res.stderr
     assert not (data / "results").exists()
     out = tmp_path / "bench"
     for _ in range(2):  # the second run resumes in the folder it marked
@@ -117,5 +123,6 @@ def test_store_pointed_at_a_folder_of_user_files_is_refused(data: Path, tmp_path
         store=tmp_path / "s",
     )  # fmt: skip
     assert res.returncode == 1
-    assert "not a fewclip feature store" in res.stderr and "--store" in res.stderr
+    assert "not a fewclip feature store" in res.stderr
+    assert "--store" in res.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]

@@ -21,7 +21,8 @@ def _walkthrough() -> list[str]:
     block = re.search(r"<!-- own-images:start.*?```bash\n(.*?)```", text, re.S)
     assert block, "README: the own-images walk-through block is missing"
     lines = [ln.strip() for ln in block.group(1).splitlines() if ln.strip()]
-    assert lines and all(ln.startswith("fewclip ") for ln in lines)
+    assert lines
+    assert all(ln.startswith("fewclip ") for ln in lines)
     return lines
 
 

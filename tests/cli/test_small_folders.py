@@ -33,9 +33,11 @@ def test_defaults_use_every_image_and_say_what_was_chosen(uneven: Path, tmp_path
     out = tmp_path / "a"
     res = run_fewclip("fit", "-m", "tip-adapter", "-d", uneven, "-o", out, *TINY, store=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "using -k all --protocol val-free" in res.stderr and "3–12 per class" in res.stderr
+    assert "using -k all --protocol val-free" in res.stderr
+    assert "3–12 per class" in res.stderr
     rec = json.loads((out / "adapter.json").read_text())
-    assert rec["draw"]["shots"] == "all" and rec["protocol"] == "val-free"
+    assert rec["draw"]["shots"] == "all"
+    assert rec["protocol"] == "val-free"
     assert len(rec["draw"]["support"]["indices"]) == 3 + 7 + 12
     assert rec["draw"]["meta"]["train_per_class"] == [3, 12]
 
@@ -46,7 +48,8 @@ def test_all_with_fewshot_val_holds_out_images_of_big_classes(uneven: Path, tmp_
         "-o", tmp_path / "a", *TINY, store=tmp_path,
     )  # fmt: skip
     assert res.returncode == 1
-    assert "'red circle') has 3" in res.stderr and "--protocol val-free" in res.stderr
+    assert "'red circle') has 3" in res.stderr
+    assert "--protocol val-free" in res.stderr
 
 
 def test_too_many_shots_fails_before_loading_a_model_and_names_the_flags(
@@ -57,7 +60,8 @@ def test_too_many_shots_fails_before_loading_a_model_and_names_the_flags(
         store=tmp_path,
     )  # fmt: skip
     assert res.returncode == 1
-    assert "Traceback" not in res.stderr and "note: fewclip-tiny-vit" not in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "note: fewclip-tiny-vit" not in res.stderr
     assert "'red circle') has 3 images" in res.stderr
     for flag in ("-k all", "--repeat", "--allow-fewer", "--protocol val-free"):
         assert flag in res.stderr
@@ -85,7 +89,8 @@ def test_bad_arguments_exit_2_with_a_suggestion(
     tail = ["--views", "1"] if "-b" in args else TINY
     res = run_fewclip("fit", *args, "-d", uneven, "-o", tmp_path / "a", *tail, store=tmp_path)
     assert res.returncode == 2, res.stderr
-    assert needle in res.stderr and "Traceback" not in res.stderr
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_method_names_are_case_insensitive(uneven: Path, tmp_path: Path) -> None:
@@ -119,7 +124,8 @@ def test_fit_seed_gives_the_same_adapter_as_the_bench_cell(uneven: Path, tmp_pat
     assert row["params"]["seed"] == 2
     assert rec["test"]["units"] == "percent"
     assert row["accuracy"] == pytest.approx(rec["test"]["top1"], abs=1e-3)
-    assert row["n_support"] == 3 and rec["draw"]["support"]["indices"]
+    assert row["n_support"] == 3
+    assert rec["draw"]["support"]["indices"]
 
 
 def test_fourteen_images_per_class_with_the_automatic_split_can_do_k4(tmp_path: Path) -> None:
@@ -141,4 +147,5 @@ def test_fourteen_images_per_class_with_the_automatic_split_can_do_k4(tmp_path: 
     assert notes == [
         "note: folder:photos: skipped 1 files that are not images: red_circle/notes.txt"
     ]
-    assert "Warning" not in res.stderr and ".py:" not in res.stderr
+    assert "Warning" not in res.stderr
+    assert ".py:" not in res.stderr

@@ -594,13 +594,15 @@ def test_parser_edge_cases() -> None:
     assert parsed.problems == []
     # an unclosed fence runs to the end of the file and is reported
     parsed = parse_markdown("text\n```bash\necho hi\n")
-    assert parsed.blocks[0].lines == ("echo hi",) and not parsed.blocks[0].closed
+    assert parsed.blocks[0].lines == ("echo hi",)
+    assert not parsed.blocks[0].closed
     # a fence is closed only by the same character, at least as long, without an info string
     parsed = parse_markdown("~~~~python\n~~~\n```\n~~~~ x\n~~~~~\n")
     assert parsed.blocks[0].lines == ("~~~", "```", "~~~~ x")
     # a marker with an unknown directive is reported; a colon after skip is allowed
     parsed = parse_markdown("<!-- docs-test: run -->\n<!-- docs-test: skip: slow -->\n```sh\n```\n")
-    assert parsed.problems[0][0] == 1 and "unknown docs-test marker" in parsed.problems[0][1]
+    assert parsed.problems[0][0] == 1
+    assert "unknown docs-test marker" in parsed.problems[0][1]
     assert parsed.blocks[0].skip == "slow"
     # `$` lines only; a continuation keeps going while lines end with a backslash
     block = parse_markdown("```console\n$ a \\\n b \\\n c\nout \\\n$ d\n```\n").blocks[0]
@@ -681,7 +683,9 @@ def test_shell_runner_times_out_and_kills_the_children(
 
 def test_a_skip_marker_needs_a_reason() -> None:
     block = parse_markdown("<!-- docs-test: skip   -->\n```bash\nfalse\n```\n", "s.md").blocks[0]
-    assert block.skip == "" and block.marker_line == 1 and not block.runnable
+    assert block.skip == ""
+    assert block.marker_line == 1
+    assert not block.runnable
     with pytest.raises(pytest.fail.Exception, match="a reason is required"):
         test_skipped_block(block)
     block = parse_markdown("<!-- docs-test: skip slow -->\n```bash\nfalse\n```\n", "s.md").blocks[0]

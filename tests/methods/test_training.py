@@ -78,7 +78,8 @@ def test_methods_use_the_dassl_schedule(name: str, extra: dict) -> None:
 def test_dassl_epoch_drops_the_last_partial_batch(n: int, batch: int, sizes: list[int]) -> None:
     ep = dassl_epoch(n, 3, batch, torch.Generator().manual_seed(0))
     assert [b.stop - b.start for b in ep.batches] == sizes
-    assert sorted(ep.order.tolist()) == list(range(n)) and ep.view_of.shape == (n,)
+    assert sorted(ep.order.tolist()) == list(range(n))
+    assert ep.view_of.shape == (n,)
     assert int(ep.view_of.max()) < 3
 
 
@@ -134,7 +135,8 @@ def test_pooled_epoch_draws_released_clap_batches(
     ep = pooled_epoch(n, views, batch, torch.Generator().manual_seed(0))
     assert [b.stop - b.start for b in ep.batches] == sizes
     rows = ep.rows.tolist()
-    assert len(set(rows)) == len(rows) and max(rows) < n * views
+    assert len(set(rows)) == len(rows)
+    assert max(rows) < n * views
     if n * views > batch > n:
         assert len({r % n for r in rows}) < len(rows)  # some image comes in several views
 
@@ -164,7 +166,8 @@ def test_shuffled_epoch_keeps_the_last_batch_as_a_plain_data_loader(n: int, batc
     assert [b.stop - b.start for b in ep.batches] == [len(b) for b in loader]
     assert sorted(ep.order.tolist()) == list(range(n))
     dassl = dassl_epoch(n, 3, batch, torch.Generator().manual_seed(0))
-    assert torch.equal(dassl.order, ep.order) and torch.equal(dassl.view_of, ep.view_of)
+    assert torch.equal(dassl.order, ep.order)
+    assert torch.equal(dassl.view_of, ep.view_of)
 
 
 def test_epoch_rows_are_each_images_drawn_view() -> None:
@@ -182,7 +185,8 @@ def test_warmup_cosine_lr_is_linear_then_cosine() -> None:
         warmup_cosine_lr(s, lr=lr, warmup_steps=w, warmup_lr=1e-5, total=total) for s in range(451)
     ]
     assert got[0] == 1e-5
-    assert got[25] == pytest.approx(lr / 2) and got[49] == pytest.approx(lr * 49 / 50)
+    assert got[25] == pytest.approx(lr / 2)
+    assert got[49] == pytest.approx(lr * 49 / 50)
     assert got[w] == pytest.approx(lr)  # the cosine starts at the full rate
     assert got[w + total // 2] == pytest.approx(lr / 2)
     assert got[w + total] == pytest.approx(0.0, abs=1e-18)
@@ -191,7 +195,8 @@ def test_warmup_cosine_lr_is_linear_then_cosine() -> None:
 def test_endless_shuffle_serves_whole_passes_across_batches() -> None:
     stream = EndlessShuffle(5, torch.Generator().manual_seed(0))
     served = torch.cat([stream.take(k) for k in (3, 4, 3)]).tolist()  # 10 = two passes
-    assert sorted(served[:5]) == list(range(5)) and sorted(served[5:]) == list(range(5))
+    assert sorted(served[:5]) == list(range(5))
+    assert sorted(served[5:]) == list(range(5))
 
 
 def test_keep_best_ties() -> None:
@@ -204,7 +209,8 @@ def test_keep_best_ties() -> None:
     assert (first.epoch, first.state[0].tolist()) == (2, [2.0, 2.0])  # a copy, not a view
     assert (last.epoch, last.state[0].tolist()) == (3, [3.0, 3.0])
     first.keep(9, t)
-    assert first.epoch == 9 and first.state[0].tolist() == [4.0, 4.0]
+    assert first.epoch == 9
+    assert first.state[0].tolist() == [4.0, 4.0]
     with pytest.raises(ValueError, match="ties: expected"):
         KeepBest(ties="best")
 
