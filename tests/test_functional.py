@@ -207,3 +207,60 @@ def test_search_tip_half_precision_counts_in_its_own_dtype(monkeypatch):
     ref = _reference_search(x, y, keys, labels, w, (7.0, 3.0), (12, 6))
     assert ref[2] > 0
     assert got == ref
+
+
+def _jitter_sequence(h: torch.Tensor) -> list[float]:
+    """The jitters psd_cholesky's contract promises to try, in order."""
+    scale = float(h.diagonal().abs().mean()) or 1.0
+    return [1e-10 * scale * 100**k for k in range(8)]
+
+
+def test_psd_cholesky_of_a_definite_matrix_is_the_plain_factor():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    h = a @ a.T + torch.eye(6, dtype=torch.float64)
+    want = torch.linalg.cholesky(h)
+    got = F.psd_cholesky(h.clone())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+def test_psd_cholesky_adds_the_smallest_jitter_of_its_sequence_that_works():
+    """A singular PSD matrix: the factor is that of ``h + j·I`` for the first ``j`` of the
+    sequence ``1e-10·mean|diag|·100^k`` with which a plain Cholesky succeeds (found here by a
+    loop over ``torch.linalg.cholesky_ex``)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float32)
+    h = x @ x.T  # rank 3 of 8
+    eye = torch.eye(8)
+    first = next(
+        j for j in _jitter_sequence(h) if int(torch.linalg.cholesky_ex(h + j * eye)[1]) == 0
+    )
+    assert first > _jitter_sequence(h)[0]  # the first try must fail for the test to mean much
+    got = F.psd_cholesky(h.clone())
+    torch.testing.assert_close(got, torch.linalg.cholesky(h + first * eye), rtol=0, atol=0)
+
+
+def test_psd_cholesky_of_zeros_uses_unit_scale():
+    got = F.psd_cholesky(torch.zeros(3, 3, dtype=torch.float64))
+    torch.testing.assert_close(got, (1e-10) ** 0.5 * torch.eye(3, dtype=torch.float64))
+
+
+def test_psd_cholesky_writes_into_out_and_uses_h_as_scratch():
+    h = torch.tensor([[4.0, 2.0], [2.0, 3.0]], dtype=torch.float64)
+    out = torch.empty(2, 2, dtype=torch.float64)
+    got = F.psd_cholesky(h, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    want = torch.linalg.cholesky(torch.tensor([[4.0, 2.0], [2.0, 3.0]], dtype=torch.float64))
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-8)
+    assert float(h[0, 0]) != 4.0  # the jittered diagonal was written into h
+
+
+def test_psd_cholesky_gives_up_after_eight_tries():
+    """An indefinite matrix whose negative eigenvalue (-1e3) exceeds the largest jitter
+    (1e-10·1e-3·100^7 = 10) cannot be factorised."""
+    h = torch.tensor([[1e-3, 1e3], [1e3, 1e-3]], dtype=torch.float64)
+    with pytest.raises(torch.linalg.LinAlgError, match="positive semi-definite"):
+        F.psd_cholesky(h)
+    # while one a little less indefinite than the largest jitter is factorised
+    h = torch.tensor([[1e-3, 5.0], [5.0, 1e-3]], dtype=torch.float64)
+    assert torch.isfinite(F.psd_cholesky(h)).all()
