@@ -14,6 +14,7 @@ This module connects the image world and the feature world: it holds no method l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -30,12 +31,19 @@ from fewclip._version import __version__
 from fewclip.backbones.base import Backbone
 from fewclip.data.prompts import PromptSet, get_prompts
 from fewclip.data.types import Dataset
-from fewclip.errors import FewclipError, InvalidValueError, MissingFileError
+from fewclip.errors import DamagedFileError, FewclipError, InvalidValueError, MissingFileError
 from fewclip.features.extract import extract
 from fewclip.features.source import DatasetSource
 from fewclip.features.store import FeatureStore
 from fewclip.imageio import ImageSource
-from fewclip.methods.base import ADAPTER_FILE, OWN_FILES, Method, describe_saved
+from fewclip.methods.base import (
+    ADAPTER_FILE,
+    CONFIG_FILE,
+    OWN_FILES,
+    REFIT_HINT,
+    Method,
+    describe_saved,
+)
 from fewclip.metrics import classification_report
 from fewclip.outputs import check_folder
 from fewclip.protocol import Protocol, SplitPlan, build_task
@@ -62,6 +70,56 @@ class AdapterError(FewclipError, ValueError):
 
 class BackboneMismatchError(FewclipError, ValueError):
     """The backbone offered to an adapter is not the one it was fitted with."""
+
+
+def _record_digest(record: Mapping[str, Any]) -> str:
+    """SHA-256 of an adapter record without its ``checksums`` (canonical JSON: sorted keys)."""
+    body = {k: v for k, v in record.items() if k != "checksums"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_checksums(folder: Path, record: Mapping[str, Any]) -> None:
+    """Check the SHA-256 digests ``adapter.json`` records: of itself (canonical JSON) and of
+    ``config.json`` (which holds the digest of ``state.safetensors`` in turn). Adapters saved
+    before fewclip recorded them are read unchecked."""
+    sums = record.get("checksums")
+    if sums is None:
+        return
+    rec_path = folder / ADAPTER_FILE
+    if not isinstance(sums, dict):
+        raise DamagedFileError(f"{rec_path}: 'checksums' is not a JSON object; {REFIT_HINT}")
+    if sums.get(ADAPTER_FILE) != _record_digest(record):
+        raise DamagedFileError(
+            f"{rec_path}: checksum mismatch: the record changed after it was saved; {REFIT_HINT}"
+        )
+    config = folder / CONFIG_FILE
+    try:
+        got = hashlib.sha256(config.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise DamagedFileError(f"{config}: missing; {REFIT_HINT}") from None
+    if sums.get(CONFIG_FILE) != got:
+        raise DamagedFileError(
+            f"{config}: checksum mismatch ({ADAPTER_FILE} recorded another SHA-256): the file "
+            f"changed after it was saved; {REFIT_HINT}"
+        )
+
+
+def _check_record(rec_path: Path, info: Mapping[str, Any], method: Method) -> None:
+    """``adapter.json`` must agree with the method folder it sits in: same method, same class
+    names in the same order."""
+    config = rec_path.parent / CONFIG_FILE
+    if info.get("method", method.name) != method.name:
+        raise DamagedFileError(
+            f"{rec_path}: records method {info.get('method')!r}, but {config} holds "
+            f"{method.name!r}; {REFIT_HINT}"
+        )
+    names = info.get("classnames")
+    if names is not None and list(names) != method.classnames_:
+        raise DamagedFileError(
+            f"{rec_path}: its {len(names)} class names differ from the {len(method.classnames_)} "
+            f"of {config}; {REFIT_HINT}"
+        )
 
 
 def class_weights(
@@ -127,10 +185,15 @@ class Adapter:
         replaced only with ``overwrite=True``; a folder holding anything else is refused
         (``fewclip.errors.OutputFolderError``, nothing written): see ``fewclip.outputs``.
         """
-        text = json.dumps({"format": _FORMAT, **self.info}, indent=2, default=str)
+        record = json.loads(json.dumps({"format": _FORMAT, **self.info}, default=str))
+        record.pop("checksums", None)
 
         def add_record(tmp: Path) -> None:
-            (tmp / ADAPTER_FILE).write_text(text)
+            config = hashlib.sha256((tmp / CONFIG_FILE).read_bytes()).hexdigest()
+            checksums = {ADAPTER_FILE: _record_digest(record), CONFIG_FILE: config}
+            (tmp / ADAPTER_FILE).write_text(
+                json.dumps({**record, "checksums": checksums}, indent=2)
+            )
 
         return self.method._save(path, overwrite=overwrite, extra=add_record, what="adapter")
 
@@ -157,13 +220,17 @@ class Adapter:
         try:
             info = json.loads(rec_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise AdapterError(f"{rec_path}: not valid JSON ({e})") from None
+            raise DamagedFileError(f"{rec_path}: not valid JSON ({e}); {REFIT_HINT}") from None
         if not isinstance(info, dict) or info.get("format") != _FORMAT:
             raise AdapterError(f"{rec_path}: not a fewclip adapter record (format {_FORMAT!r})")
+        _check_checksums(p, info)
         if not isinstance(info.get("backbone"), dict) or "id" not in info["backbone"]:
-            raise AdapterError(f"{rec_path}: the record names no backbone id")
+            raise DamagedFileError(f"{rec_path}: the record names no backbone id; {REFIT_HINT}")
         info.pop("format")
-        return cls(methods.load(p), info)
+        info.pop("checksums", None)
+        method = methods.load(p)
+        _check_record(rec_path, info, method)
+        return cls(method, info)
 
     def load_backbone(
         self,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "BudgetError",
+    "DamagedFileError",
     "FewclipError",
     "InvalidTypeError",
     "InvalidValueError",
@@ -61,6 +62,12 @@ class OutOfRangeError(FewclipError, IndexError):
 
 class BudgetError(FewclipError, MemoryError):
     """A computation would exceed the memory budget it was given."""
+
+
+class DamagedFileError(FewclipError, ValueError):
+    """A file fewclip wrote no longer holds what it wrote: a checksum mismatch, an unreadable
+    file, values that are not finite, or files of one folder that contradict each other. The
+    message names the file, what is wrong and how to rebuild it."""
 
 
 class OutputFolderError(FewclipError, FileExistsError):

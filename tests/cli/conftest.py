@@ -2,51 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from fewclip.testing.cli import fewclip_exe, run_fewclip
 
-def fewclip_exe() -> str:
-    """The ``fewclip`` console script installed beside this interpreter (the package must be
-    installed, as ``make test`` does; a missing script is a failure, not a skip)."""
-    beside = Path(sys.executable).parent / "fewclip"
-    exe = str(beside) if beside.is_file() else shutil.which("fewclip")
-    if exe is None:
-        pytest.fail("the `fewclip` console script is not installed: run `pip install -e .`")
-    return exe
-
-
-def run_fewclip(
-    *args: str | os.PathLike[str],
-    store: Path,
-    timeout: float = 300,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-    offline: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``fewclip ARGS`` in a fresh process with its own feature store and, unless
-    ``offline=False`` (Hugging Face offline variables removed), in offline mode."""
-    full_env = dict(os.environ)
-    full_env["FEWCLIP_STORE"] = str(store)
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if offline:
-            full_env[var] = "1"
-        else:
-            full_env.pop(var, None)
-    full_env.update(env or {})
-    return subprocess.run(
-        [fewclip_exe(), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=cwd,
-    )
+__all__ = ["fewclip_exe", "run_fewclip"]
 
 
 # Shared by the tests/cli/test_options_*.py files: one small dataset and one fitted adapter for

@@ -8,6 +8,7 @@ safetensors plus a JSON config, never pickle.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as dump_safetensors
 from torch import Tensor
 
 from fewclip._device import resolve_device
 from fewclip._version import __version__
 from fewclip.errors import (
+    DamagedFileError,
     FewclipError,
     InvalidTypeError,
     InvalidValueError,
@@ -462,10 +465,12 @@ class Method(EstimatorParams):
             "n_features_in": self.n_features_in_,
             "state_values": values,
         }
+        state = dump_safetensors(tensors, metadata={"method": self.name})
+        cfg["state_sha256"] = hashlib.sha256(state).hexdigest()
         text = json.dumps(cfg, indent=2, default=_json_default)
 
         def write(tmp: Path) -> None:
-            save_file(tensors, str(tmp / STATE_FILE), metadata={"method": self.name})
+            (tmp / STATE_FILE).write_bytes(state)
             (tmp / CONFIG_FILE).write_text(text)
             if extra is not None:
                 extra(tmp)
@@ -491,21 +496,107 @@ class Method(EstimatorParams):
 
     @classmethod
     def _from_saved(cls, path: Path, cfg: dict[str, Any]) -> Method:
+        """Rebuild the method from its folder, validating it on the way: the config's types,
+        the state's checksum and finiteness (:func:`_read_state`), and one probe query
+        (:func:`_probe`). A damaged folder raises ``DamagedFileError``."""
+        classnames, n_features = _check_config(path, cfg)
         params = {k: _tuples(v) for k, v in cfg["params"].items()}
         method = cls(**params)
-        tensors = load_file(str(path / STATE_FILE))
+        tensors = _read_state(path, cfg)
         missing = [k for k in cls._state_tensors if k not in tensors]
         if missing:
-            raise InvalidValueError(f"{path / STATE_FILE}: missing fitted tensors {missing}")
-        method.classnames_ = list(cfg["classnames"])
-        method.classes_ = list(range(len(method.classnames_)))
-        method.n_features_in_ = int(cfg["n_features_in"])
+            raise DamagedFileError(
+                f"{path / STATE_FILE}: missing fitted tensors {missing}; {REFIT_HINT}"
+            )
+        method.classnames_ = classnames
+        method.classes_ = list(range(len(classnames)))
+        method.n_features_in_ = n_features
         for k in cls._state_tensors:
             setattr(method, k, tensors.pop(k).to(method._device))
         for k, v in cfg.get("state_values", {}).items():
             setattr(method, k, _tuples(v))
         method._load_extra_state({k: v.to(method._device) for k, v in tensors.items()})
+        _probe(method, path)
         return method
+
+
+#: How to recover from a damaged method or adapter folder (every DamagedFileError about one).
+REFIT_HINT = "the folder is damaged: fit it again (`fewclip fit ... -o FOLDER --overwrite`)"
+
+
+def _check_config(path: Path, cfg: dict[str, Any]) -> tuple[list[str], int]:
+    """The class names and feature dimension a method config records, checked for type."""
+    where = path / CONFIG_FILE
+    names = cfg.get("classnames")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DamagedFileError(
+            f"{where}: 'classnames' is not a non-empty list of names; {REFIT_HINT}"
+        )
+    dim = cfg.get("n_features_in")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise DamagedFileError(
+            f"{where}: 'n_features_in' is {dim!r}, expected a positive integer; {REFIT_HINT}"
+        )
+    for key in ("params", "state_values"):
+        if not isinstance(cfg.get(key, {}), dict):
+            raise DamagedFileError(f"{where}: {key!r} is not a JSON object; {REFIT_HINT}")
+    return list(names), dim
+
+
+def _read_state(path: Path, cfg: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The tensors of ``state.safetensors``, after checking its SHA-256 against the one the
+    config recorded (folders saved before fewclip recorded it are read unchecked) and that
+    every floating-point tensor is finite."""
+    where = path / STATE_FILE
+    try:
+        data = where.read_bytes()
+    except FileNotFoundError:
+        raise DamagedFileError(f"{where}: missing; {REFIT_HINT}") from None
+    want = cfg.get("state_sha256")
+    got = hashlib.sha256(data).hexdigest()
+    if want is not None and got != want:
+        raise DamagedFileError(
+            f"{where}: checksum mismatch (SHA-256 {got[:12]}…, {CONFIG_FILE} recorded "
+            f"{str(want)[:12]}…): the file changed after it was saved; {REFIT_HINT}"
+        )
+    try:
+        tensors = load_safetensors(data)
+    except Exception as e:  # safetensors raises its own error type for every malformed file
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DamagedFileError(
+            f"{where}: not a readable safetensors file ({reason}); {REFIT_HINT}"
+        ) from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise DamagedFileError(
+                f"{where}: fitted tensor {name!r} holds {bad} non-finite values (NaN or inf); "
+                f"{REFIT_HINT}"
+            )
+    return tensors
+
+
+def _probe(method: Method, path: Path) -> None:
+    """Score one query row: the loaded tensors must give one finite score per class name
+    (catches tensors cut or grown against the class names or the feature dimension)."""
+    n, d = len(method.classnames_), method.n_features_in_
+    try:
+        out = method.logits(torch.ones(1, d))
+    except FewclipError:
+        raise
+    except (RuntimeError, IndexError, ValueError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DamagedFileError(
+            f"{path}: the fitted tensors do not fit {CONFIG_FILE} ({n} class names, {d} "
+            f"features): {reason}; {REFIT_HINT}"
+        ) from None
+    if tuple(out.shape) != (1, n):
+        raise DamagedFileError(
+            f"{path}: the fitted tensors give {out.shape[-1]} class scores, but {CONFIG_FILE} "
+            f"names {n} classes; {REFIT_HINT}"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise DamagedFileError(f"{path}: the fitted tensors give non-finite scores; {REFIT_HINT}")
 
 
 def _tuples(v: Any) -> Any:
