@@ -196,25 +196,42 @@ def test_interrupt_in_a_subprocess_then_resume(tmp_path):
     assert len(read_rows(out)) == 16
 
 
-def test_truncated_last_line_is_ignored_and_not_glued(tmp_path, prepare, fit_counter):
+def test_torn_last_line_is_cut_off_and_kept_aside(tmp_path, prepare, fit_counter):
     out = tmp_path / "t.jsonl"
     rows = run_bench(tiny_config(), prepare, out, quiet=True)
     lines = out.read_bytes().split(b"\n")[:-1]
+    fragment = lines[-1][: len(lines[-1]) // 2]
     # a run killed mid-write: the last row is half there, without its newline
-    out.write_bytes(b"\n".join(lines[:-1]) + b"\n" + lines[-1][: len(lines[-1]) // 2])
+    out.write_bytes(b"\n".join(lines[:-1]) + b"\n" + fragment)
     with pytest.warns(RuntimeWarning, match="truncated last line"):
         assert len(read_rows(out)) == 15
     fit_counter.calls.clear()
-    with pytest.warns(RuntimeWarning, match="truncated last line"):
+    with pytest.warns(
+        RuntimeWarning, match=r"cut off a torn last line \(\d+ bytes.*t\.jsonl\.torn"
+    ):
         again = run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
     assert len(fit_counter.calls) == 1  # only the lost cell
     assert [r["hash"] for r in again] == [r["hash"] for r in rows]
-    raw = out.read_bytes().split(b"\n")
-    assert raw[-1] == b""  # ends with a newline
-    assert raw[15] == lines[-1][: len(lines[-1]) // 2]  # the fragment stays on its own line
-    assert json.loads(raw[16])["hash"] == rows[-1]["hash"]
-    with pytest.warns(RuntimeWarning, match=r"skipped 1 line\(s\) that are not JSON objects"):
-        assert len(read_rows(out)) == 16
+    raw = out.read_bytes()
+    # valid JSONL again: every line parses, as a strict reader (json.loads per line) needs
+    assert [json.loads(x)["hash"] for x in raw.splitlines()] == [r["hash"] for r in rows]
+    assert raw.endswith(b"\n")
+    assert (tmp_path / "t.jsonl.torn").read_bytes() == fragment + b"\n"  # nothing lost
+    # a clean file is left alone: no warning, no side file growth
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
+    assert (tmp_path / "t.jsonl.torn").read_bytes() == fragment + b"\n"
+
+
+def test_a_file_that_is_one_torn_line_is_emptied(tmp_path, prepare):
+    out = tmp_path / "one.jsonl"
+    out.write_bytes(b'{"hash": "ab')
+    with pytest.warns(RuntimeWarning, match="cut off a torn last line"):
+        rows = run_bench(tiny_config(), prepare, out, quiet=True)
+    assert len(rows) == 16
+    assert len(out.read_bytes().splitlines()) == 16
+    assert (tmp_path / "one.jsonl.torn").read_bytes() == b'{"hash": "ab\n'
 
 
 def test_a_second_writer_is_refused(tmp_path, prepare):

@@ -4,8 +4,8 @@
 seed → method). For each cell whose hash is not yet in ``out`` it plans the splits, builds the
 task, fits the method and evaluates it through ``fewclip.protocol`` (the one reader of test
 features), then appends one JSON line and fsyncs it. A run killed at any point resumes where it
-stopped: finished cells are skipped by hash, a truncated last line is ignored with a warning
-and never glued to the next row.
+stopped: finished cells are skipped by hash, and a torn last line is cut off (kept in a side
+file, with a warning) before the next row is appended, so the file stays valid JSONL.
 
 ``prepare(dataset, backbone)`` is supplied by the caller (the CLI: a feature-store-backed
 source; benchmarks and tests: ``fewclip.bench.synthetic``) and is called lazily, once per
@@ -192,7 +192,9 @@ class _ChunkedLogits:
 # -- JSONL output -------------------------------------------------------------------------
 class _Appender:
     """Append-only JSONL writer: one complete line per write, flushed and fsynced; an
-    exclusive advisory lock keeps two runs off the same file."""
+    exclusive advisory lock keeps two runs off the same file. A torn last line (a run killed
+    mid-write) is cut off under the lock before anything is appended, so the file stays valid
+    JSONL; the fragment is kept in ``NAME.torn`` (see :meth:`_cut_torn_tail`)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,23 +212,45 @@ class _Appender:
                 f"{path}: another fewclip bench run is writing this file; wait for it or "
                 "choose another output"
             ) from None
-        self._needs_newline = self._ends_without_newline()
+        self._cut_torn_tail()
 
-    def _ends_without_newline(self) -> bool:
+    def _cut_torn_tail(self) -> None:
+        """Move a last line without its newline to ``NAME.torn`` (appended and fsynced first,
+        so nothing is lost), then truncate the file after its last complete line; warns once
+        saying so."""
         size = os.fstat(self._f.fileno()).st_size
-        if size == 0:
-            return False
+        tail, cut = b"", 0
         with open(self.path, "rb") as r:
-            r.seek(size - 1)
-            return r.read(1) != b"\n"
+            pos = size
+            while pos > 0:
+                step = min(1 << 16, pos)
+                pos -= step
+                r.seek(pos)
+                block = r.read(step)
+                i = block.rfind(b"\n")
+                if i >= 0:
+                    tail, cut = block[i + 1 :] + tail, pos + i + 1
+                    break
+                tail = block + tail
+        if not tail:
+            return
+        side = self.path.with_name(self.path.name + ".torn")
+        with open(side, "ab") as f:
+            f.write(tail + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.ftruncate(self._f.fileno(), cut)
+        os.fsync(self._f.fileno())
+        warnings.warn(
+            f"{self.path}: cut off a torn last line ({len(tail)} bytes, left by an interrupted "
+            f"run; kept in {side}); its cell runs again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def append(self, row: Mapping[str, Any]) -> None:
         line = json.dumps(row, ensure_ascii=False, allow_nan=True, sort_keys=False) + "\n"
-        data = line.encode("utf-8")
-        if self._needs_newline:  # a killed run left half a line: end it, never extend it
-            data = b"\n" + data
-            self._needs_newline = False
-        self._f.write(data)
+        self._f.write(line.encode("utf-8"))
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -381,8 +405,8 @@ def run_bench(
             (dataset, backbone), only when that pair still has cells to run, and released
             when its cells are done.
         out_jsonl: the append-only results file (created with its folder if missing). Cells
-            whose hash it already holds are skipped; a truncated last line (a killed run) is
-            ignored with a warning and the next row starts on a new line.
+            whose hash it already holds are skipped; a torn last line (a killed run) is moved
+            to ``NAME.torn`` with a warning, so the file stays valid JSONL.
         progress: show a tqdm bar over the cells to run.
         quiet: no bar and no messages (warnings still go through ``warnings``).
         on_error: ``"raise"`` (default) stops at the first failing cell or ``prepare``;
