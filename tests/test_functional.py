@@ -264,3 +264,41 @@ def test_psd_cholesky_gives_up_after_eight_tries():
     # while one a little less indefinite than the largest jitter is factorised
     h = torch.tensor([[1e-3, 5.0], [5.0, 1e-3]], dtype=torch.float64)
     assert torch.isfinite(F.psd_cholesky(h)).all()
+
+
+def test_l2_normalize_keeps_zero_rows_zero_and_is_clips_formula_otherwise():
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(3))
+    x[2] = 0
+    got = F.l2_normalize(x)
+    assert torch.equal(got[2], torch.zeros(7))
+    keep = [0, 1, 3, 4]
+    assert torch.equal(got[keep], x[keep] / x[keep].norm(dim=-1, keepdim=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_pow2_rescale_rows_is_exact_and_bounds_each_row(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 5, generator=g).to(dtype)
+    x[1] = 0
+    x[3] *= 64  # a power of two: its rescaled row equals row 3's own rescaling of x
+    got = F.pow2_rescale_rows(x)
+    assert torch.equal(got[1], x[1])
+    amax = got.abs().amax(dim=1)
+    nonzero = torch.tensor([0, 2, 3, 4, 5])
+    assert bool(((amax[nonzero] >= 0.5) & (amax[nonzero] < 1)).all())
+    # each row was multiplied by a power of two, exactly: the ratio is one constant 2^k
+    ratio = (got[nonzero].double() / x[nonzero].double()).nan_to_num(nan=0.0)
+    for row, r in zip(nonzero.tolist(), ratio, strict=True):
+        k = torch.log2(r[x[row] != 0])
+        assert torch.equal(k, k.round()), row
+        assert bool((k == k[0]).all()), row
+
+
+def test_pow2_rescale_rows_rescues_extreme_float32_rows():
+    x = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
+    for s in (1e-30, 1e30):
+        got = F.l2_normalize(F.pow2_rescale_rows(x * s))
+        torch.testing.assert_close(got, torch.tensor([[0.6, -0.8], [0.0, 0.0]]))
+    # without the rescaling, the norm overflows: the row collapses to zeros
+    assert torch.equal(F.l2_normalize(x * 1e30)[0], torch.zeros(2))
+    assert F.pow2_rescale_rows(torch.empty(0, 3)).shape == (0, 3)

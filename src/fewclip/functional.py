@@ -30,6 +30,7 @@ __all__ = [
     "first_best",
     "kernel_matmul",
     "l2_normalize",
+    "pow2_rescale_rows",
     "psd_cholesky",
     "reference_grid",
     "search_tip",
@@ -42,8 +43,24 @@ __all__ = [
 
 
 def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
-    """``x / ‖x‖₂`` along ``dim`` (as CLIP's ``x / x.norm(dim=-1, keepdim=True)``)."""
-    return x / x.norm(dim=dim, keepdim=True)
+    """``x / ‖x‖₂`` along ``dim`` (as CLIP's ``x / x.norm(dim=-1, keepdim=True)``, bit for bit),
+    except that a zero vector stays zero instead of becoming NaN (the norm is clamped to the
+    smallest normal number of the dtype)."""
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def pow2_rescale_rows(x: Tensor) -> Tensor:
+    """Each row of ``x`` multiplied by the power of two that brings its largest ``|entry|``
+    into [0.5, 1); zero rows are left as they are.
+
+    Multiplying by a power of two is exact, so ``x/‖x‖`` and every positively homogeneous score
+    of a row are unchanged bit for bit, while a row of 1e30s or 1e-30s no longer overflows or
+    underflows when its norm is taken (or when it is cast to a half-precision dtype).
+    """
+    if x.numel() == 0:
+        return x
+    _, exponent = torch.frexp(x.abs().amax(dim=-1, keepdim=True))
+    return torch.ldexp(x, -exponent)
 
 
 def text_classifier(prompt_embeddings: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ from fewclip.errors import (
     UnknownParameterError,
     did_you_mean,
 )
+from fewclip.functional import l2_normalize, pow2_rescale_rows
 from fewclip.outputs import write_folder
 from fewclip.task import Task, check_features
 
@@ -354,7 +355,7 @@ class Method(EstimatorParams):
 
     def _query_logits(self, x: Tensor) -> Tensor:
         """Logits of a block of raw, checked queries: ``_logits`` of the L2-normalised rows."""
-        return self._logits(torch.nn.functional.normalize(x, dim=-1))
+        return self._logits(l2_normalize(x))
 
     def predict(self, x: Tensor) -> Tensor:
         """Predicted class ids (N,)."""
@@ -421,9 +422,12 @@ class Method(EstimatorParams):
             )
 
     def _check_query(self, x: Tensor) -> Tensor:
+        """Checked queries on the method's device and dtype, each row first rescaled by a power
+        of two (exact: see ``functional.pow2_rescale_rows``), so that rows of any magnitude
+        give finite scores and the predictions of the same rows at unit norm."""
         self._check_fitted()
         x = check_features("x", x, dim=self.n_features_in_)
-        return self._to(x)
+        return self._to(pow2_rescale_rows(x))
 
     # -- persistence ------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Tensor]:

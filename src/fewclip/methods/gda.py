@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fewclip.errors import InvalidValueError
-from fewclip.functional import count_correct_over_alpha, first_best, l2_normalize
+from fewclip.functional import count_correct_over_alpha, first_best, l2_normalize, psd_cholesky
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
 
@@ -70,9 +70,20 @@ def within_class_scatter(
 
 
 def _spd_inverse(a: Tensor) -> Tensor:
-    # cholesky_solve against I is an order of magnitude faster than cholesky_inverse on CPU
+    """``a⁻¹`` for a symmetric positive (semi-)definite ``a``, through its Cholesky factor
+    (``functional.psd_cholesky``: a growing jitter if rounding made ``a`` slightly
+    indefinite); cholesky_solve against I is an order of magnitude faster than
+    cholesky_inverse on CPU."""
     eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    return torch.cholesky_solve(eye, torch.linalg.cholesky(a))
+    try:
+        factor = psd_cholesky(a.clone())
+    except torch.linalg.LinAlgError:
+        raise InvalidValueError(
+            "gda: the shared covariance of the support cannot be inverted (too few distinct "
+            "samples for its dimension). Use the paper's estimator (covariance='ks', CLI: "
+            "--param covariance=ks), augmented views (--views 10) or more shots."
+        ) from None
+    return torch.cholesky_solve(eye, factor)
 
 
 def shared_precision(

@@ -188,6 +188,23 @@ def check_fit_and_predict(cls: type[Method], params: Mapping[str, Any]) -> None:
     assert m.n_features_in_ == task.dim
 
 
+def check_extreme_queries(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """A zero row gets finite scores; rows scaled by 1e±30 (float32) or 1e±300 (float64) get
+    finite scores and the predictions of the same rows at unit norm (every method scores the
+    direction of a query: CLIP features are compared by cosine)."""
+    task = make_task()
+    m = _create(cls, params).fit(task)
+    for dtype, scales in ((torch.float32, (1e-30, 1e30)), (torch.float64, (1e-300, 1e300))):
+        x = _queries(dtype=dtype)
+        unit = m.predict(x / x.norm(dim=1, keepdim=True))
+        zero = m.logits(torch.zeros(2, task.dim, dtype=dtype))
+        assert torch.isfinite(zero).all(), f"non-finite logits for a zero {dtype} row"
+        for s in scales:
+            logits = m.logits(x * s)
+            assert torch.isfinite(logits).all(), f"non-finite logits for {dtype} rows × {s:g}"
+            assert torch.equal(logits.argmax(1), unit), f"{dtype} rows × {s:g}: other predictions"
+
+
 def check_blocked_logits(cls: type[Method], params: Mapping[str, Any]) -> None:
     """Logits computed in blocks of 2 rows, or one row at a time, equal one block."""
     task, x = make_task(), _queries()
@@ -408,6 +425,7 @@ _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_traits,
     check_fit_and_predict,
     check_blocked_logits,
+    check_extreme_queries,
     check_save_load,
     check_dtypes,
     check_not_fitted,
