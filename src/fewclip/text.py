@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -109,7 +111,12 @@ def encode_texts_cached(
     record = text_key_record(backbone, texts)
     key = entry_key(record)
     with store.lock([key]):
-        if not store.has(key):
+        try:
+            problems = store.verify(key, full=True)
+        except KeyError:
+            problems = None  # not stored yet
+        if problems is None or problems:
+            started = time.monotonic()
             raw = backbone.encode_texts(texts, batch_size=batch_size).to("cpu")
             w = store.writer(
                 key,
@@ -122,6 +129,13 @@ def encode_texts_cached(
             w.invalidate()
             w.write_shard(0, raw)
             w.finalize()
+            if problems:
+                warnings.warn(
+                    f"rebuilt the prompt embeddings {key[:12]} in {store.root}: {problems[0]}; "
+                    f"{len(texts)} prompts encoded again in {time.monotonic() - started:.1f} s",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     return store.load(key, mmap=False)
 
 

@@ -196,7 +196,8 @@ def test_sigkill_then_resume_equals_uninterrupted(
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert FeatureStore(store).keys() == []  # nothing complete yet
-    resumed = extract(bb, images, views=1, seed=5, store=store, shard_size=8, batch_size=8)
+    with pytest.warns(RuntimeWarning, match=r"resuming entry .* 2 of 5 shards are already on disk"):
+        resumed = extract(bb, images, views=1, seed=5, store=store, shard_size=8, batch_size=8)
     assert resumed.n_encoded == 40 - 16
     clean = extract(bb, images, views=1, seed=5, shard_size=8, batch_size=8)
     assert resumed.features is not None
@@ -222,9 +223,15 @@ def test_truncated_shard_is_detected_and_rebuilt(
     shard.write_bytes(data[: len(data) - 100])
     assert not store.has(key)
     assert any("shard 1" in p for p in store.verify(key, full=False))
-    with pytest.raises(CorruptEntryError, match=r"damaged: shard 1 .*Run the extraction again"):
+    with pytest.raises(
+        CorruptEntryError,
+        match=r"damaged: shard 1 .*Run the command that extracted it again.*fewclip cache rm ",
+    ):
         store.load(key)
-    again = extract(bb, images, store=tmp_path, shard_size=16)
+    with pytest.warns(
+        RuntimeWarning, match=r"rebuilt entry .* shard 1 .*truncated.*1 of 3 shards encoded again"
+    ):
+        again = extract(bb, images, store=tmp_path, shard_size=16)
     assert again.n_encoded == 16  # only the damaged shard
     assert first.features is not None
     assert again.features is not None
@@ -232,7 +239,7 @@ def test_truncated_shard_is_detected_and_rebuilt(
     assert store.verify(key) == []
 
 
-def test_corrupt_bytes_found_by_full_verify(
+def test_corrupt_bytes_are_found_on_every_read_and_rebuilt(
     tmp_path: Path, bb: fb.Backbone, images: list[str]
 ) -> None:
     first = extract(bb, images[:10], store=tmp_path)
@@ -244,7 +251,10 @@ def test_corrupt_bytes_found_by_full_verify(
     shard.write_bytes(bytes(data))
     assert store.verify(key, full=False) == []
     assert any("checksum" in p for p in store.verify(key, full=True))
-    again = extract(bb, images[:10], store=tmp_path, verify=True)
+    with pytest.raises(CorruptEntryError, match=r"shard 0 .*checksum mismatch"):
+        store.load(key)  # every read checks the data
+    with pytest.warns(RuntimeWarning, match=r"rebuilt entry .*checksum mismatch.*1 of 1 shards"):
+        again = extract(bb, images[:10], store=tmp_path)  # found without verify=True
     assert again.n_encoded == 10
     assert first.features is not None
     assert again.features is not None

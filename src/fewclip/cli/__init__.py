@@ -2,7 +2,7 @@
 holds no method logic of its own.
 
 Commands: ``demo``, ``extract``, ``fit``, ``predict``, ``evaluate``, ``bench``, ``reproduce``,
-``cache ls|info|rm``, ``datasets check``. Run ``fewclip COMMAND --help`` for each.
+``cache ls|info|verify|gc|rm``, ``datasets check``. Run ``fewclip COMMAND --help`` for each.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`fewclip extract`, `fewclip cache ls|info|rm`, `fewclip datasets check`."""
+"""`fewclip extract`, `fewclip cache ls|info|verify|gc|rm`, `fewclip datasets check`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from fewclip.cli._common import (
 
 if TYPE_CHECKING:
     from fewclip.features import FeatureStore
+    from fewclip.features.store import Leftover
 
 DATA_HELP = "Benchmark name (with --root), image folder, or .csv/.jsonl manifest."
 ROOT_HELP = "The $DATA folder holding the benchmarks (default: $FEWCLIP_DATA or $DATA)."
@@ -145,6 +146,11 @@ def extract(
 def cache_ls(
     store: Path | None = typer.Option(None, help=STORE_HELP),
     kind: str | None = typer.Option(None, help="Only 'image' or 'text' entries."),
+    orphans: bool = typer.Option(
+        False,
+        "--orphans",
+        help="List what killed runs left instead: partial entries and unfinished deletions.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the entries of the feature store.
@@ -158,6 +164,9 @@ def cache_ls(
     fs = FeatureStore(store or default_store())
     if store is not None and not fs.root.is_dir():
         raise CLIError(f"--store: {fs.root} does not exist (no feature store there)")
+    if orphans:
+        _list_leftovers(fs, as_json)
+        return
     infos = fs.entries(kind=kind) if kind else fs.entries()
     rows = []
     for info in infos:
@@ -198,6 +207,38 @@ def cache_ls(
     echo(f"{len(rows)} entries, {_size(sum(r['bytes'] for r in rows))} in {fs.root}")
 
 
+def _leftover_rows(items: list[Leftover]) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": x.kind,
+            "key": x.key,
+            "path": str(x.path),
+            "files": x.n_files,
+            "bytes": x.nbytes,
+            "in_use": x.in_use,
+        }
+        for x in items
+    ]
+
+
+def _list_leftovers(fs: FeatureStore, as_json: bool) -> None:
+    items = fs.leftovers()
+    if as_json:
+        emit_json(_leftover_rows(items))
+        return
+    if not items:
+        echo(f"{fs.root}: no leftovers of interrupted runs")
+        return
+    echo(f"{'kind':8} {'key':14} {'files':>6} {'size':>9}  state")
+    for x in items:
+        state = "in use (an extraction is running)" if x.in_use else "left by a stopped run"
+        echo(f"{x.kind:8} {x.key[:12]:14} {x.n_files:>6} {_size(x.nbytes):>9}  {state}")
+    echo(
+        f"{len(items)} leftovers, {_size(sum(x.nbytes for x in items))}. A partial entry "
+        "resumes when its extraction runs again; `fewclip cache gc` removes them."
+    )
+
+
 def _resolve_key(fs: FeatureStore, prefix: str) -> str:
     keys = [k for k in fs.keys() if k.startswith(prefix)]  # noqa: SIM118 (a method, not a dict)
     if not keys:
@@ -211,7 +252,9 @@ def _resolve_key(fs: FeatureStore, prefix: str) -> str:
 def cache_info(
     key: str = typer.Argument(..., help="Entry key (a unique prefix is enough)."),
     store: Path | None = typer.Option(None, help=STORE_HELP),
-    verify: bool = typer.Option(False, help="Re-hash every shard."),
+    verify: bool = typer.Option(
+        False, help="Check every shard's data against its checksum too (exit 1 if damaged)."
+    ),
 ) -> None:
     """Show one entry's key record, shape, shards and bad files (JSON).
 
@@ -238,6 +281,105 @@ def cache_info(
         "problems": fs.verify(full, full=verify),
     }
     emit_json(out)
+    if out["problems"]:
+        echo(f"error: entry {full[:12]} is damaged; {_REPAIR.format(keys=full[:12])}", err=True)
+        raise typer.Exit(1)
+
+
+_REPAIR = (
+    "run the command that extracted it again (extract, fit, evaluate or bench on the same "
+    "images and backbone) to rebuild it, or remove it: fewclip cache rm {keys}"
+)
+
+
+@cache_app.command("verify")
+def cache_verify(
+    keys: list[str] = typer.Argument(None, help="Entry keys (unique prefixes); default: all."),
+    store: Path | None = typer.Option(None, help=STORE_HELP),
+    sha256: bool = typer.Option(
+        False, "--sha256", help="Check the SHA-256 of each shard instead of its xxHash3."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check every entry's files and data against their checksums; exit 1 if any is damaged.
+
+    
+    Example:
+      fewclip cache verify            |   fewclip cache verify 3fa9c2 --sha256
+    """
+    from fewclip.features import FeatureStore
+
+    fs = FeatureStore(store or default_store())
+    if store is not None and not fs.root.is_dir():
+        raise CLIError(f"--store: {fs.root} does not exist (no feature store there)")
+    targets = [_resolve_key(fs, k) for k in keys] if keys else fs.keys()
+    damaged = {}
+    for k in targets:
+        problems = fs.verify(k, full=True, sha256=sha256)
+        if problems:
+            damaged[k] = problems
+    leftovers = [x for x in fs.leftovers() if not x.in_use]
+    if as_json:
+        emit_json(
+            {
+                "checked": len(targets),
+                "damaged": damaged,
+                "leftovers": _leftover_rows(leftovers),
+            }
+        )
+    else:
+        for k, problems in damaged.items():
+            echo(f"damaged: {k[:12]}: " + "; ".join(problems))
+        echo(f"{len(targets)} entries checked, {len(damaged)} damaged, in {fs.root}")
+        if leftovers:
+            echo(
+                f"{len(leftovers)} leftovers of stopped runs (`fewclip cache ls --orphans`; "
+                "`fewclip cache gc` removes them)"
+            )
+    if damaged:
+        names = " ".join(k[:12] for k in damaged)
+        echo(f"error: {len(damaged)} damaged entries; {_REPAIR.format(keys=names)}", err=True)
+        raise typer.Exit(1)
+
+
+@cache_app.command("gc")
+def cache_gc(
+    store: Path | None = typer.Option(None, help=STORE_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Remove what killed runs left in the store: partial entries and unfinished deletions.
+
+    Finished entries are never touched, nor a partial entry whose extraction is running.
+    A partial entry would let its extraction resume: removing it loses that work.
+
+    
+    Example:
+      fewclip cache gc --dry-run   |   fewclip cache gc --yes
+    """
+    from fewclip.features import FeatureStore
+
+    fs = FeatureStore(store or default_store())
+    if store is not None and not fs.root.is_dir():
+        raise CLIError(f"--store: {fs.root} does not exist (no feature store there)")
+    items = [x for x in fs.leftovers() if not x.in_use]
+    busy = len(fs.leftovers()) - len(items)
+    size = _size(sum(x.nbytes for x in items))
+    if not items:
+        echo(f"{fs.root}: nothing to remove" + (f" ({busy} in use)" if busy else ""))
+        return
+    if dry_run:
+        for x in items:
+            echo(f"would remove {x.kind} {x.key[:12] or x.path.name} ({_size(x.nbytes)})")
+        echo(f"{len(items)} leftovers, {size}; run without --dry-run to remove them")
+        return
+    if not yes:
+        typer.confirm(f"remove {len(items)} leftovers ({size}) from {fs.root}?", abort=True)
+    removed = fs.remove_leftovers()
+    echo(
+        f"removed {len(removed)} leftovers ({_size(sum(x.nbytes for x in removed))}) from "
+        f"{fs.root}" + (f"; {busy} in use were kept" if busy else "")
+    )
 
 
 @cache_app.command("rm")

@@ -17,6 +17,7 @@ import hashlib
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -301,8 +302,10 @@ def extract(
         dtype: storage dtype (float32 default; float16/bfloat16 halve the disk space).
         shard_size: rows per shard file (the granularity of resuming).
         progress: show a progress bar (default: only when stderr is a terminal).
-        verify: re-hash every stored shard before trusting a complete entry (default: check
-            sizes and headers only).
+        verify: also re-hash every stored shard with SHA-256 before trusting a complete entry
+            (by default its sizes, headers and xxHash3 checksums are checked). A damaged entry
+            is rebuilt from the images (only its damaged shards), with one warning saying
+            what, why and how long.
         commit_seconds: with a store, save the rows of an unfinished shard every this many
             seconds, so an interrupted run (:class:`ExtractionInterrupted` on Ctrl-C) loses at
             most that much work; ``None`` saves whole shards only.
@@ -345,6 +348,7 @@ def extract(
             keys[v] = entry_key(records[v])
 
     lock = store.lock(list(keys.values())) if store is not None else contextlib.nullcontext()
+    damaged: dict[int, list[str]] = {}  # views whose complete entry failed its checks
     with lock:
         sinks: dict[int, EntryWriter | _MemorySink] = {}
         todo: dict[int, list[int]] = {}  # shard -> views to compute
@@ -355,8 +359,14 @@ def extract(
                     todo.setdefault(s, []).append(v)
                 continue
             meta = {"backbone": backbone.describe(), "source": "fewclip.features.extract"}
-            if store.has(keys[v]) and not (verify and store.verify(keys[v], full=True)):
-                continue
+            try:
+                problems = store.verify(keys[v], full=True, sha256=verify)
+            except KeyError:
+                pass  # no record: a first or an interrupted extraction (finished shards kept)
+            else:
+                if not problems:
+                    continue
+                damaged[v] = problems
             w = store.writer(
                 keys[v],
                 records[v],
@@ -371,6 +381,16 @@ def extract(
             for s in range(w.n_shards):
                 if not w.shard_ok(s):
                     todo.setdefault(s, []).append(v)
+            kept = w.n_shards - sum(v in vs for vs in todo.values())
+            if v not in damaged and kept:
+                warnings.warn(
+                    f"resuming entry {keys[v][:12]} ({split}, {_view_name(v)}) in {store.root}: "
+                    f"{kept} of {w.n_shards} shards are already on disk (an interrupted run, or "
+                    "a lost record)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        started = time.monotonic()
         try:
             n_encoded = _run(
                 backbone,
@@ -388,6 +408,17 @@ def extract(
         for sink in sinks.values():
             if isinstance(sink, EntryWriter):
                 sink.finalize()
+        for v, problems in damaged.items():
+            assert store is not None  # only stored entries can be damaged
+            redone = sum(v in vs for vs in todo.values())
+            warnings.warn(
+                f"rebuilt entry {keys[v][:12]} ({split}, {_view_name(v)}) in {store.root}: "
+                f"{problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}"
+                f"; {redone} of {sinks[v].n_shards} shards encoded again from the images in "
+                f"{time.monotonic() - started:.1f} s",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     # Gather results and bad files.
     bad: dict[int, BadImage] = {}

@@ -19,9 +19,14 @@ inspected without loading any tensor.
 Guarantees:
 
 - every file is written to a temporary name and renamed into place (``os.replace``);
-- each shard carries its key, row range and a SHA-256 of its data in the safetensors header, so
-  an interrupted extraction resumes from the finished shards and a truncated or corrupt shard is
-  detected (and rebuilt by :func:`fewclip.features.extract`);
+- each shard carries its key, row range and two checksums of its data (xxHash3-64, fast, and
+  SHA-256) in the safetensors header and in ``record.json``, so an interrupted extraction
+  resumes from the finished shards and a truncated or corrupt shard is detected (and rebuilt by
+  :func:`fewclip.features.extract`);
+- every read checks the data against its xxHash3 checksum (:meth:`FeatureStore.load`; a
+  mismatch raises :class:`CorruptEntryError` naming the entry and ``fewclip cache rm KEY``).
+  A file verified once is not hashed again by the same process while its inode, size and
+  modification time stay the same (the store never rewrites a file in place);
 - writers take an exclusive lock per entry (``fcntl.flock``; released by the OS if the process
   dies), so two processes extracting the same entry end with one valid entry;
 - reading an entry touches only its own files, and shards can be memory-mapped.
@@ -43,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 from torch import Tensor
 
 from fewclip._io import atomic_write
@@ -62,6 +68,7 @@ __all__ = [
     "EntryInfo",
     "EntryWriter",
     "FeatureStore",
+    "Leftover",
     "entry_key",
 ]
 
@@ -111,11 +118,88 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-def _data_sha256(t: Tensor) -> str:
+def _data_bytes(t: Tensor) -> memoryview:
     data = t.detach().contiguous()
     if data.dtype == torch.bfloat16:
         data = data.view(torch.int16)
-    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
+    return data.numpy().reshape(-1).view(np.uint8).data
+
+
+def _data_sha256(t: Tensor) -> str:
+    return hashlib.sha256(_data_bytes(t)).hexdigest()
+
+
+def _data_xxh3(t: Tensor) -> str:
+    """xxHash3-64 of a tensor's bytes (about 8 GB/s on one core: cheap enough for every read)."""
+    return str(xxhash.xxh3_64_hexdigest(_data_bytes(t)))
+
+
+def _record_digest(rec: dict[str, Any]) -> str:
+    """xxHash3-64 of a record without its own ``checksum`` (canonical JSON: sorted keys)."""
+    body = {k: v for k, v in rec.items() if k != "checksum"}
+    return str(xxhash.xxh3_64_hexdigest(json.dumps(body, sort_keys=True).encode()))
+
+
+def _write_record(path: Path, rec: dict[str, Any]) -> None:
+    """Atomically write ``record.json`` with its checksum."""
+    rec = {**rec, "checksum": _record_digest(rec)}
+    _atomic_write_bytes(path, json.dumps(rec, indent=1, sort_keys=True).encode())
+
+
+_RECORD_FIELDS = {"record": dict, "n_rows": int, "dim": int, "dtype": str, "shards": list}
+
+
+def _parse_record(path: Path) -> dict[str, Any]:
+    """The checked content of an entry's ``record.json``: ``FileNotFoundError`` when there is
+    none, ``ValueError`` saying what is wrong when it is unreadable, fails its checksum
+    (records written before fewclip recorded one are not checked) or lacks a field."""
+    try:
+        rec = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InvalidValueError(f"not UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise InvalidValueError(f"not valid JSON ({e})") from None
+    if not isinstance(rec, dict):
+        raise InvalidValueError("not a JSON object")
+    if "checksum" in rec and rec["checksum"] != _record_digest(rec):
+        raise InvalidValueError("checksum mismatch (the record changed after it was written)")
+    for name, kind in _RECORD_FIELDS.items():
+        if not isinstance(rec.get(name), kind):
+            raise InvalidValueError(f"field {name!r} missing or not a {kind.__name__}")
+    return rec
+
+
+#: Shard files whose data matched their checksum in this process, by (path, inode, size,
+#: mtime_ns) → digest: the store replaces files and never rewrites them in place, so a file
+#: with the same identity still holds the verified bytes.
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+_VERIFIED_MAX = 100_000
+
+
+def _file_id(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _check_data(path: Path, data: Tensor, expected: dict[str, str]) -> str | None:
+    """None if ``data`` (the tensor read from ``path``) matches the checksum ``expected``
+    records (xxHash3 when there is one, else SHA-256), else what is wrong."""
+    if "xxh3" in expected:
+        algo, want = "xxh3", expected["xxh3"]
+    elif "sha256" in expected:
+        algo, want = "sha256", expected["sha256"]
+    else:
+        return "no checksum recorded"
+    ident = _file_id(path)
+    if _VERIFIED.get(ident) == want:
+        return None
+    got = _data_xxh3(data) if algo == "xxh3" else _data_sha256(data)
+    if got != want:
+        return f"checksum mismatch (corrupt data: {algo} {got[:12]}, recorded {want[:12]})"
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[ident] = want
+    return None
 
 
 @dataclass(frozen=True)
@@ -153,6 +237,28 @@ class EntryInfo:
         return str(self.record.get("kind", ""))
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """What a killed or interrupted run left in a store: an entry folder without a record
+    (``kind="partial"``: its finished shards let the same extraction resume), or a folder in
+    ``trash/`` that a deletion did not finish (``kind="trash"``).
+
+    Attributes:
+        kind: ``"partial"`` or ``"trash"``.
+        path: the folder.
+        key: the entry key (for a partial entry; ``""`` for trash).
+        n_files, nbytes: what it holds.
+        in_use: another process holds the entry's lock (an extraction running now).
+    """
+
+    kind: str
+    path: Path
+    key: str
+    n_files: int
+    nbytes: int
+    in_use: bool
+
+
 class FeatureStore:
     """A folder of feature entries (see the module docstring for layout and guarantees).
 
@@ -175,6 +281,20 @@ class FeatureStore:
     def _record_path(self, key: str) -> Path:
         return self.entry_dir(key) / "record.json"
 
+    def _record(self, key: str) -> dict[str, Any]:
+        """The checked ``record.json`` of ``key``: ``NotFoundError`` (a ``KeyError``) when the
+        entry is not complete, :class:`CorruptEntryError` when its record is damaged."""
+        path = self._record_path(key)
+        try:
+            return _parse_record(path)
+        except FileNotFoundError:
+            raise NotFoundError(f"key: no complete entry {key!r} in {self.root}") from None
+        except (OSError, ValueError) as e:
+            raise CorruptEntryError(
+                f"entry {key} in {self.root} is damaged: record {path}: {e}. Run the command "
+                f"that extracted it again to rebuild it, or remove it: fewclip cache rm {key[:12]}"
+            ) from None
+
     # --- listing and inspection ------------------------------------------------------------
     def keys(self) -> list[str]:
         """Keys of all complete entries (those with a ``record.json``)."""
@@ -182,6 +302,65 @@ class FeatureStore:
         if not base.is_dir():
             return []
         return sorted(p.parent.name for p in base.glob("*/*/record.json"))
+
+    def leftovers(self) -> list[Leftover]:
+        """Partial entries (folders without ``record.json``) and unfinished deletions."""
+        out = []
+        for kind, folders in (
+            ("partial", sorted((self.root / "entries").glob("*/*"))),
+            ("trash", sorted((self.root / "trash").glob("*"))),
+        ):
+            for path in folders:
+                if not path.is_dir() or (kind == "partial" and (path / "record.json").exists()):
+                    continue
+                files = [f for f in path.rglob("*") if f.is_file()]
+                key = path.name if kind == "partial" else ""
+                out.append(
+                    Leftover(
+                        kind,
+                        path,
+                        key,
+                        len(files),
+                        sum(f.stat().st_size for f in files),
+                        bool(key) and self._locked(key),
+                    )
+                )
+        return out
+
+    def _locked(self, key: str) -> bool:
+        """Whether another process holds ``key``'s write lock right now."""
+        lock = self.root / "locks" / f"{key}.lock"
+        if fcntl is None or not lock.is_file():
+            return False
+        with open(lock, "a+b") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+    def remove_leftovers(self) -> list[Leftover]:
+        """Delete every :meth:`leftovers` folder that no running process holds (a partial
+        entry is removed under its lock, so an extraction starting meanwhile waits); returns
+        what was removed. Finished entries are never touched."""
+        removed = []
+        for item in self.leftovers():
+            if item.in_use:
+                continue
+            if item.kind == "trash":
+                shutil.rmtree(item.path, ignore_errors=True)
+                removed.append(item)
+                continue
+            with self.lock([item.key]):
+                if (item.path / "record.json").exists():  # finished meanwhile: keep it
+                    continue
+                trash = self.root / "trash" / f"{item.key}.{os.getpid()}"
+                trash.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item.path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            removed.append(item)
+        return removed
 
     def has(self, key: str) -> bool:
         """Whether ``key`` is complete and passes the quick check (sizes and headers)."""
@@ -193,12 +372,7 @@ class FeatureStore:
     def info(self, key: str) -> EntryInfo:
         """The :class:`EntryInfo` of a complete entry. Raises ``KeyError`` if there is none."""
         path = self._record_path(key)
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise NotFoundError(f"key: no complete entry {key!r} in {self.root}") from None
-        except (OSError, ValueError) as e:
-            raise CorruptEntryError(f"entry {key}: unreadable record {path}: {e}") from None
+        rec = self._record(key)
         bad = [(int(b["index"]), BadImage(b["path"], b["reason"])) for b in rec["bad_files"]]
         return EntryInfo(
             key=key,
@@ -218,15 +392,11 @@ class FeatureStore:
     def accept_bad(self, key: str) -> None:
         """Record that the bad files of ``key`` are to be skipped from now on (atomic rewrite of
         its ``record.json``; the key and the tensors do not change)."""
-        path = self._record_path(key)
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise NotFoundError(f"key: no complete entry {key!r} in {self.root}") from None
+        rec = self._record(key)
         if rec.get("bad_accepted"):
             return
         rec["bad_accepted"] = True
-        _atomic_write_bytes(path, json.dumps(rec, indent=1, sort_keys=True).encode())
+        _write_record(self._record_path(key), rec)
 
     def entries(self, **match: Any) -> list[EntryInfo]:
         """All complete entries whose key record matches every ``field=value`` given, e.g.
@@ -245,20 +415,21 @@ class FeatureStore:
         """Total size of all files under the store root."""
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
-    def verify(self, key: str, *, full: bool = True) -> list[str]:
+    def verify(self, key: str, *, full: bool = True, sha256: bool = False) -> list[str]:
         """Problems with a complete entry (empty when it is sound).
 
         The quick check (``full=False``) compares every shard's size and header with the
-        record; the full check also recomputes each shard's SHA-256.
-        Raises ``KeyError`` when there is no complete entry.
+        record; the full check also checks each shard's data against its recorded checksum
+        (xxHash3; SHA-256 for shards written before fewclip recorded xxHash3, or with
+        ``sha256=True``). Raises ``KeyError`` when there is no complete entry.
         """
         rec_path = self._record_path(key)
         try:
-            rec = json.loads(rec_path.read_text(encoding="utf-8"))
+            rec = _parse_record(rec_path)
         except FileNotFoundError:
             raise NotFoundError(f"key: no complete entry {key!r} in {self.root}") from None
         except (OSError, ValueError) as e:
-            return [f"record {rec_path}: unreadable ({e})"]
+            return [f"record {rec_path}: {e}"]
         problems = []
         for i, s in enumerate(rec["shards"]):
             path = rec_path.parent / s["file"]
@@ -270,7 +441,7 @@ class FeatureStore:
                 dim=int(rec["dim"]),
                 dtype=str(rec["dtype"]),
                 nbytes=int(s["bytes"]),
-                sha256=s["sha256"] if full else None,
+                expected=_checksums(s, sha256_only=sha256) if full else None,
             )
             if problem:
                 problems.append(f"shard {i} ({path}): {problem}")
@@ -278,28 +449,38 @@ class FeatureStore:
 
     # --- reading -----------------------------------------------------------------------------
     def load(
-        self, key: str, *, rows: Sequence[int] | Tensor | None = None, mmap: bool = True
+        self,
+        key: str,
+        *,
+        rows: Sequence[int] | Tensor | None = None,
+        mmap: bool = True,
+        check: bool = True,
     ) -> Tensor:
         """The stored (N, D) tensor of ``key``, or only ``rows`` of it (in the given order).
 
         With ``mmap=True`` shards are memory-mapped: a single-shard entry is returned without
-        copying, and ``rows`` reads only the rows asked for. (The store never rewrites a file in
-        place, only replaces it, so a mapped tensor stays valid after a rebuild.) Raises
-        ``KeyError`` for a missing entry and :class:`CorruptEntryError` when a shard fails the
-        quick check.
+        copying. With ``check=True`` (the default) each shard's data is checked against its
+        xxHash3 checksum when it is first read by this process, which reads the whole shard
+        even when only some ``rows`` are asked for. (The store never rewrites a file in place,
+        only replaces it, so a mapped tensor stays valid after a rebuild.) Raises ``KeyError``
+        for a missing entry and :class:`CorruptEntryError` when a shard is damaged.
         """
         info = self.info(key)
         problems = self.verify(key, full=False)
         if problems:
-            raise CorruptEntryError(
-                f"entry {key} in {self.root} is damaged: "
-                + "; ".join(problems)
-                + ". Run the extraction again to rebuild it."
-            )
-        rec = json.loads(self._record_path(key).read_text(encoding="utf-8"))
-        shards = [(int(s["start"]), int(s["stop"]), info.path / s["file"]) for s in rec["shards"]]
+            raise CorruptEntryError(self._damaged(info, problems))
+        rec = self._record(key)
+
+        def shard(i: int, s: dict[str, Any]) -> Tensor:
+            path = info.path / s["file"]
+            t = _read_shard(path, mmap=mmap)
+            problem = _check_data(path, t, _checksums(s)) if check else None
+            if problem:
+                raise CorruptEntryError(self._damaged(info, [f"shard {i} ({path}): {problem}"]))
+            return t
+
         if rows is None:
-            parts = [_read_shard(p, mmap=mmap) for _, _, p in shards]
+            parts = [shard(i, s) for i, s in enumerate(rec["shards"])]
             if not parts:
                 return torch.empty(0, info.dim, dtype=_DTYPES[info.dtype])
             return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -310,18 +491,35 @@ class FeatureStore:
                 f"[{int(idx.min())}, {int(idx.max())}]"
             )
         out = torch.empty(idx.numel(), info.dim, dtype=_DTYPES[info.dtype])
-        for start, stop, path in shards:
+        for i, s in enumerate(rec["shards"]):
+            start, stop = int(s["start"]), int(s["stop"])
             sel = torch.nonzero((idx >= start) & (idx < stop)).flatten()
             if sel.numel():
-                out[sel] = _read_shard(path, mmap=mmap)[idx[sel] - start]
+                out[sel] = shard(i, s)[idx[sel] - start]
         return out
+
+    def _damaged(self, info: EntryInfo, problems: Sequence[str]) -> str:
+        """The message of a :class:`CorruptEntryError` about ``info``'s entry."""
+        rec = info.record
+        what = ", ".join(str(x) for x in (rec.get("kind"), rec.get("split")) if x)
+        return (
+            f"entry {info.key} ({what}) in {self.root} is damaged: "
+            + "; ".join(problems)
+            + ". Run the command that extracted it again to rebuild it from the images, or "
+            + f"remove it: fewclip cache rm {info.key[:12]}"
+        )
 
     def iter_shards(self, key: str, *, mmap: bool = True) -> Iterator[tuple[int, Tensor]]:
         """Yield ``(first row, tensor)`` per shard, memory-mapped, for out-of-core processing."""
         info = self.info(key)
-        rec = json.loads(self._record_path(key).read_text(encoding="utf-8"))
-        for s in rec["shards"]:
-            yield int(s["start"]), _read_shard(info.path / s["file"], mmap=mmap)
+        rec = self._record(key)
+        for i, s in enumerate(rec["shards"]):
+            path = info.path / s["file"]
+            t = _read_shard(path, mmap=mmap)
+            problem = _check_data(path, t, _checksums(s))
+            if problem:
+                raise CorruptEntryError(self._damaged(info, [f"shard {i} ({path}): {problem}"]))
+            yield int(s["start"]), t
 
     # --- deleting ---------------------------------------------------------------------------
     def delete(self, key: str) -> None:
@@ -403,9 +601,12 @@ def _check_shard(
     dim: int,
     dtype: str,
     nbytes: int | None = None,
-    sha256: str | None = None,
+    expected: dict[str, str] | None = None,
+    data: bool = False,
 ) -> str | None:
-    """None if the shard file is sound, else what is wrong with it."""
+    """None if the shard file is sound, else what is wrong with it. The data is checked too
+    when ``expected`` (the checksums a record holds) is given, or with ``data=True`` (against
+    the checksums in the shard's own header)."""
     if not path.is_file():
         return "missing"
     size = path.stat().st_size
@@ -424,14 +625,19 @@ def _check_shard(
         return f"holds {t.get('dtype')} {t.get('shape')}, expected {dtype} {[rows, dim]}"
     if offset + end != size or begin != 0:
         return f"size {size} bytes, expected {offset + end} (truncated)"
-    if sha256 is not None or nbytes is None:
+    if expected is not None or data:
         try:
-            data = _read_shard(path, mmap=True)
+            tensor = _read_shard(path, mmap=True)
         except (OSError, ValueError) as e:
             return f"unreadable data ({e})"
-        if _data_sha256(data) != (sha256 or meta.get("sha256")):
-            return "checksum mismatch (corrupt data)"
+        return _check_data(path, tensor, expected if expected is not None else _checksums(meta))
     return None
+
+
+def _checksums(fields: dict[str, Any], *, sha256_only: bool = False) -> dict[str, str]:
+    """The checksums among a shard's record or header fields."""
+    names = ("sha256",) if sha256_only else ("xxh3", "sha256")
+    return {k: str(fields[k]) for k in names if k in fields}
 
 
 def _read_shard(path: Path, *, mmap: bool) -> Tensor:
@@ -511,17 +717,19 @@ class EntryWriter:
 
     def shard_ok(self, i: int) -> bool:
         """Shard ``i`` exists, belongs to this entry, has the right shape and checksum."""
+        return self.shard_problem(i) is None
+
+    def shard_problem(self, i: int) -> str | None:
+        """What is wrong with shard ``i`` (see :meth:`shard_ok`), or None."""
         start, stop = self.shard_range(i)
-        return (
-            _check_shard(
-                self.shard_path(i),
-                key=self.key,
-                shard=i,
-                rows=stop - start,
-                dim=self.dim,
-                dtype=_ST_NAME[self.dtype],
-            )
-            is None
+        return _check_shard(
+            self.shard_path(i),
+            key=self.key,
+            shard=i,
+            rows=stop - start,
+            dim=self.dim,
+            dtype=_ST_NAME[self.dtype],
+            data=True,
         )
 
     def write_shard(
@@ -557,6 +765,7 @@ class EntryWriter:
             "start": str(self.shard_range(i)[0]),
             **extra,
             "sha256": _data_sha256(data),
+            "xxh3": _data_xxh3(data),
             "bad": json.dumps([[j, b.path, b.reason] for j, b in bad]),
             "format": str(STORE_FORMAT),
         }
@@ -601,7 +810,7 @@ class EntryWriter:
                 and data.shape[0] == int(meta["rows"]) < stop - start
                 and tuple(data.shape[1:]) == (self.dim,)
                 and data.dtype == self.dtype
-                and _data_sha256(data) == meta["sha256"]
+                and _check_data(path, data, _checksums(meta)) is None
             )
             raw = json.loads(meta.get("bad", "[]"))
         except (OSError, ValueError, KeyError, TypeError, SafetensorError):
@@ -631,7 +840,7 @@ class EntryWriter:
                     "start": start,
                     "stop": stop,
                     "bytes": path.stat().st_size,
-                    "sha256": header["__metadata__"]["sha256"],
+                    **_checksums(header["__metadata__"]),
                 }
             )
             bad.extend(self.shard_bad(i))
@@ -649,9 +858,7 @@ class EntryWriter:
             "created": _now(),
             "fewclip_version": __version__,
         }
-        _atomic_write_bytes(
-            self.dir / "record.json", json.dumps(rec, indent=1, sort_keys=True).encode()
-        )
+        _write_record(self.dir / "record.json", rec)
         return self.store.info(self.key)
 
     def invalidate(self) -> None:
