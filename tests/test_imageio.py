@@ -107,6 +107,46 @@ def test_very_large_image(tmp_path: Path) -> None:
     _close(out, (5999, 4499), (10, 200, 10), 6)
 
 
+def test_image_over_pils_warning_limit_decodes_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between MAX_IMAGE_PIXELS and twice that PIL only warns: the image decodes and nothing
+    leaks to the user; above twice the limit it is a bad image with its reason."""
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
+    Image.new("RGB", (150, 100)).save(tmp_path / "large.png")
+    Image.new("RGB", (250, 100)).save(tmp_path / "bomb.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_image(tmp_path / "large.png").size == (150, 100)
+    with pytest.raises(ImageDecodeError, match="image too large to decode safely"):
+        decode_image(tmp_path / "bomb.png")
+
+
+def test_symbolic_link_loop_and_broken_link_have_their_own_reasons(tmp_path: Path) -> None:
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    (tmp_path / "a.png").symlink_to("b.png")
+    (tmp_path / "b.png").symlink_to("a.png")
+    (tmp_path / "gone.png").symlink_to("missing.png")
+    for name in ("loop.png", "a.png"):
+        with pytest.raises(ImageDecodeError, match="symbolic link loop"):
+            decode_image(tmp_path / name)
+    with pytest.raises(ImageDecodeError, match=r"broken symbolic link \(its target 'missing.png'"):
+        decode_image(tmp_path / "gone.png")
+    with pytest.raises(ImageDecodeError, match="file not found"):
+        decode_image(tmp_path / "never.png")
+
+
+def test_bad_image_error_speaks_python_and_the_cli_its_own_option() -> None:
+    e = BadImageError([BadImage("x.png", "truncated file")], total=3)
+    assert "skip_bad=True" in str(e)
+    assert "--skip-bad" not in str(e)
+    assert "--skip-bad" in e.for_cli()
+    assert "skip_bad=True" not in e.for_cli()
+    assert "x.png: truncated file" in e.for_cli()
+
+
 def test_bytes_and_pil_sources() -> None:
     buf = io.BytesIO()
     _solid().save(buf, "PNG")

@@ -20,8 +20,10 @@ decompression-bomb limit stays PIL's).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,14 +81,24 @@ class BadImageError(FewclipError, ValueError):
         n = len(self.bad_files)
         of = f" of {total}" if total is not None else ""
         lines = [f"  {b.path}: {b.reason}" for b in self.bad_files[:_SHOWN]]
-        if n > _SHOWN:
-            lines.append(f"  ... and {n - _SHOWN} more (see the .bad_files attribute)")
+        self._head = f"{n}{of} images could not be decoded:\n" + "\n".join(lines)
+        more = f"\n  ... and {n - _SHOWN} more" if n > _SHOWN else ""
         super().__init__(
-            f"{n}{of} images could not be decoded:\n"
-            + "\n".join(lines)
-            + "\nFix or remove these files, or skip them: --skip-bad on the command line, "
-            "skip_bad=True in Python (every skipped file is listed in the output and records)."
+            self._head
+            + (more + " (see the .bad_files attribute)" if more else "")
+            + "\nFix or remove these files, or skip them with skip_bad=True (every skipped "
+            "file is listed in the result and in the records)."
         )
+        self._cli = (
+            self._head
+            + more
+            + "\nFix or remove these files, or skip them with --skip-bad (every skipped file "
+            "is listed in the output and in the records)."
+        )
+
+    def for_cli(self) -> str:
+        """The message with the command-line option instead of the Python argument."""
+        return self._cli
 
 
 def describe_source(source: object) -> str:
@@ -158,13 +170,18 @@ def decode_image(
         else:
             path = Path(os.fspath(source))
             if not path.exists():
-                raise ImageDecodeError(name, "file not found")
+                raise ImageDecodeError(name, _missing_reason(path))
             if not path.is_file():
                 raise ImageDecodeError(name, "not a regular file")
             if path.stat().st_size == 0:
                 raise ImageDecodeError(name, "empty file (0 bytes)")
             fp = path
-        with Image.open(fp) as opened:
+        with warnings.catch_warnings():
+            # between MAX_IMAGE_PIXELS and twice that, PIL only warns (a large photo is fine);
+            # above it, DecompressionBombError is reported as this image's reason below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(fp)
+        with opened:
             opened.load()
             upright = ImageOps.exif_transpose(opened)
             out = _to_rgb(upright if upright is not None else opened, background)
@@ -190,6 +207,18 @@ def decode_image(
         raise ImageDecodeError(name, reason) from None
     except Exception as e:  # any other decoder failure is reported, not swallowed
         raise ImageDecodeError(name, f"{type(e).__name__}: {e}") from None
+
+
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` (which does not exist as far as ``exists()`` can tell) cannot be read."""
+    if not path.is_symlink():
+        return "file not found"
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+    return f"broken symbolic link (its target {os.readlink(path)!r} does not exist)"
 
 
 def find_bad_images(sources: Iterable[ImageSource]) -> list[BadImage]:

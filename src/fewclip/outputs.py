@@ -181,14 +181,23 @@ def write_folder(
     file, a non-empty folder fewclip did not write, fewclip's folder holding other files too, or
     fewclip's folder without ``overwrite`` (:func:`check_folder`).
     """
-    path = Path(target)
+    path = Path(os.path.abspath(target))  # "." and "sub/.." have a name to put a sibling by
     replaced = check_folder(path, own_files=own_files, owner=owner, overwrite=overwrite, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
     try:
         write(tmp)
         _umask_modes(tmp)
-        if replaced is None:
+        if _is_cwd(path):
+            # the folder the user stands in keeps its inode (a rename would leave their shell
+            # in a deleted folder): the files move in one by one, the old ones aside first
+            old = _sibling(path, "old")
+            for name in sorted(set(os.listdir(path)) & set(own_files)):
+                os.replace(path / name, old / name)
+            for name in sorted(os.listdir(tmp)):
+                os.replace(tmp / name, path / name)
+            _remove_own(old, own_files)
+        elif replaced is None:
             os.replace(tmp, path)  # rename(2) onto a missing or empty folder
         else:
             # re-check just before the swap: something may have appeared while we wrote
@@ -201,6 +210,13 @@ def write_folder(
         if tmp.exists():
             _remove_own(tmp, os.listdir(tmp))
     return replaced
+
+
+def _is_cwd(path: Path) -> bool:
+    try:
+        return path.is_dir() and os.path.samefile(path, os.getcwd())
+    except OSError:  # the working directory was removed
+        return False
 
 
 def _sibling(path: Path, tag: str) -> Path:

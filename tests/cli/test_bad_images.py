@@ -44,8 +44,23 @@ def test_fit_without_skip_bad_names_the_files_and_the_flag(data: Path, tmp_path:
     assert "broken.jpg" in res.stderr
     assert "truncated.png" in res.stderr
     assert "--skip-bad" in res.stderr
-    assert "skip_bad=True" in res.stderr
+    assert "skip_bad=True" not in res.stderr  # the command line's option, not Python's
     assert not (tmp_path / "a").exists()
+
+
+def test_symbolic_link_loops_and_broken_links_are_named_as_such(data: Path, tmp_path: Path) -> None:
+    own = tmp_path / "photos"
+    shutil.copytree(data, own)
+    cls = sorted((own / "train").iterdir())[0]
+    (cls / "loop.png").symlink_to("loop.png")
+    (cls / "gone.png").symlink_to("nowhere.png")
+    res = run_fewclip(
+        *FIT, "-m", "zero-shot", "-d", own, "-o", tmp_path / "a", store=tmp_path / "s"
+    )
+    assert res.returncode == 1
+    _no_traceback(res)
+    assert "loop.png: symbolic link loop" in res.stderr
+    assert "gone.png: broken symbolic link (its target 'nowhere.png' does not exist)" in res.stderr
 
 
 def test_fit_and_evaluate_with_skip_bad_list_every_skipped_file(data: Path, tmp_path: Path) -> None:

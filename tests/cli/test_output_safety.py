@@ -40,6 +40,30 @@ def test_out_inside_the_training_folder_is_refused(data: Path, tmp_path: Path) -
     assert not (data / "train" / "adapter").exists()
 
 
+def test_out_dot_writes_into_the_current_folder_and_keeps_it(data: Path, tmp_path: Path) -> None:
+    """`-o .` in an empty folder: the adapter lands there, the folder itself (the user's
+    working directory) is the same folder afterwards, and replacing needs --overwrite."""
+    here = tmp_path / "here"
+    here.mkdir()
+    inode = here.stat().st_ino
+    args = (*FIT, "-m", "zero-shot", "-d", data, "-o", ".")
+    res = run_fewclip(*args, store=tmp_path / "s", cwd=here)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in here.iterdir()) == [
+        "adapter.json",
+        "config.json",
+        "state.safetensors",
+    ]
+    again = run_fewclip(*args, store=tmp_path / "s", cwd=here)
+    assert again.returncode == 1
+    assert "--overwrite" in again.stderr
+    res = run_fewclip(*args, "--overwrite", store=tmp_path / "s", cwd=here)
+    assert res.returncode == 0, res.stderr
+    assert here.stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+    assert "zero-shot" in (here / "adapter.json").read_text()
+
+
 def test_out_at_a_folder_of_user_files_is_refused_with_and_without_overwrite(
     data: Path, tmp_path: Path
 ) -> None:

@@ -309,7 +309,11 @@ def handle_exception(exc: BaseException, debug: bool) -> int:
                 f"fewclip: internal error ({type(exc).__name__}); please report it", err=True
             )
         return EXIT_BUG
-    msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    for_cli = getattr(exc, "for_cli", None)
+    if callable(for_cli):  # the message with CLI options instead of Python arguments
+        msg = str(for_cli())
+    else:
+        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     msg = " ".join(msg.split()) if "\n" not in msg.strip() else msg.strip()
     typer.echo(f"error: {msg}", err=True)
     return code
