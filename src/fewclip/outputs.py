@@ -17,7 +17,10 @@ This module touches only the file system; it knows neither images nor methods.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
+import sys
 import uuid
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
@@ -184,6 +187,7 @@ def write_folder(
     path = Path(os.path.abspath(target))  # "." and "sub/.." have a name to put a sibling by
     replaced = check_folder(path, own_files=own_files, owner=owner, overwrite=overwrite, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(path, own_files)
     tmp = _sibling(path, "tmp")
     try:
         write(tmp)
@@ -202,14 +206,61 @@ def write_folder(
         else:
             # re-check just before the swap: something may have appeared while we wrote
             check_folder(path, own_files=own_files, owner=owner, overwrite=True, what=what)
-            old = _sibling(path, "old")
-            os.replace(path, old)  # `old` is empty, so the rename takes its place
-            os.replace(tmp, path)
-            _remove_own(old, own_files)
+            if _exchange(tmp, path):  # one atomic step: `tmp` now holds the old files
+                _remove_own(tmp, own_files)
+            else:  # no renameat2: two renames, the old folder aside in between
+                old = _sibling(path, "old")
+                os.replace(path, old)  # `old` is empty, so the rename takes its place
+                os.replace(tmp, path)
+                _remove_own(old, own_files)
     finally:
         if tmp.exists():
             _remove_own(tmp, os.listdir(tmp))
     return replaced
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False
+    where the system cannot (another OS, an old C library or file system)."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove_stale_siblings(path: Path, own_files: Collection[str]) -> None:
+    """Remove the hidden ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` folders that a killed write
+    left beside ``path``: only those whose process is gone (a running writer keeps its own),
+    and only fewclip's own files in them (anything else keeps the folder)."""
+    for tag in ("tmp", "old"):
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.{tag}-*"):
+            pid = stale.name.rsplit(f".{tag}-", 1)[-1].split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                _remove_own(stale, [n for n in os.listdir(stale) if n in own_files])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _is_cwd(path: Path) -> bool:
@@ -223,7 +274,7 @@ def _sibling(path: Path, tag: str) -> Path:
     """A new empty hidden folder next to ``path`` (created with the user's umask, unlike
     ``tempfile.mkdtemp``'s private 0700)."""
     while True:
-        candidate = path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:12]}")
+        candidate = path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         try:
             candidate.mkdir()
         except FileExistsError:

@@ -67,3 +67,41 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _LOG.counts:
         terminalreporter.write_sep("=", "fault injection")
         terminalreporter.write_line(_LOG.table())
+
+
+#: ``sitecustomize`` for a child process: SIGKILL itself right before or right after the N-th
+#: call of a function, named by FEWCLIP_TEST_KILL="module:Qualified.name:N:before|after".
+KILL_HOOK = """
+import importlib, os, signal
+
+_spec = os.environ.get("FEWCLIP_TEST_KILL")
+if _spec:
+    _module, _name, _n, _when = _spec.split(":")
+    _owner = importlib.import_module(_module)
+    *_path, _leaf = _name.split(".")
+    for _p in _path:
+        _owner = getattr(_owner, _p)
+    _real, _calls = getattr(_owner, _leaf), []
+
+    def _wrapped(*args, **kwargs):
+        _calls.append(1)
+        if _when == "before" and len(_calls) == int(_n):
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = _real(*args, **kwargs)
+        if _when == "after" and len(_calls) == int(_n):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    setattr(_owner, _leaf, _wrapped)
+"""
+
+
+def kill_env(folder, target: str, n: int, when: str = "after") -> dict[str, str]:
+    """Environment for ``run_fewclip(env=...)`` that makes the child SIGKILL itself before or
+    after the ``n``-th call of ``target`` ("module:Qualified.name")."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(KILL_HOOK)
+    path = os.pathsep.join(filter(None, (str(folder), os.environ.get("PYTHONPATH"))))
+    return {"PYTHONPATH": path, "FEWCLIP_TEST_KILL": f"{target}:{n}:{when}"}

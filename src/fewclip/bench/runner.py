@@ -550,9 +550,24 @@ def _serial_outcomes(
 _FORKED: tuple[Sequence[Cell], Prepared, str, int | None] | None = None
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the bench process dies, even by SIGKILL (which runs no cleanup):
+    Linux's ``PR_SET_PDEATHSIG``; an orphaned worker would otherwise run its cell on, holding
+    memory and the caller's output pipes, for nothing (its row can no longer be written)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def _run_forked_cell(i: int) -> tuple[int, dict[str, Any] | BaseException]:
@@ -584,6 +599,7 @@ def _parallel_outcomes(
         max_workers=min(jobs, len(cells)),
         mp_context=multiprocessing.get_context("fork"),
         initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
     clean = False
     try:
