@@ -202,7 +202,16 @@ def write_folder(
                 os.replace(tmp / name, path / name)
             _remove_own(old, own_files)
         elif replaced is None:
-            os.replace(tmp, path)  # rename(2) onto a missing or empty folder
+            try:
+                os.replace(tmp, path)  # rename(2) onto a missing or empty folder
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise OutputFolderError(
+                    f"{path}: something was written there while this {what} was being "
+                    "written (another fewclip run?); nothing was replaced. Run again with "
+                    "--overwrite (Python: overwrite=True) to replace it, or choose another folder"
+                ) from None
         else:
             # re-check just before the swap: something may have appeared while we wrote
             check_folder(path, own_files=own_files, owner=owner, overwrite=True, what=what)

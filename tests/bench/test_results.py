@@ -8,6 +8,7 @@ import statistics
 import pytest
 
 from fewclip.bench import format_tables, read_rows, summarize, summary_json, write_reports
+from fewclip.bench.results import row_checksum
 
 
 def row(method, dataset, shots, seed, acc, *, leaky=False, params=None, backbone="RN50"):
@@ -157,8 +158,22 @@ def test_json_summary_and_reports(tmp_path, rows):
 
 def test_read_rows_skips_blank_and_counts_bad_lines(tmp_path):
     p = tmp_path / "r.jsonl"
-    p.write_text('{"a": 1}\n\nnot json\n[1, 2]\n{"a": 2}\n')
-    with pytest.warns(RuntimeWarning, match=r"skipped 2 line\(s\).*lines 3, 4"):
-        assert read_rows(p) == [{"a": 1}, {"a": 2}]
+    signed = {"a": 3, "checksum": row_checksum({"a": 3})}
+    forged = {"a": 4, "checksum": row_checksum({"a": 5})}
+    lines = [
+        '{"a": 1}',
+        "",
+        "not json",
+        "[1, 2]",
+        '{"a": 2}',
+        json.dumps(signed),
+        json.dumps(forged),
+    ]
+    p.write_text("\n".join(lines) + "\n")
+    match = (
+        r"skipped 3 damaged line\(s\) \(lines 3 \(not JSON\), 4 \(not a JSON object\), 7 \(checksum"
+    )
+    with pytest.warns(RuntimeWarning, match=match):
+        assert read_rows(p) == [{"a": 1}, {"a": 2}, signed]
     with pytest.raises(FileNotFoundError, match="no such results file"):
         read_rows(tmp_path / "missing.jsonl")

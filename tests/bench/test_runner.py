@@ -29,7 +29,7 @@ ROW_KEYS = {
     "seed", "protocol", "leaky", "mark", "accuracy", "n_test", "n_support", "n_val", "val_split",
     "prompts", "n_views", "params", "fitted", "dataset_fingerprint", "data", "versions",
     "device", "threads", "jobs", "plan_s", "fit_s", "eval_s", "wall_s", "peak_rss_mib",
-    "peak_rss_scope", "cuda_peak_mib", "timestamp",
+    "peak_rss_scope", "cuda_peak_mib", "timestamp", "checksum",
 }  # fmt: skip
 
 
@@ -206,9 +206,7 @@ def test_torn_last_line_is_cut_off_and_kept_aside(tmp_path, prepare, fit_counter
     with pytest.warns(RuntimeWarning, match="truncated last line"):
         assert len(read_rows(out)) == 15
     fit_counter.calls.clear()
-    with pytest.warns(
-        RuntimeWarning, match=r"cut off a torn last line \(\d+ bytes.*t\.jsonl\.torn"
-    ):
+    with pytest.warns(RuntimeWarning, match=r"moved a torn last line \(\d+ bytes.*t\.jsonl\.torn"):
         again = run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
     assert len(fit_counter.calls) == 1  # only the lost cell
     assert [r["hash"] for r in again] == [r["hash"] for r in rows]
@@ -224,10 +222,32 @@ def test_torn_last_line_is_cut_off_and_kept_aside(tmp_path, prepare, fit_counter
     assert (tmp_path / "t.jsonl.torn").read_bytes() == fragment + b"\n"
 
 
+def test_a_damaged_row_in_the_middle_is_moved_aside_and_its_cell_runs_again(
+    tmp_path, prepare, fit_counter
+):
+    """A digit changed inside a row (still valid JSON, a wrong accuracy): its checksum fails,
+    so it is moved to NAME.torn, its cell runs again, and the table is the clean one."""
+    out = tmp_path / "m.jsonl"
+    rows = run_bench(tiny_config(), prepare, out, quiet=True)
+    lines = out.read_text().splitlines()
+    row = json.loads(lines[3])
+    text = lines[3].replace(f'"accuracy": {row["accuracy"]}', f'"accuracy": {row["accuracy"] + 1}')
+    assert text != lines[3]
+    out.write_text("\n".join([*lines[:3], text, *lines[4:]]) + "\n")
+    fit_counter.calls.clear()
+    with pytest.warns(RuntimeWarning, match=r"moved 1 damaged lines"):
+        again = run_bench(tiny_config(), CountingPrepare(), out, quiet=True)
+    assert len(fit_counter.calls) == 1
+    assert sorted(r["hash"] for r in again) == sorted(r["hash"] for r in rows)
+    assert {r["hash"]: r["accuracy"] for r in again} == {r["hash"]: r["accuracy"] for r in rows}
+    assert (tmp_path / "m.jsonl.torn").read_text() == text + "\n"
+    assert len(out.read_text().splitlines()) == 16
+
+
 def test_a_file_that_is_one_torn_line_is_emptied(tmp_path, prepare):
     out = tmp_path / "one.jsonl"
     out.write_bytes(b'{"hash": "ab')
-    with pytest.warns(RuntimeWarning, match="cut off a torn last line"):
+    with pytest.warns(RuntimeWarning, match="moved a torn last line"):
         rows = run_bench(tiny_config(), prepare, out, quiet=True)
     assert len(rows) == 16
     assert len(out.read_bytes().splitlines()) == 16

@@ -38,7 +38,9 @@ __all__ = [
     "Table",
     "format_table",
     "format_tables",
+    "parse_row",
     "read_rows",
+    "row_checksum",
     "summarize",
     "summary_json",
     "toy_warning",
@@ -57,12 +59,37 @@ TOY_WARNING = "it never saw a real image; these numbers say nothing about CLIP"
 
 
 # -- reading ------------------------------------------------------------------------------
-def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL results file, in file order.
+def row_checksum(row: dict[str, Any]) -> str:
+    """xxHash3-64 of a results row without its own ``checksum`` field (canonical JSON: sorted
+    keys), as ``run_bench`` records it in every row it writes."""
+    import xxhash
 
-    A last line that does not parse (a run killed mid-write) is ignored with a warning; other
-    lines that do not parse, or are not JSON objects, are skipped and counted in one warning.
-    A missing file raises ``FileNotFoundError``.
+    body = {k: v for k, v in row.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, allow_nan=True)
+    return str(xxhash.xxh3_64_hexdigest(text.encode("utf-8")))
+
+
+def parse_row(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """``(row, "")`` for a sound results line, ``(None, why)`` for a damaged one: not UTF-8 or
+    JSON, not a JSON object, or failing its ``checksum`` (rows written before fewclip recorded
+    one are not checked)."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, "not JSON"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    if "checksum" in obj and obj["checksum"] != row_checksum(obj):
+        return None, "checksum mismatch"
+    return obj, ""
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The sound rows of a JSONL results file, in file order.
+
+    A last line without its newline (a run killed mid-write) is ignored with a warning; other
+    damaged lines (not JSON, not an object, failing their checksum) are skipped and counted in
+    one warning: their cells run again. A missing file raises ``FileNotFoundError``.
     """
     p = Path(path)
     if not p.is_file():
@@ -72,15 +99,12 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if lines and lines[-1] == b"":
         lines.pop()
     rows: list[dict[str, Any]] = []
-    bad: list[int] = []
+    bad: list[str] = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            obj = None
-        if not isinstance(obj, dict):
+        obj, why = parse_row(line)
+        if obj is None:
             if i == len(lines) and not raw.endswith(b"\n"):
                 warnings.warn(
                     f"{p}: ignoring a truncated last line (line {i}, {len(line)} bytes; an "
@@ -89,13 +113,13 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                     stacklevel=2,
                 )
             else:
-                bad.append(i)
+                bad.append(f"{i} ({why})")
             continue
         rows.append(obj)
     if bad:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        shown = ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else "")
         warnings.warn(
-            f"{p}: skipped {len(bad)} line(s) that are not JSON objects (lines {shown})",
+            f"{p}: skipped {len(bad)} damaged line(s) (lines {shown}); their cells run again",
             RuntimeWarning,
             stacklevel=2,
         )

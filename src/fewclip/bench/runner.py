@@ -39,8 +39,9 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
+from fewclip._io import atomic_write
 from fewclip.bench.config import BENCH_FORMAT, BenchConfig, Cell, canonical_json
-from fewclip.bench.results import read_rows
+from fewclip.bench.results import parse_row, read_rows, row_checksum
 from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError
 from fewclip.protocol import FeatureSource, Protocol, build_task, evaluate
 from fewclip.task import FeatureSet
@@ -191,64 +192,82 @@ class _ChunkedLogits:
 
 # -- JSONL output -------------------------------------------------------------------------
 class _Appender:
-    """Append-only JSONL writer: one complete line per write, flushed and fsynced; an
-    exclusive advisory lock keeps two runs off the same file. A torn last line (a run killed
-    mid-write) is cut off under the lock before anything is appended, so the file stays valid
-    JSONL; the fragment is kept in ``NAME.torn`` (see :meth:`_cut_torn_tail`)."""
+    """Append-only JSONL writer: one complete line per write, each with its checksum, flushed
+    and fsynced; an exclusive advisory lock keeps two runs off the same file.
+
+    Before anything is appended, under the lock, damaged lines (a torn last line from a run
+    killed mid-write, or a line that is not JSON or fails its checksum) are moved to
+    ``NAME.torn`` and the file is rewritten without them (atomically), with one warning: the
+    file stays valid JSONL and their cells run again (see :meth:`_remove_damaged_lines`).
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._f: IO[bytes] = open(path, "ab")  # noqa: SIM115 (closed in close())
-        try:
-            import fcntl
+        self._f = self._open_locked()
+        self._remove_damaged_lines()
 
-            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
-        except OSError:
-            self._f.close()
-            raise BenchError(
-                f"{path}: another fewclip bench run is writing this file; wait for it or "
-                "choose another output"
-            ) from None
-        self._cut_torn_tail()
+    def _open_locked(self) -> IO[bytes]:
+        """The file opened for appending with its lock held; the lock is taken on the inode
+        that the path names (a rewrite replaces the file: a lock on the old one is stale)."""
+        while True:
+            f: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 (closed in close())
+            try:
+                import fcntl
 
-    def _cut_torn_tail(self) -> None:
-        """Move a last line without its newline to ``NAME.torn`` (appended and fsynced first,
-        so nothing is lost), then truncate the file after its last complete line; warns once
-        saying so."""
-        size = os.fstat(self._f.fileno()).st_size
-        tail, cut = b"", 0
-        with open(self.path, "rb") as r:
-            pos = size
-            while pos > 0:
-                step = min(1 << 16, pos)
-                pos -= step
-                r.seek(pos)
-                block = r.read(step)
-                i = block.rfind(b"\n")
-                if i >= 0:
-                    tail, cut = block[i + 1 :] + tail, pos + i + 1
-                    break
-                tail = block + tail
-        if not tail:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:  # pragma: no cover - non-POSIX
+                return f
+            except OSError:
+                f.close()
+                raise BenchError(
+                    f"{self.path}: another fewclip bench run is writing this file; wait for it "
+                    "or choose another output"
+                ) from None
+            try:
+                same = os.fstat(f.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return f
+            f.close()
+
+    def _remove_damaged_lines(self) -> None:
+        raw = self.path.read_bytes()
+        if not raw:
+            return
+        lines = raw.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline, else a torn last line
+        keep, damaged = [], []
+        for line in lines:
+            if line.strip() and parse_row(line)[0] is None:
+                damaged.append(line)
+            else:
+                keep.append(line)
+        if tail:
+            damaged.append(tail)
+        if not damaged:
             return
         side = self.path.with_name(self.path.name + ".torn")
-        with open(side, "ab") as f:
-            f.write(tail + b"\n")
+        with open(side, "ab") as f:  # first: the damaged lines are never lost
+            f.write(b"".join(line + b"\n" for line in damaged))
             f.flush()
             os.fsync(f.fileno())
-        os.ftruncate(self._f.fileno(), cut)
-        os.fsync(self._f.fileno())
+        atomic_write(self.path, b"".join(line + b"\n" for line in keep))
+        old, self._f = self._f, self._open_locked()  # the new file's lock, then the old's off
+        old.close()
+        what = "a torn last line" if tail and len(damaged) == 1 else f"{len(damaged)} damaged lines"
         warnings.warn(
-            f"{self.path}: cut off a torn last line ({len(tail)} bytes, left by an interrupted "
-            f"run; kept in {side}); its cell runs again",
+            f"{self.path}: moved {what} ({sum(map(len, damaged))} bytes; an interrupted run or "
+            f"a damaged file) to {side}; their cells run again",
             RuntimeWarning,
             stacklevel=3,
         )
 
-    def append(self, row: Mapping[str, Any]) -> None:
+    def append(self, row: dict[str, Any]) -> None:
+        """Write ``row`` as one line, with its ``checksum`` (also set in ``row`` itself, so
+        that what the caller keeps is what is on disk)."""
+        row["checksum"] = row_checksum(row)
         line = json.dumps(row, ensure_ascii=False, allow_nan=True, sort_keys=False) + "\n"
         self._f.write(line.encode("utf-8"))
         self._f.flush()

@@ -1,0 +1,106 @@
+"""Faults in a benchmark results file: `results.jsonl` damaged every way between two runs.
+The next run must keep every sound row, move the damaged bytes aside (``NAME.torn``), run the
+lost cells again and leave valid JSONL whose rows equal a clean run's."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewclip.bench import BenchConfig, run_bench
+from fewclip.bench.results import parse_row
+from fewclip.bench.synthetic import synthetic_prepare
+from fewclip.testing.synthetic import DatasetShape
+
+SHAPES = {"alpha": DatasetShape("alpha", 4, 80, 20, 30, dim=16)}
+CONFIG = BenchConfig(
+    methods=("zero-shot", "tip-adapter"),
+    datasets=("alpha",),
+    shots=(1, 2),
+    seeds=(1, 2),
+    backbones=("toy",),
+    params={"tip-adapter": {"search_step": [5, 3]}},
+)
+
+
+def _prepare():
+    return synthetic_prepare(shapes=SHAPES, calibrate=False, n_views=2)
+
+
+def bitflip(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+
+
+def digit(p: Path) -> None:
+    """A digit of an accuracy changed: still valid JSON, a wrong number (only the checksum
+    can tell)."""
+    lines = p.read_text().splitlines()
+    row = json.loads(lines[2])
+    lines[2] = lines[2].replace(f'"accuracy": {row["accuracy"]}', '"accuracy": 99.0')
+    p.write_text("\n".join(lines) + "\n")
+
+
+def truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def garbage(p: Path) -> None:
+    n = p.stat().st_size
+    p.write_bytes(torch.randint(0, 256, (n,), dtype=torch.uint8).numpy().tobytes())
+
+
+def empty(p: Path) -> None:
+    p.write_bytes(b"")
+
+
+def delete(p: Path) -> None:
+    p.unlink()
+
+
+FAULTS: dict[str, Callable[[Path], None]] = {
+    f.__name__: f for f in (bitflip, digit, truncate, garbage, empty, delete)
+}
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+    out = tmp_path_factory.mktemp("clean") / "results.jsonl"
+    rows = run_bench(CONFIG, _prepare(), out, quiet=True)
+    return out, {r["hash"]: r["accuracy"] for r in rows}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_damaged_results_file_is_repaired_by_the_next_run(
+    clean: tuple[Path, dict[str, float]], tmp_path: Path, fault: str, fault_record
+) -> None:
+    src, want = clean
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(src.read_bytes())
+    FAULTS[fault](out)
+    damaged = out.read_bytes() if out.exists() else b""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rows = run_bench(CONFIG, _prepare(), out, quiet=True)
+    lines = out.read_bytes().splitlines()
+    parsed = [parse_row(line)[0] for line in lines]
+    valid = all(r is not None for r in parsed)
+    got = {r["hash"]: r["accuracy"] for r in parsed if r is not None}
+    side = tmp_path / "results.jsonl.torn"
+    kept_aside = side.read_bytes() if side.exists() else b""
+    # every damaged byte is either still in a sound row or kept in the side file
+    sound = {line for line in damaged.split(b"\n") if line and parse_row(line)[0] is not None}
+    lost = sum(1 for line in sound if line not in lines)
+    repaired = valid and got == want and {r["hash"]: r["accuracy"] for r in rows} == want
+    fault_record.add("results.jsonl", "repaired" if repaired else "silent", lost=lost)
+    assert valid
+    assert got == want
+    assert lost == 0
+    if fault in ("bitflip", "digit", "truncate", "garbage"):
+        assert kept_aside  # the damaged bytes are kept for inspection
