@@ -22,6 +22,7 @@ import glob
 import os
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
@@ -95,13 +96,20 @@ def claim_folder(target: str | os.PathLike[str], kind: str, own: Collection[str]
             found = json.loads(marker.read_text()).get("kind")
         except (OSError, ValueError, AttributeError):
             found = None
-        if found != kind:
-            raise OutputFolderError(
-                f"{path}: holds fewclip {found or 'unknown'} results, not {kind} results; "
-                "choose another folder (CLI: --out/-o)"
-            )
-        return path
-    entries = [e.name for e in path.iterdir()] if path.is_dir() else []
+        if isinstance(found, str):
+            if found != kind:
+                raise OutputFolderError(
+                    f"{path}: holds fewclip {found} results, not {kind} results; "
+                    "choose another folder (CLI: --out/-o)"
+                )
+            return path
+        warnings.warn(
+            f"{marker}: damaged (unreadable); the folder is checked as an unmarked one and "
+            "marked again if it holds only files of a fewclip run",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    entries = [e.name for e in path.iterdir() if e.name != OUTPUT_MARKER] if path.is_dir() else []
     foreign = [n for n in entries if not any(fnmatch.fnmatchcase(n, pat) for pat in own)]
     if foreign:
         raise OutputFolderError(

@@ -104,3 +104,37 @@ def test_damaged_results_file_is_repaired_by_the_next_run(
     assert lost == 0
     if fault in ("bitflip", "digit", "truncate", "garbage"):
         assert kept_aside  # the damaged bytes are kept for inspection
+
+
+def test_bench_folder_with_damaged_reports_and_marker_is_reused(tmp_path: Path, fault_record):
+    """`fewclip bench -o OUT` again after its marker and reports were damaged (garbage marker,
+    garbage results.md, summary deleted): exit 0, one note about the marker, the same table."""
+    from fewclip.testing.cli import run_fewclip
+    from fewclip.testing.images import make_shapes_dataset
+
+    photos = make_shapes_dataset(
+        tmp_path / "photos",
+        classes=("red_circle", "blue_square"),
+        per_class={"train": 4, "test": 2},
+        size=24,
+    )
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(
+        f"datasets: [{photos}]\nmethods: [zero-shot]\nshots: [1]\nseeds: [1]\n"
+        "backbones: [fewclip-tiny-vit]\nviews: 1\n"
+    )
+    out, store = tmp_path / "out", tmp_path / "store"
+    assert run_fewclip("bench", cfg, "-o", out, "-q", store=store).returncode == 0
+    table = (out / "results.md").read_text()
+    garbage(out / ".fewclip-output.json")
+    garbage(out / "results.md")
+    delete(out / "results.summary.json")
+    res = run_fewclip("bench", cfg, "-o", out, "-q", store=store)
+    notes = [ln for ln in res.stderr.splitlines() if ".fewclip-output.json: damaged" in ln]
+    ok = res.returncode == 0 and (out / "results.md").read_text() == table
+    fault_record.add("bench output folder", "repaired" if ok else "traceback")
+    assert res.returncode == 0, res.stderr
+    assert len(notes) == 1
+    assert (out / "results.md").read_text() == table
+    assert (out / "results.summary.json").is_file()
+    assert json.loads((out / ".fewclip-output.json").read_text())["kind"] == "bench"
