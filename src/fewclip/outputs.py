@@ -238,23 +238,20 @@ def write_folder(
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False
-    where the system cannot (another OS, an old C library or file system)."""
+    where the system cannot (another OS, an old C library or file system) or the call
+    failed, with nothing changed."""
     if sys.platform != "linux":
         return False
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = ctypes.CDLL(None)
     fn = getattr(libc, "renameat2", None)
     if fn is None:
         return False
     at_fdcwd, rename_exchange = -100, 2
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
+    # any failure (no support here, or a real error) falls back to the two renames, which
+    # raise the system's own error if there is one
+    return bool(fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0)
 
 
 def _remove_stale_siblings(path: Path, own_files: Collection[str]) -> None:

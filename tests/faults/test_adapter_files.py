@@ -237,10 +237,13 @@ CLI_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "nan-state": (lambda f: (nan_state(f), resign(f)), "state.safetensors"),
     "classes-cut": (lambda f: (classes_cut_in_both(f), resign(f)), "config.json"),
 }
+# every fault through `predict`, three of them through `evaluate` too (the same loader)
+CLI_CASES = [("predict", f) for f in CLI_FAULTS] + [
+    ("evaluate", f) for f in ("bitflip-state", "bitflip-record", "nan-state")
+]
 
 
-@pytest.mark.parametrize("fault", list(CLI_FAULTS))
-@pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.parametrize(("command", "fault"), CLI_CASES)
 def test_cli_reports_a_damaged_adapter_in_one_line(
     fitted: tuple[Path, Path, Path], tmp_path: Path, fault: str, command: str, fault_record
 ) -> None:

@@ -61,5 +61,5 @@ def test_clean_split_features_match_a_direct_extraction(
 def test_without_skip_bad_the_first_look_at_a_split_raises(folder: Path, backbone, tmp_path):
     ds = load_folder(folder, seed=0, train_fraction=0.99, val_fraction=0.0)
     src = DatasetSource(ds, backbone, store=tmp_path / "s", views=0)
-    with pytest.raises(BadImageError, match="(?s)3 of 13 images.*--skip-bad"):
+    with pytest.raises(BadImageError, match="(?s)3 of 13 images.*skip_bad=True"):
         src.labels("train")
