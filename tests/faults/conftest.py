@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,7 @@ if _spec:
 """
 
 
-def kill_env(folder, target: str, n: int, when: str = "after") -> dict[str, str]:
+def kill_env(folder: Path, target: str, n: int, when: str = "after") -> dict[str, str]:
     """Environment for ``run_fewclip(env=...)`` that makes the child SIGKILL itself before or
     after the ``n``-th call of ``target`` ("module:Qualified.name")."""
     import os
@@ -105,3 +106,32 @@ def kill_env(folder, target: str, n: int, when: str = "after") -> dict[str, str]
     (folder / "sitecustomize.py").write_text(KILL_HOOK)
     path = os.pathsep.join(filter(None, (str(folder), os.environ.get("PYTHONPATH"))))
     return {"PYTHONPATH": path, "FEWCLIP_TEST_KILL": f"{target}:{n}:{when}"}
+
+
+# -- ways to damage a file (shared by the file-fault tests) -------------------------------
+def bitflip(p: Path, at: int | None = None) -> None:
+    """One bit of the byte at ``at`` (default: the middle byte) flipped: e.g. '1' → '0'."""
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2 if at is None else at] ^= 0x01
+    p.write_bytes(bytes(data))
+
+
+def truncate(p: Path) -> None:
+    """The second half of the file cut off."""
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def empty(p: Path) -> None:
+    p.write_bytes(b"")
+
+
+def garbage(p: Path) -> None:
+    """Random bytes of the same length."""
+    import torch
+
+    n = p.stat().st_size
+    p.write_bytes(torch.randint(0, 256, (n,), dtype=torch.uint8).numpy().tobytes())
+
+
+def delete(p: Path) -> None:
+    p.unlink()

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 import fewclip
@@ -19,30 +18,9 @@ from fewclip.errors import DamagedFileError, FewclipError
 from fewclip.testing.cli import run_fewclip
 from fewclip.testing.images import make_shapes_dataset
 
+from .conftest import bitflip, delete, empty, garbage, truncate
+
 FILES = ("adapter.json", "config.json", "state.safetensors")
-
-
-def bitflip(p: Path) -> None:
-    """One bit of the middle byte flipped (the case a checksum exists for: e.g. '1' → '0')."""
-    data = bytearray(p.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    p.write_bytes(bytes(data))
-
-
-def truncate(p: Path) -> None:
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-
-
-def empty(p: Path) -> None:
-    p.write_bytes(b"")
-
-
-def garbage(p: Path) -> None:
-    p.write_bytes(torch.randint(0, 256, (p.stat().st_size,), dtype=torch.uint8).numpy().tobytes())
-
-
-def delete(p: Path) -> None:
-    p.unlink()
 
 
 FAULTS: dict[str, Callable[[Path], None]] = {

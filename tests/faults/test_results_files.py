@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from fewclip.bench import BenchConfig, run_bench
 from fewclip.bench.results import parse_row
 from fewclip.bench.synthetic import synthetic_prepare
 from fewclip.testing.synthetic import DatasetShape
+
+from .conftest import bitflip, delete, empty, garbage, truncate
 
 SHAPES = {"alpha": DatasetShape("alpha", 4, 80, 20, 30, dim=16)}
 CONFIG = BenchConfig(
@@ -32,12 +33,6 @@ def _prepare():
     return synthetic_prepare(shapes=SHAPES, calibrate=False, n_views=2)
 
 
-def bitflip(p: Path) -> None:
-    data = bytearray(p.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    p.write_bytes(bytes(data))
-
-
 def digit(p: Path) -> None:
     """A digit of an accuracy changed: still valid JSON, a wrong number (only the checksum
     can tell)."""
@@ -45,23 +40,6 @@ def digit(p: Path) -> None:
     row = json.loads(lines[2])
     lines[2] = lines[2].replace(f'"accuracy": {row["accuracy"]}', '"accuracy": 99.0')
     p.write_text("\n".join(lines) + "\n")
-
-
-def truncate(p: Path) -> None:
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-
-
-def garbage(p: Path) -> None:
-    n = p.stat().st_size
-    p.write_bytes(torch.randint(0, 256, (n,), dtype=torch.uint8).numpy().tobytes())
-
-
-def empty(p: Path) -> None:
-    p.write_bytes(b"")
-
-
-def delete(p: Path) -> None:
-    p.unlink()
 
 
 FAULTS: dict[str, Callable[[Path], None]] = {

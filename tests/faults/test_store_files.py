@@ -19,35 +19,16 @@ from fewclip.features import CorruptEntryError, FeatureStore, extract
 from fewclip.testing.cli import run_fewclip
 from fewclip.testing.images import make_shapes_dataset
 
+from .conftest import bitflip, delete, empty, garbage, truncate
+
 
 def bitflip_data(p: Path) -> None:
     """One bit of the tensor data (sizes and header stay valid: only a checksum sees it)."""
-    data = bytearray(p.read_bytes())
-    data[-7] ^= 0x01
-    p.write_bytes(bytes(data))
+    bitflip(p, at=-7)
 
 
 def bitflip_middle(p: Path) -> None:
-    data = bytearray(p.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    p.write_bytes(bytes(data))
-
-
-def truncate(p: Path) -> None:
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-
-
-def empty(p: Path) -> None:
-    p.write_bytes(b"")
-
-
-def garbage(p: Path) -> None:
-    n = p.stat().st_size
-    p.write_bytes(torch.randint(0, 256, (n,), dtype=torch.uint8).numpy().tobytes())
-
-
-def delete(p: Path) -> None:
-    p.unlink()
+    bitflip(p)
 
 
 FAULTS: dict[str, Callable[[Path], None]] = {
