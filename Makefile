@@ -40,7 +40,7 @@ docs: $(STAMP)
 # Resumes where it stopped; the report goes to mutation-report.md.
 mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,mutation]"
-	$(BIN)/mutmut run --max-children 2 || true
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 || true
 	$(BIN)/python scripts/mutation_report.py | tee mutation-report.md
 
 bench: $(STAMP)
