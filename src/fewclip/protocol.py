@@ -327,11 +327,9 @@ class Protocol:
             val = SplitRef("train", tuple(vidx))
             meta.update(sampler="sample_fewshot_val", val_shots=min(shots, self.val_shots))
         elif name == "coop-val":
-            if val_labels is None:
-                raise InvalidValueError(no_val_message(name))
             support, vidx = draw_coop(
                 tl,
-                _labels_list(val_labels),
+                _val_split_labels(name, val_labels, classnames),
                 shots,
                 seed=seed,
                 classnames=classnames,
@@ -345,21 +343,12 @@ class Protocol:
             )
             meta.update(sampler="sample_few_shot")
             if name == "full-val":
-                if val_labels is None:
-                    raise InvalidValueError(no_val_message(name))
-                vl = _labels_list(val_labels)
-                if not vl:
-                    raise InvalidValueError("full-val: the val split is empty")
-                check_shots(vl, 1, classnames=classnames, where="val", allow_fewer=True)
+                _val_split_labels(name, val_labels, classnames)
                 val = SplitRef("val", None)
             elif name == "val-free":
                 val = None
             else:  # oracle-test
-                if n_test is None or n_test < 1:
-                    raise InvalidValueError(
-                        "oracle-test: n_test (the size of the test split) is needed"
-                    )
-                val = SplitRef("test", None)
+                val = _whole_test_split(n_test)
         meta["repeat"] = self.repeat
         return SplitPlan(
             name, shots, seed, SplitRef("train", tuple(support)), val, self.leaky, meta
@@ -385,23 +374,14 @@ class Protocol:
         else:
             support, _ = draw_all(tl, seed=seed, classnames=classnames)
             meta.update(sampler="all")
-            if name in ("coop-val", "full-val"):
-                if val_labels is None:
-                    raise InvalidValueError(no_val_message(name))
-                vl = _labels_list(val_labels)
-                if not vl:
-                    raise InvalidValueError(f"{name}: the val split is empty")
-                check_shots(vl, 1, classnames=classnames, where="val", allow_fewer=True)
-                if name == "coop-val":
-                    val = SplitRef("val", tuple(sample_few_shot(vl, 4, seed=seed)))
-                else:
-                    val = SplitRef("val", None)
+            if name == "coop-val":
+                vl = _val_split_labels(name, val_labels, classnames)
+                val = SplitRef("val", tuple(sample_few_shot(vl, 4, seed=seed)))
+            elif name == "full-val":
+                _val_split_labels(name, val_labels, classnames)
+                val = SplitRef("val", None)
             elif name == "oracle-test":
-                if n_test is None or n_test < 1:
-                    raise InvalidValueError(
-                        "oracle-test: n_test (the size of the test split) is needed"
-                    )
-                val = SplitRef("test", None)
+                val = _whole_test_split(n_test)
         counts = Counter(tl).values()
         meta.update(repeat=False, train_per_class=[min(counts), max(counts)])
         return SplitPlan(name, ALL, seed, SplitRef("train", tuple(support)), val, self.leaky, meta)
@@ -427,6 +407,28 @@ class Protocol:
             n_test=len(_labels_list(source.labels("test"))) if self.leaky else None,
             classnames=classnames,
         )
+
+
+def _val_split_labels(
+    protocol: str, val_labels: Any | None, classnames: Sequence[str] | None
+) -> list[int]:
+    """The val split's labels, for a protocol that validates on it: present, not empty, and
+    (with ``classnames``) holding every class."""
+    if val_labels is None:
+        raise InvalidValueError(no_val_message(protocol))
+    vl = _labels_list(val_labels)
+    if not vl:
+        raise InvalidValueError(f"{protocol}: the val split is empty")
+    check_shots(vl, 1, classnames=classnames, where="val")
+    return vl
+
+
+def _whole_test_split(n_test: int | None) -> SplitRef:
+    """The validation set of an ``oracle-test`` plan: the whole test split, whose size the
+    caller must know."""
+    if n_test is None or n_test < 1:
+        raise InvalidValueError("oracle-test: n_test (the size of the test split) is needed")
+    return SplitRef("test", None)
 
 
 def no_val_message(protocol: str, dataset: str | None = None) -> str:
