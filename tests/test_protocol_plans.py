@@ -567,3 +567,32 @@ def test_run_is_plan_build_fit_evaluate() -> None:
     )  # fmt: skip
     assert (named.method, named.params["alpha"], named.params["beta"]) == ("tip-adapter", 2.5, 1.5)
     assert math.isfinite(named.accuracy)
+
+
+def test_labels_may_be_a_list_a_tensor_or_an_array() -> None:
+    import numpy as np
+
+    want = Protocol().plan(TRAIN, shots=3, seed=2)
+    assert Protocol().plan(torch.tensor(TRAIN), shots=3, seed=2) == want
+    assert Protocol().plan(np.array(TRAIN), shots=3, seed=2) == want
+    coop = Protocol("coop-val").plan(TRAIN, shots=3, seed=2, val_labels=VAL)
+    assert Protocol("coop-val").plan(TRAIN, shots=3, seed=2, val_labels=np.array(VAL)) == coop
+
+
+def test_in_memory_source_leaves_views_out_unless_asked() -> None:
+    src = InMemorySource(train=_features([0, 1, 2], views=2))
+    assert src.features("train").views is None
+    assert src.features("train", [2, 0]).labels.tolist() == [2, 0]
+    with_views = src.features("train", views=True).views
+    assert with_views is not None
+    assert tuple(with_views.shape) == (2, 3, 3)
+
+
+def test_evaluate_on_an_empty_split_reports_nan_of_zero() -> None:
+    src = _eval_source()
+    plan = Protocol("val-free").plan_source(src, shots=1, seed=1)
+    empty = InMemorySource(test=FeatureSet(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)))
+    res = evaluate(_Nearest(), empty, plan)
+    assert res.n == 0
+    assert math.isnan(res.accuracy)
+    assert str(res) == "nearest 1-shot seed 1 [val-free] test: nan% of 0"
