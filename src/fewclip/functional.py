@@ -305,7 +305,7 @@ def tip_grid_counts(
     itemsize = x_val.element_size()
     outer = chunk_rows(keys.shape[0], itemsize, chunk_bytes)
     inner = chunk_rows(keys.shape[0], itemsize, _BLOCK_BYTES)
-    group = max(1, min(n_beta, _BLOCK_BYTES / max(1, min(inner, n) * c * itemsize)))
+    group = max(1, min(n_beta, _BLOCK_BYTES // max(1, min(inner, n) * c * itemsize)))
     for start in range(0, n, outer):
         xs, ys = x_val[start : start + outer], y_val[start : start + outer]
         zs = scale * (xs @ text_weights.T)
