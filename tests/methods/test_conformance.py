@@ -169,3 +169,57 @@ def test_the_epoch_selection_check_catches_a_wrong_epoch(registered, cls):
     registered(f"broken-epochs-{cls.__name__.lower()}", cls)
     with pytest.raises(AssertionError, match=r"^check_epoch_selection\("):
         check_method(cls)
+
+
+class _HidesItsSearch(methods.LinearProbe):
+    """Sweeps C on validation but reports nothing: the selection check would pass vacuously."""
+
+    def _selection(self):
+        return None
+
+
+class _HidesItsEpoch(methods.CrossModalLP):
+    """Keeps an iteration on validation but reports nothing."""
+
+    def _epoch_selection(self):
+        return None
+
+
+class _ClaimsNoChoice(methods.TipAdapter):
+    """Searches on validation while declaring it chooses nothing there."""
+
+    chooses_on_validation = frozenset()
+
+
+@pytest.mark.parametrize(
+    ("cls", "check"),
+    [
+        (_HidesItsSearch, "check_selection"),
+        (_HidesItsEpoch, "check_epoch_selection"),
+        (_ClaimsNoChoice, "check_selection"),
+    ],
+)
+def test_a_choice_on_validation_must_be_reported_as_declared(registered, cls, check):
+    registered(f"unreported-{cls.__name__.lower()}", cls)
+    with pytest.raises(AssertionError, match=rf"^{check}\(.*(reported no|reports a)"):
+        check_method(cls)
+
+
+def test_the_declared_choices_are_what_the_methods_do():
+    declared = {
+        n: sorted(methods.get(n).chooses_on_validation)
+        for n in methods.available()
+        if methods.get(n).chooses_on_validation
+    }
+    assert declared == {
+        "ape": ["search"],
+        "ape-t": ["epoch"],
+        "cross-modal-lp": ["epoch"],
+        "gda": ["search"],
+        "linear-probe": ["search"],
+        "lp++": ["epoch"],
+        "proker": ["search"],
+        "tip-adapter": ["search"],
+        "tip-adapter-f": ["epoch"],
+        "tip-x": ["search"],
+    }

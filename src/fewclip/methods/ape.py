@@ -155,6 +155,7 @@ class APE(Method):
 
     training_free = True
     uses_validation = True
+    chooses_on_validation = frozenset({"search"})
     quick_params: ClassVar[Mapping[str, Any]] = {"search_step": (10, 5, 3)}
 
     _state_tensors: ClassVar[tuple[str, ...]] = (
@@ -337,6 +338,7 @@ class APET(APE):
 
     training_free = False
     uses_validation = True
+    chooses_on_validation = frozenset({"epoch"})
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 3, "search_step": (10, 5)}
 
     _state_tensors: ClassVar[tuple[str, ...]] = (

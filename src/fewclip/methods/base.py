@@ -302,7 +302,8 @@ class Method(EstimatorParams):
 
     Subclasses implement ``_fit(task)`` and ``_logits(x_normalised)``, list their fitted
     tensors in ``_state_tensors`` and JSON-able fitted values in ``_state_values``, and declare
-    their traits (``training_free``, ``uses_validation``, ``quick_params``).
+    their traits (``training_free``, ``uses_validation``, ``chooses_on_validation``,
+    ``quick_params``).
     ``logits`` L2-normalises the raw query features before calling ``_logits``; methods that
     need raw features (CLIP-Adapter) override ``logits``.
 
@@ -321,6 +322,10 @@ class Method(EstimatorParams):
     #: False is a promise, checked by the conformance suite: the fitted method is the same with
     #: or without a validation set, so the benchmark does not load one for it.
     uses_validation: ClassVar[bool] = False
+    #: The choices a fit with a validation set makes on it and reports: ``"search"``
+    #: (hyper-parameters, ``_selection``) and/or ``"epoch"`` (a training epoch or iteration,
+    #: ``_epoch_selection``). The conformance suite checks that each is reported, and best.
+    chooses_on_validation: ClassVar[frozenset[str]] = frozenset()
     #: Hyper-parameters that make ``fit`` take a fraction of a second on a small task (short
     #: schedules, coarse grids): for tests and smoke runs, never for reported results.
     quick_params: ClassVar[Mapping[str, Any]] = {}

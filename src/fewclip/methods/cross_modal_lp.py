@@ -71,6 +71,7 @@ class CrossModalLP(Method):
 
     training_free = False
     uses_validation = True
+    chooses_on_validation = frozenset({"epoch"})
     quick_params: ClassVar[Mapping[str, Any]] = {"iters": 50, "eval_every": 10}
 
     _state_tensors = ("coef_", "zero_shot_")

@@ -171,6 +171,7 @@ class GDA(Method):
 
     training_free = True
     uses_validation = True
+    chooses_on_validation = frozenset({"search"})
 
     _state_tensors = ("text_weights_", "coef_", "intercept_")
     _state_values = ("alpha_", "val_accuracy_")

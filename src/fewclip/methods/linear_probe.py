@@ -90,6 +90,7 @@ class LinearProbe(Method):
 
     training_free = False
     uses_validation = True
+    chooses_on_validation = frozenset({"search"})
     quick_params: ClassVar[Mapping[str, Any]] = {"Cs": (1.0, 10.0)}
 
     _state_tensors = ("coef_", "intercept_")

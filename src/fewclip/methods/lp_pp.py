@@ -98,6 +98,7 @@ class LPPlusPlus(Method):
 
     training_free = False
     uses_validation = True
+    chooses_on_validation = frozenset({"epoch"})
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 20}
 
     _state_tensors = ("coef_", "intercept_", "text_coef_", "text_weights_")

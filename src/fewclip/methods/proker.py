@@ -248,6 +248,7 @@ class ProKeR(Method):
 
     training_free = True
     uses_validation = True
+    chooses_on_validation = frozenset({"search"})
     quick_params: ClassVar[Mapping[str, Any]] = {"betas": (1.0, 4.0), "lams": (0.03, 0.3)}
 
     _state_tensors = ("text_weights_", "centers_", "dual_coef_")

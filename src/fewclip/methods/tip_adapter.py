@@ -90,6 +90,7 @@ class TipAdapter(Method):
 
     training_free = True
     uses_validation = True
+    chooses_on_validation = frozenset({"search"})
     quick_params: ClassVar[Mapping[str, Any]] = {"search_step": (10, 5)}
 
     _state_tensors = ("keys_", "key_labels_", "text_weights_")
@@ -198,6 +199,7 @@ class TipAdapterF(TipAdapter):
 
     training_free = False
     uses_validation = True
+    chooses_on_validation = frozenset({"epoch"})
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 2, "search_step": (10, 5)}
 
     _state_values: ClassVar[tuple[str, ...]] = ("alpha_", "beta_", "val_accuracy_", "best_epoch_")

@@ -165,6 +165,13 @@ def check_traits(cls: type[Method], params: Mapping[str, Any]) -> None:
     if cls.training_free:
         trained = names & {"epochs", "iters"}
         assert not trained, f"{cls.__name__} declares training_free but takes {sorted(trained)}"
+    chooses = cls.chooses_on_validation
+    assert isinstance(chooses, frozenset), "chooses_on_validation: expected a frozenset"
+    assert chooses <= {"search", "epoch"}, f"chooses_on_validation: unknown {sorted(chooses)}"
+    assert not chooses or cls.uses_validation, (
+        f"{cls.__name__} chooses {sorted(chooses)} on validation but declares "
+        "uses_validation = False"
+    )
 
 
 def check_fit_and_predict(cls: type[Method], params: Mapping[str, Any]) -> None:
@@ -369,8 +376,15 @@ def check_selection(cls: type[Method], params: Mapping[str, Any]) -> None:
         assert task.val is not None
         m = _create(cls, params).fit(task)
         selection = m._selection()
-        if selection is None:
+        if "search" not in cls.chooses_on_validation:
+            assert selection is None, (
+                f"{cls.__name__} reports a search but chooses_on_validation lacks 'search'"
+            )
             return
+        assert selection is not None, (
+            f"seed {seed}: {cls.__name__} declares it searches on validation, but its fit "
+            "reported no search (_selection() is None)"
+        )
         candidates, chosen = selection
         assert chosen in candidates, f"the chosen {chosen} is not a candidate"
         scores = [
@@ -402,8 +416,15 @@ def check_epoch_selection(cls: type[Method], params: Mapping[str, Any]) -> None:
     assert task.val is not None
     m = _create(cls, params).fit(task)
     selection = m._epoch_selection()
-    if selection is None:
+    if "epoch" not in cls.chooses_on_validation:
+        assert selection is None, (
+            f"{cls.__name__} reports an epoch choice but chooses_on_validation lacks 'epoch'"
+        )
         return
+    assert selection is not None, (
+        f"{cls.__name__} declares it keeps its best epoch on validation, but its fit reported "
+        "none (_epoch_selection() is None)"
+    )
     history, chosen, ties, final = selection
     assert history, "an epoch was chosen from an empty history"
     scores = [s for _, s in history]
