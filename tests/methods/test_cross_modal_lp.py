@@ -9,6 +9,7 @@ from tests.methods._helpers import separable_world_task as _separable_world_task
 
 from fewclip import functional as F
 from fewclip import methods
+from fewclip.methods._training import EndlessShuffle, warmup_cosine_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,3 +76,35 @@ def test_cross_modal_lr_schedule():
     assert m._lr_at(25, 1e-3) == pytest.approx(0.5e-3)
     assert m._lr_at(50, 1e-3) == pytest.approx(1e-3)
     assert m._lr_at(50 + 6400, 1e-3) == pytest.approx(0.5e-3)
+
+
+def test_cross_modal_steps_match_a_plain_adamw_loop():
+    """Without validation the head after the last iteration equals a plain loop: batches of
+    images (the plain features and every view) and text embeddings from two endless shuffles
+    of one generator, cross-entropy on scaled dot products, torch's AdamW with weight decay,
+    linear warm-up then cosine per iteration."""
+    task = make_shuffled_task(c=4, shots=3, d=8, views=2, seed=3, val=False, dtype=torch.float64)
+    kw = {"iters": 9, "lr": 0.05, "weight_decay": 0.1, "batch_size": 6, "text_ratio": 0.5}
+    kw |= {"warmup_iters": 2, "warmup_lr": 1e-3, "seed": 7, "scale": 20.0}
+    m = methods.create("cross-modal-lp", dtype="float64", **kw).fit(task)
+    s = task.support
+    images = F.l2_normalize(torch.cat([s.features[None], s.views])).reshape(-1, 8)
+    labels = s.labels.repeat(3)
+    texts = F.l2_normalize(task.text_weights)
+    w = torch.nn.Parameter(texts.clone())
+    opt = torch.optim.AdamW([w], lr=1.0, weight_decay=0.1)
+    g = torch.Generator().manual_seed(7)
+    image_stream, text_stream = EndlessShuffle(len(labels), g), EndlessShuffle(4, g)
+    for it in range(9):
+        opt.param_groups[0]["lr"] = warmup_cosine_lr(
+            it, lr=0.05, warmup_steps=2, warmup_lr=1e-3, total=9
+        )
+        ii, ti = image_stream.take(3), text_stream.take(3)
+        x = torch.cat([images[ii], texts[ti]])
+        y = torch.cat([labels[ii], ti])
+        loss = torch.nn.functional.cross_entropy(20.0 * x @ w.T, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.testing.assert_close(m.coef_, w.detach(), rtol=1e-10, atol=1e-12)
+    assert float((w.detach() - texts).norm()) > 0.01  # it moved
