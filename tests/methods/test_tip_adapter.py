@@ -126,3 +126,27 @@ def test_tip_adapter_f_steps_equal_a_plain_adamw_loop():
     assert not torch.allclose(keys, F.l2_normalize(task.support.features))  # the keys moved
     torch.testing.assert_close(m.keys_, keys, rtol=1e-9, atol=1e-9)
     assert m.best_epoch_ == epochs
+
+
+def test_tip_scale_reaches_the_search_and_the_logits(task, queries):
+    """A logit scale other than CLIP's 100 weighs the text term against the cache everywhere:
+    in the formula and in the (β, α) search, whose pick is the first best of a brute-force
+    sweep of the grid with that scale."""
+    tip = methods.create("tip-adapter", scale=7.0, search_step=(6, 4)).fit(task)
+    keys = F.cache_keys(task.support.views)
+    w = F.l2_normalize(task.text_weights)
+    onehot = torch.nn.functional.one_hot(task.support.labels, task.n_classes).float()
+
+    def logits(x, alpha, beta):
+        x = F.l2_normalize(x)
+        return 7.0 * x @ w.T + alpha * torch.exp(-beta * (1 - x @ keys.T)) @ onehot
+
+    torch.testing.assert_close(
+        tip.logits(queries), logits(queries, tip.alpha_, tip.beta_), rtol=1e-5, atol=1e-4
+    )
+    xv, yv = task.val.features, task.val.labels
+    grid = [(b, a) for b in F.reference_grid(7.0, 6) for a in F.reference_grid(3.0, 4)]
+    right = [int((logits(xv, a, b).argmax(1) == yv).sum()) for b, a in grid]
+    assert (tip.beta_, tip.alpha_) == grid[right.index(max(right))]
+    at_100 = methods.create("tip-adapter", search_step=(6, 4)).fit(task)
+    assert (at_100.beta_, at_100.alpha_) != (tip.beta_, tip.alpha_)  # the scale mattered
