@@ -21,7 +21,13 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import count_correct, l2_normalize
-from fewclip.methods._training import EndlessShuffle, KeepBest, train_dtype, warmup_cosine_lr
+from fewclip.methods._training import (
+    EndlessShuffle,
+    KeepBest,
+    check_ranges,
+    train_dtype,
+    warmup_cosine_lr,
+)
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
@@ -119,12 +125,7 @@ class CrossModalLP(Method):
         self.progress = progress
 
     def _validate(self) -> None:
-        if self.iters < 0:
-            raise InvalidValueError(f"iters: expected a non-negative integer, found {self.iters}")
-        if self.eval_every < 1:
-            raise InvalidValueError(
-                f"eval_every: expected a positive integer, found {self.eval_every}"
-            )
+        check_ranges(self, iters="int>=0", eval_every="int>=1")
         sizes = [self.batch_size, *(self.search_batch_size if self.search else ())]
         if min(sizes) < 2:
             raise InvalidValueError(
@@ -142,7 +143,9 @@ class CrossModalLP(Method):
             self.search_lr and self.search_weight_decay and self.search_batch_size
         ):
             raise InvalidValueError(
-                "search_lr/search_weight_decay/search_batch_size: expected values"
+                "search_lr, search_weight_decay and search_batch_size: expected at least one "
+                f"value each with search=True, found {tuple(self.search_lr)}, "
+                f"{tuple(self.search_weight_decay)} and {tuple(self.search_batch_size)}"
             )
 
     def _lr_at(self, it: int, lr: float) -> float:
