@@ -16,6 +16,7 @@ from fewclip.methods.proker import (
     proker_cholesky,
 )
 from fewclip.task import FeatureSet, Task
+from fewclip.testing.conformance import check_selection
 
 
 @pytest.fixture
@@ -224,3 +225,41 @@ def test_proker_bad_input(task64):
             methods.create("proker", **kw).fit(task64)
     with pytest.raises(ValueError, match="lam: expected a positive regularisation"):
         proker_cholesky(torch.zeros(2, 2), torch.zeros(2, 1), beta=1.0, lam=0.0)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"solver": "nystrom", "n_landmarks": 6, "rows": "views"},
+        {"solver": "cg", "tol": 1e-10, "n_landmarks": 4},
+    ],
+    ids=["nystrom", "cg"],
+)
+def test_proker_search_through_each_solver_picks_the_best_point(params):
+    """The conformance suite's selection check (every grid point refitted on its own, the
+    first best kept) through the Nyström and CG search paths, not only the dense one."""
+    cls = methods.get("proker")
+    check_selection(cls, {**cls.quick_params, **params})
+    # and the validation accuracy it records is that of the chosen point fitted on its own
+    for seed in (0, 3, 5):
+        task = make_task(c=4, shots=5, d=8, views=3, seed=seed)
+        grid = {"betas": (1.0, 4.0, 9.0), "lams": (0.01, 0.3, 3.0)}
+        pk = methods.create("proker", **grid, **params).fit(task)
+        alone = methods.create("proker", beta=pk.beta_, lam=pk.lam_, **params).fit(task)
+        assert pk.val_accuracy_ == pytest.approx(
+            100 * alone.score(task.val.features, task.val.labels)
+        )
+
+
+def test_proker_cg_honours_tol_and_max_iter(task64, queries64):
+    dense = methods.create("proker", beta=2.5, lam=0.07, dtype="float64").fit(task64)
+    kw = {"beta": 2.5, "lam": 0.07, "solver": "cg", "dtype": "float64", "n_landmarks": 2}
+    tight = methods.create("proker", tol=1e-13, **kw).fit(task64)
+    loose = methods.create("proker", tol=1e-2, **kw).fit(task64)
+    capped = methods.create("proker", tol=1e-13, max_iter=1, **kw).fit(task64)
+    exact = dense.logits(queries64)
+    assert capped.cg_iterations_ == 1
+    assert loose.cg_iterations_ < tight.cg_iterations_
+    torch.testing.assert_close(tight.logits(queries64), exact, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(loose.logits(queries64), exact, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(capped.logits(queries64), exact, rtol=1e-6, atol=1e-6)
