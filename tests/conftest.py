@@ -14,6 +14,33 @@ if "HF_DATASETS_CACHE" not in os.environ:
     os.environ["HF_DATASETS_CACHE"] = _hf_cache
     atexit.register(shutil.rmtree, _hf_cache, ignore_errors=True)
 
-import torch
+from typing import Any
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+import pytest
+import torch
+from tests.faults._log import FAULTS
+
+# one thread per pytest-xdist worker (the workers share the cores), two without xdist
+torch.set_num_threads(
+    1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads())
+)
+
+
+# -- the fault-injection table (tests/faults), merged across pytest-xdist workers -----------
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand its log to the controller
+        workeroutput["fewclip_faults"] = FAULTS.to_json()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    FAULTS.merge(getattr(node, "workeroutput", {}).get("fewclip_faults", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FAULTS.counts and not hasattr(terminalreporter.config, "workeroutput"):
+        terminalreporter.write_sep("=", "fault injection")
+        terminalreporter.write_line(FAULTS.table())

@@ -16,58 +16,16 @@ page shows it with the command that produced it).
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-OUTCOMES = ("detected", "repaired", "correct", "traceback", "silent")
-
-
-@dataclass
-class FaultLog:
-    counts: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-
-    def add(self, component: str, outcome: str, *, lost: int = 0) -> None:
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome {outcome!r} is not one of {OUTCOMES}")
-        self.counts[component]["injected"] += 1
-        self.counts[component][outcome] += 1
-        self.counts[component]["lost"] += lost
-
-    def table(self) -> str:
-        head = ("component", "injected", *OUTCOMES, "files lost")
-        rows = [head, tuple("---" for _ in head)]
-        total: Counter[str] = Counter()
-        for comp in sorted(self.counts):
-            c = self.counts[comp]
-            total.update(c)
-            rows.append((comp, str(c["injected"]), *(str(c[o]) for o in OUTCOMES), str(c["lost"])))
-        rows.append(
-            (
-                "**all**",
-                str(total["injected"]),
-                *(str(total[o]) for o in OUTCOMES),
-                str(total["lost"]),
-            )
-        )
-        return "\n".join("| " + " | ".join(r) + " |" for r in rows)
-
-
-_LOG = FaultLog()
+from tests.faults._log import FAULTS, FaultLog
 
 
 @pytest.fixture
 def fault_record() -> FaultLog:
     """The session's fault log: ``fault_record.add(component, outcome, lost=0)``."""
-    return _LOG
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _LOG.counts:
-        terminalreporter.write_sep("=", "fault injection")
-        terminalreporter.write_line(_LOG.table())
+    return FAULTS
 
 
 #: ``sitecustomize`` for a child process: SIGKILL itself right before or right after the N-th
