@@ -244,7 +244,8 @@ def check_save_load(cls: type[Method], params: Mapping[str, Any]) -> None:
 
 def check_dtypes(cls: type[Method], params: Mapping[str, Any]) -> None:
     """float64 and float16 fits give logits of that dtype, finite, and mostly the float32
-    answers (float16 is fitted on float32 features, as a float16 store would hand them)."""
+    answers (float16 is fitted on float32 features, as a float16 store would hand them), and
+    keep their fitted floating-point tensors in that dtype."""
     x, task = _queries(), make_task()
     ref = _create(cls, params).fit(task).predict(x)
     for dtype in ("float64", "float16"):
@@ -254,6 +255,10 @@ def check_dtypes(cls: type[Method], params: Mapping[str, Any]) -> None:
         want = getattr(torch, dtype)
         assert out.dtype == want, f"dtype={dtype}: logits are {out.dtype}"
         assert torch.isfinite(out).all(), f"dtype={dtype}: non-finite logits"
+        for name in cls._state_tensors:
+            t = getattr(m, name)
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                assert t.dtype == want, f"dtype={dtype}: fitted {name} is {t.dtype}"
         agree = float((out.argmax(1) == ref).float().mean())
         assert agree >= 0.75, f"dtype={dtype}: only {agree:.0%} of float32's predictions"
 
