@@ -1,14 +1,20 @@
 """Print the changed lines of surviving mutmut mutants, fast (no ``mutmut show`` per mutant).
 
-    python scripts/mutation_diffs.py [--mutants mutants] [--device-only]
+    python scripts/mutation_diffs.py [--mutants mutants] [--equivalent]
 
 Reads the ``mutants/**/*.py`` files mutmut 3 writes (each mutant is a function
 ``x_name__mutmut_N`` beside ``x_name__mutmut_orig``) and the ``.meta`` exit codes, and prints
-one line per survivor: its name, the original line and the mutated line. ``--device-only``
-prints only the survivors whose change is confined to a torch device argument (``device=…``
-dropped or set to None, ``.to(dev)`` → ``.to(None)``, ``.to(dev, dtype)`` → ``.to(dtype)``),
-as candidate lines for ``tests/mutation_equivalent.txt``: on the CPU, where the tests run,
-``None`` is the CPU, so such a change is only observable on a GPU. Review before listing.
+one line per survivor: its name, the original line and the mutated line. ``--equivalent``
+prints, as candidate lines for ``tests/mutation_equivalent.txt``, only the survivors of three
+classes that change nothing observable on the CPU the tests run on:
+
+- a torch device argument dropped or set to None (``device=…``, ``.to(dev)`` → ``.to(None)``,
+  ``.to(dev, dtype)`` → ``.to(dtype)``): None is the CPU, so only a GPU run could tell;
+- ``optimizer.zero_grad(set_to_none=…)`` flipped: zeroed or freed gradients give the same step;
+- an optimiser's ``fused=`` flag changed: the same update by another kernel (last-bit
+  rounding differences at most).
+
+Review the lines before listing them.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ def _functions(path: Path) -> dict[str, str]:
 
 
 def _change(orig: str, mutant: str) -> tuple[str, str]:
-    a = orig.splitlines()[1:]  # skip the def line (its name differs)
-    b = mutant.splitlines()[1:]
-    minus = [line.strip() for line in difflib.ndiff(a, b) if line.startswith("- ")]
-    plus = [line.strip() for line in difflib.ndiff(a, b) if line.startswith("+ ")]
-    return " ".join(m[2:] for m in minus), " ".join(p[2:] for p in plus)
+    # the def lines differ by the function's name: compare them without it
+    a = re.sub(r"__mutmut_orig\b", "", orig, count=1).splitlines()
+    b = re.sub(r"__mutmut_\d+\b", "", mutant, count=1).splitlines()
+    diff = list(difflib.ndiff(a, b))
+    minus = [line[2:].strip() for line in diff if line.startswith("- ")]
+    plus = [line[2:].strip() for line in diff if line.startswith("+ ")]
+    return " ".join(minus), " ".join(plus)
 
 
 def device_only(old: str, new: str) -> bool:
@@ -59,10 +67,28 @@ def device_only(old: str, new: str) -> bool:
     return False
 
 
+def equivalent_reason(old: str, new: str) -> str | None:
+    """The reason a survivor of one of the three classes above changes nothing observable."""
+    if device_only(old, new):
+        return (
+            f"only observable on a GPU: {old.strip()!r} → {new.strip()!r} changes only a device "
+            "argument, and None is the CPU the tests run on."
+        )
+    if "zero_grad(set_to_none=" in old and "zero_grad(" in new and old.count("(") == new.count("("):
+        return "zero_grad zeroes the gradients instead of freeing them: the same optimiser step."
+    if "fused=" not in old:
+        return None
+    if re.sub(r"fused=[^,)]*", "", old) == re.sub(r"fused=[^,)]*", "", new) or (
+        "fused=" in old and "fused=" not in new and re.sub(r",?\s*fused=[^,)]*", "", old) == new
+    ):
+        return "the optimiser's fused flag selects a kernel, not the update it computes."
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutants", type=Path, default=Path("mutants"))
-    ap.add_argument("--device-only", action="store_true")
+    ap.add_argument("--equivalent", action="store_true")
     args = ap.parse_args()
     for meta in sorted(args.mutants.rglob("*.py.meta")):
         codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -73,12 +99,10 @@ def main() -> int:
             short = name.split(".")[-1]
             orig = funcs.get(short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")
             old, new = _change(orig, funcs.get(short, ""))
-            if args.device_only:
-                if device_only(old, new):
-                    print(
-                        f"{name} only observable on a GPU: {old!r} → {new!r} changes only a "
-                        "device argument, and None is the CPU the tests run on."
-                    )
+            if args.equivalent:
+                reason = equivalent_reason(old, new)
+                if reason:
+                    print(f"{name} {reason}")
             else:
                 print(f"{name}\t{old}\t{new}")
     return 0
