@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from fewclip.cli import main
+from fewclip.testing.cli import default_sigint
 from fewclip.testing.images import draw_shape_image, make_shapes_dataset
 
 COMMANDS = [
@@ -309,7 +310,11 @@ def test_bench_interrupted_then_resumed(shapes: Path, tmp_path: Path) -> None:
         "PYTHONPATH": os.pathsep.join(filter(None, (str(hook), env.get("PYTHONPATH")))),
     }
     proc = subprocess.Popen(
-        [*base, "-o", str(out)], env=paused, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        [*base, "-o", str(out)],
+        env=paused,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=default_sigint,
     )
     jsonl = out / "results.jsonl"
     deadline = time.time() + 300

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from fewclip.features import FeatureStore
+from fewclip.testing.cli import default_sigint
 from fewclip.testing.images import make_shapes_dataset
 
 from .conftest import fewclip_exe, run_fewclip
@@ -82,6 +83,7 @@ def test_sigint_during_extract_then_resume_equals_an_uninterrupted_run(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     while not held.exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ from pathlib import Path
 from fewclip.errors import MissingFileError
 
 __all__ = ["fewclip_exe", "run_fewclip"]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test interrupts with SIGINT: Ctrl-C's default action, even
+    when the test runs in the background of a shell without job control (which starts it, and
+    so its children, with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fewclip_exe() -> str:
