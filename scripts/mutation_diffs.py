@@ -26,7 +26,8 @@ import json
 import re
 from pathlib import Path
 
-SURVIVED = {0, 33}
+from mutation_report import survived  # scripts/ is sys.path[0] when run as a script
+
 DEVICE = r"(?:dev|device|self\._device|[\w.]+\.device)"
 
 
@@ -94,7 +95,7 @@ def main() -> int:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         funcs = _functions(meta.with_suffix(""))
         for name, code in codes.items():
-            if code not in SURVIVED:
+            if not survived(code):
                 continue
             short = name.split(".")[-1]
             orig = funcs.get(short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")
