@@ -169,6 +169,9 @@ class Adapter:
 
     method: Method
     info: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = field(default=None, compare=False)
+    """SHA-256 of the ``adapter.json`` it was loaded from (which records the digests of the
+    method's files in turn), ``None`` for an adapter not read from disk."""
 
     @property
     def classnames(self) -> list[str]:
@@ -217,8 +220,9 @@ class Adapter:
                 f"{p}: no {ADAPTER_FILE}; this is not an adapter folder written by `fewclip fit` "
                 "(a bare method folder loads with fewclip.methods.load)"
             )
+        raw = rec_path.read_bytes()
         try:
-            info = json.loads(rec_path.read_text())
+            info = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DamagedFileError(f"{rec_path}: not valid JSON ({e}); {REFIT_HINT}") from None
         if not isinstance(info, dict) or info.get("format") != _FORMAT:
@@ -230,7 +234,7 @@ class Adapter:
         info.pop("checksums", None)
         method = methods.load(p)
         _check_record(rec_path, info, method)
-        return cls(method, info)
+        return cls(method, info, sha256=hashlib.sha256(raw).hexdigest())
 
     def load_backbone(
         self,

@@ -145,13 +145,18 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 
 
 def decode_image(
-    source: ImageSource, *, background: tuple[int, int, int] = (255, 255, 255)
+    source: ImageSource,
+    *,
+    background: tuple[int, int, int] = (255, 255, 255),
+    max_pixels: int | None = None,
 ) -> Image.Image:
     """Decode ``source`` into an upright 8-bit RGB PIL image (fully loaded, file closed).
 
     Args:
         source: a path, the bytes of an encoded image, or a PIL image (converted the same way).
         background: RGB colour that transparent pixels are composited over.
+        max_pixels: refuse an image with more pixels (width × height, read from its header
+            before any pixel is decoded); ``None``: only PIL's own decompression-bomb limit.
 
     Raises:
         ImageDecodeError: the file is missing, empty, not an image, truncated, corrupt or larger
@@ -182,6 +187,13 @@ def decode_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(fp)
         with opened:
+            w, h = opened.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageDecodeError(
+                    name,
+                    f"image too large: {w}×{h} = {w * h:,} pixels, more than the limit of "
+                    f"{max_pixels:,} (a guard against decompression bombs)",
+                )
             opened.load()
             upright = ImageOps.exif_transpose(opened)
             out = _to_rgb(upright if upright is not None else opened, background)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import typer
 
-from fewclip.cli import data_cmds, fit_cmds, run_cmds  # noqa: F401  (register commands)
+from fewclip.cli import data_cmds, deploy_cmds, fit_cmds, run_cmds  # noqa: F401
 from fewclip.cli._app import STATE, app
 from fewclip.cli._common import handle_exception
 

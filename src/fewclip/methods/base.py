@@ -329,6 +329,10 @@ class Method(EstimatorParams):
     #: Hyper-parameters that make ``fit`` take a fraction of a second on a small task (short
     #: schedules, coarse grids): for tests and smoke runs, never for reported results.
     quick_params: ClassVar[Mapping[str, Any]] = {}
+    #: Why the fitted method cannot be exported as a traced graph (``fewclip export``), or
+    #: ``None``: ``_query_logits`` is then traced as it is and must use tensor operations only
+    #: (no Python branch on the query's values).
+    export_refusal: ClassVar[str | None] = None
     _state_tensors: ClassVar[tuple[str, ...]] = ()
     _state_values: ClassVar[tuple[str, ...]] = ()
 
