@@ -274,6 +274,8 @@ def test_the_readme_snippet_classifies_like_fewclip_without_fewclip(backbone, tm
     )
     assert block, "README.md has no onnx-snippet block"
     snippet = block.group(1)
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    assert f"```python\n{snippet}```" in docs, "docs/deploy.md shows other lines than README.md"
     assert len(snippet.strip().splitlines()) <= 12
     adapter = _adapter("tip-adapter", backbone)
     export_adapter(adapter, tmp_path / "my-adapter.onnx", backbone=backbone)
