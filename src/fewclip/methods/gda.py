@@ -118,7 +118,8 @@ def shared_precision(
             )
         beta = float(torch.sum(fourth / n_samples - emp * emp)) / n_samples
         delta = float(torch.sum((emp - mu * eye) ** 2))
-        shrink = 0.0 if beta == 0 else min(beta, delta) / delta
+        beta = min(beta, delta)  # scikit-learn caps β first: an isotropic E (δ = 0) gets s = 0
+        shrink = 0.0 if beta == 0 else beta / delta
     elif covariance == "oas":
         a = float(torch.mean(emp * emp))
         den = (n_samples + 1) * (a - mu**2 / d)

@@ -36,11 +36,15 @@ def _softmax_(logits: Tensor) -> Tensor:
 def largest_eigenvalue(x: Tensor, *, tol: float = 1e-10, max_iter: int = 10_000) -> float:
     """λ_max(xᵀx) for x (N, D), by power iteration on the smaller Gram matrix in float64.
 
-    Stops when the Rayleigh quotient changes by less than ``tol`` (relative).
+    Starts from ``0.5 + u`` with ``u`` uniform in [0, 1) from a ``torch.Generator`` seeded 0 (an
+    all-ones start misses λ_max whenever it is orthogonal to the top eigenvector, e.g. when it
+    is another eigenvector; a fixed random one only on a set of measure zero); stops when the
+    Rayleigh quotient changes by at most ``tol`` (relative).
     """
     x = x.double()
     gram = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
-    v = torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    start = torch.rand(gram.shape[0], generator=torch.Generator().manual_seed(0), dtype=gram.dtype)
+    v = (start + 0.5).to(gram.device)
     v /= v.norm()
     value = 0.0
     for _ in range(max_iter):

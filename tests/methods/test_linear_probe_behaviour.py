@@ -1,0 +1,152 @@
+"""The linear probe's solver and its C sweep, step for step.
+
+``fit_logistic_regression`` is checked against a plain loop written from its definition
+(scikit-learn's objective divided by C·N, full-batch torch L-BFGS with a strong-Wolfe line
+search, a unit initial step, a history of 20 pairs, stopping at a largest gradient entry
+below ``tol``, a loss change below 1e-12 or ``max_iter`` iterations): on problems that take
+tens to hundreds of iterations every one of those settings changes the result. Then its
+default iteration cap and warm start, and how ``LinearProbe`` uses ``max_iter``, the warm
+start along its sweep and ``val_accuracy_``.
+"""
+
+import pytest
+import torch
+from tests.methods._helpers import make_shuffled_task
+
+from fewclip import methods
+from fewclip.functional import l2_normalize
+from fewclip.methods.linear_probe import fit_logistic_regression
+
+D64 = torch.float64
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _plain_lbfgs(x, y, n_classes, C, *, init=None, max_iter=500, tol=1e-6, iters=None):
+    """Minimise mean CE(W·x + b, y) + ‖W‖²/(2·C·N) with torch's L-BFGS; the number of
+    iterations it ran goes to ``iters["n"]`` when a dict is given."""
+    n, d = x.shape
+    if init is None:
+        init = (torch.zeros(n_classes, d, dtype=x.dtype), torch.zeros(n_classes, dtype=x.dtype))
+    w0, b0 = init
+    w = w0.clone().requires_grad_(True)
+    b = b0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tol,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    penalty = 1.0 / (2.0 * C * n)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + penalty * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    if iters is not None:
+        iters["n"] = opt.state[w]["n_iter"]
+    return w.detach(), b.detach()
+
+
+def _ill_conditioned(seed, spread):
+    """30 points in 6 dimensions, 3 random classes, feature scales from 1 to ``spread``: the
+    larger the spread, the more L-BFGS iterations the fit takes."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(0, torch.log10(torch.tensor(spread)), 6, dtype=D64)
+    x = torch.randn(30, 6, generator=g, dtype=D64) * scales
+    y = torch.randint(0, 3, (30,), generator=g)
+    return x, y
+
+
+def _assert_same(got, expected):
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-12, atol=1e-12)
+
+
+# -- fit_logistic_regression --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seed", "spread", "C"), [(0, 10.0, 1.0), (1, 100.0, 30.0)])
+def test_fit_logistic_regression_is_the_plain_lbfgs_loop(seed, spread, C):
+    x, y = _ill_conditioned(seed, spread)
+    _assert_same(fit_logistic_regression(x, y, 3, C=C), _plain_lbfgs(x, y, 3, C))
+
+
+def test_fit_logistic_regression_stops_at_its_tolerance():
+    """A looser ``tol`` stops earlier, exactly where the plain loop with that tolerance does."""
+    x, y = _ill_conditioned(2, 10.0)
+    loose = fit_logistic_regression(x, y, 3, C=1.0, tol=1e-3)
+    _assert_same(loose, _plain_lbfgs(x, y, 3, 1.0, tol=1e-3))
+    tight = fit_logistic_regression(x, y, 3, C=1.0, tol=1e-9)
+    _assert_same(tight, _plain_lbfgs(x, y, 3, 1.0, tol=1e-9))
+    assert not torch.allclose(loose[0], tight[0], rtol=0, atol=1e-9)
+
+
+def test_fit_logistic_regression_stops_after_500_iterations_by_default():
+    """A problem that needs more than 500 L-BFGS iterations (the plain loop capped at 500
+    runs all of them): the default fit is that capped loop."""
+    x, y = _ill_conditioned(0, 1e4)
+    iters = {}
+    capped = _plain_lbfgs(x, y, 3, 1.0, max_iter=500, iters=iters)
+    assert iters["n"] == 500
+    _assert_same(fit_logistic_regression(x, y, 3, C=1.0), capped)
+
+
+def test_fit_logistic_regression_warm_starts_from_init():
+    x, y = _ill_conditioned(3, 10.0)
+    optimum = fit_logistic_regression(x, y, 3, C=1.0, tol=1e-10)
+    # from a solution whose gradient is already below tol, nothing moves
+    _assert_same(fit_logistic_regression(x, y, 3, C=1.0, init=optimum, max_iter=1), optimum)
+    # from elsewhere, two iterations continue from that point
+    start = (0.3 * optimum[0], optimum[1] + 0.5)
+    got = fit_logistic_regression(x, y, 3, C=1.0, init=start, max_iter=2)
+    _assert_same(got, _plain_lbfgs(x, y, 3, 1.0, init=start, max_iter=2))
+    assert not torch.allclose(got[0], _plain_lbfgs(x, y, 3, 1.0, max_iter=2)[0])
+
+
+# -- LinearProbe --------------------------------------------------------------------------------
+
+
+def _support(task):
+    return l2_normalize(task.support.features), task.support.labels
+
+
+def test_linear_probe_with_a_fixed_c_honours_max_iter_and_reports_no_search():
+    task = make_shuffled_task(c=3, shots=4, d=8, views=1, seed=0, dtype=D64)
+    lp = methods.create("linear-probe", C=2.0, max_iter=3, dtype="float64").fit(task)
+    x, y = _support(task)
+    _assert_same((lp.coef_, lp.intercept_), _plain_lbfgs(x, y, 3, 2.0, max_iter=3))
+    assert lp.C_ == 2.0
+    assert lp.val_accuracy_ is None  # a fixed C: no sweep ran, even with a validation set
+    assert lp._selection() is None
+    without_val = methods.create("linear-probe", dtype="float64").fit(task.without_val())
+    assert without_val.C_ == 10.0
+    assert without_val.val_accuracy_ is None
+
+
+def test_linear_probe_sweep_warm_starts_each_fit_with_max_iter_iterations():
+    """The sweep fits C = 0.05, then C = 50 starting from the C = 0.05 solution, each with
+    ``max_iter`` = 5 L-BFGS iterations. Few images of two classes out of three: the heavily
+    regularised fit leans on the biases (the majority class), and C = 50 wins on validation.
+    Its weights are the warm-started ones (a fit of C = 50 from zero ends elsewhere)."""
+    task = make_shuffled_task(c=3, d=8, views=1, seed=0, per=[8, 2, 2], dtype=D64)
+    lp = methods.create("linear-probe", Cs=(50.0, 0.05), max_iter=5, dtype="float64").fit(task)
+    x, y = _support(task)
+    first = _plain_lbfgs(x, y, 3, 0.05, max_iter=5)
+    second = _plain_lbfgs(x, y, 3, 50.0, init=first, max_iter=5)
+    xv, yv = l2_normalize(task.val.features), task.val.labels
+    acc = [
+        100.0 * float(((xv @ w.T + b).argmax(1) == yv).double().mean()) for w, b in (first, second)
+    ]
+    assert acc[1] > acc[0]
+    assert lp.C_ == 50.0
+    assert lp.val_accuracy_ == pytest.approx(acc[1])
+    _assert_same((lp.coef_, lp.intercept_), second)
+    cold = _plain_lbfgs(x, y, 3, 50.0, max_iter=5)
+    assert not torch.allclose(cold[0], second[0], atol=1e-3)
