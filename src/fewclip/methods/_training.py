@@ -237,9 +237,14 @@ def _integer(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _rate(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < math.inf
+
+
 _RULES = {
     "int>=0": (lambda v: _integer(v) and v >= 0, "a non-negative integer"),
     "int>=1": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "lr": (_rate, "a non-negative learning rate"),
 }
 
 

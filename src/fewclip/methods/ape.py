@@ -407,7 +407,7 @@ class APET(APE):
 
     def _fit(self, task: Task) -> None:
         self._check_grid(2)
-        check_ranges(self, epochs="int>=0", batch_size="int>=1")
+        check_ranges(self, epochs="int>=0", batch_size="int>=1", lr="lr")
         q = self._n_channels(task.dim)
         tdt = train_dtype(self._dtype)
         dev = self._device

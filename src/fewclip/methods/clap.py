@@ -128,11 +128,9 @@ class ZSLP(DasslSchedule, Method):
         return torch.float64 if self._dtype == torch.float64 else torch.float32
 
     def _validate(self) -> None:
-        check_ranges(self, epochs="int>=0", batch_size="int>=1")
+        check_ranges(self, epochs="int>=0", batch_size="int>=1", lr="lr", warmup_lr="lr")
         if not self.init_norm > 0:
             raise InvalidValueError(f"init_norm: expected a positive norm, found {self.init_norm}")
-        if self.lr < 0:
-            raise InvalidValueError(f"lr: expected a non-negative learning rate, found {self.lr}")
 
     def _penalty_weights(self, task: Task, text: Tensor) -> Tensor | None:
         return None

@@ -153,7 +153,7 @@ class CLIPAdapter(DasslSchedule, Method):
             raise InvalidValueError(
                 f"reduction: expected a positive integer, found {self.reduction}"
             )
-        check_ranges(self, epochs="int>=0", batch_size="int>=1")
+        check_ranges(self, epochs="int>=0", batch_size="int>=1", lr="lr", warmup_lr="lr")
 
     def _build(self, dim: int) -> None:
         torch.manual_seed(self.seed)

@@ -12,6 +12,7 @@ the trained head with the zero-shot one: W' = (1 − r)·W + r·normalise(W_zs).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -125,7 +126,12 @@ class CrossModalLP(Method):
         self.progress = progress
 
     def _validate(self) -> None:
-        check_ranges(self, iters="int>=0", eval_every="int>=1")
+        check_ranges(self, iters="int>=0", eval_every="int>=1", lr="lr", warmup_lr="lr")
+        for rate in self.search_lr if self.search else ():
+            if not 0 <= rate < math.inf:
+                raise InvalidValueError(
+                    f"search_lr: expected non-negative learning rates, found {list(self.search_lr)}"
+                )
         sizes = [self.batch_size, *(self.search_batch_size if self.search else ())]
         if min(sizes) < 2:
             raise InvalidValueError(

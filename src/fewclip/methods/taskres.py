@@ -98,7 +98,7 @@ class TaskRes(DasslSchedule, Method):
         self.progress = progress
 
     def _validate(self) -> None:
-        check_ranges(self, epochs="int>=0", batch_size="int>=1")
+        check_ranges(self, epochs="int>=0", batch_size="int>=1", lr="lr", warmup_lr="lr")
         if not self.base_norm > 0:
             raise InvalidValueError(f"base_norm: expected a positive value, found {self.base_norm}")
         if not math.isfinite(self.alpha):

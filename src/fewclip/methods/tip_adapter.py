@@ -249,7 +249,7 @@ class TipAdapterF(TipAdapter):
         return None
 
     def _fit(self, task: Task) -> None:
-        check_ranges(self, epochs="int>=0", batch_size="int>=1")
+        check_ranges(self, epochs="int>=0", batch_size="int>=1", lr="lr")
         self._build_cache(task)
         self.best_epoch_ = 0
         self._val_history: list[tuple[int, float]] = []
