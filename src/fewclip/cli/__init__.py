@@ -1,8 +1,9 @@
 """The ``fewclip`` command. A thin layer: it connects the image world and the feature world and
 holds no method logic of its own.
 
-Commands: ``demo``, ``extract``, ``fit``, ``predict``, ``evaluate``, ``bench``, ``reproduce``,
-``cache ls|info|verify|gc|rm``, ``datasets check``. Run ``fewclip COMMAND --help`` for each.
+Commands: ``demo``, ``extract``, ``fit``, ``predict``, ``evaluate``, ``serve``, ``export``,
+``bench``, ``reproduce``, ``cache ls|info|verify|gc|rm``, ``datasets check``. Run
+``fewclip COMMAND --help`` for each.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ import typer
 from fewclip.cli import data_cmds, deploy_cmds, fit_cmds, run_cmds  # noqa: F401
 from fewclip.cli._app import STATE, app
 from fewclip.cli._common import handle_exception
+
+# `fewclip --help` lists the commands in the order of a user's path: serve and export after
+# predict and evaluate (typer lists them in registration order, i.e. module import order)
+_ORDER = ("extract", "fit", "predict", "evaluate", "serve", "export")
+
+
+def _rank(command: typer.models.CommandInfo) -> int:
+    name = command.name or getattr(command.callback, "__name__", "")
+    return _ORDER.index(name) if name in _ORDER else len(_ORDER)
+
+
+app.registered_commands.sort(key=_rank)
 
 __all__ = ["app", "main"]
 
