@@ -238,7 +238,7 @@ def _integer(v: object) -> bool:
 
 
 def _rate(v: object) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < math.inf
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= float(v) < math.inf
 
 
 _RULES = {
