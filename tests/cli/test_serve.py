@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import threading
 from pathlib import Path
 
@@ -199,9 +200,10 @@ def test_features_endpoint(server, reference):
     assert many.status_code == 413
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_answers(server, opt_data):
+def test_concurrent_requests_share_batches_and_get_their_own_answers(server, opt_data, reference):
     srv, client = server
-    images = [p.read_bytes() for p in sorted((opt_data / "test").rglob("*.png"))[::-1][:8]]
+    paths = sorted((opt_data / "test").rglob("*.png"))[::-1][:8]
+    images = [p.read_bytes() for p in paths]
     solo = [
         client.post(
             "/predict", files=[("files", ("x.png", b, "image/png"))], params={"k": 3}
@@ -232,6 +234,14 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(server, opt
         np.testing.assert_allclose(
             [t["prob"] for t in top], [t["prob"] for t in top_alone], rtol=1e-4, atol=0
         )
+    # and what fewclip predict computes for the same files
+    adapter, backbone = reference
+    expected = adapter.predict_images(backbone, [str(p) for p in paths], top_k=3, progress=False)
+    for got, e in zip(results, expected, strict=True):
+        assert got is not None
+        top = got["predictions"][0]["top"]
+        assert [t["label"] for t in top] == e.labels
+        np.testing.assert_allclose([t["prob"] for t in top], e.probs, rtol=1e-4, atol=0)
     # the images' answers differ from each other by far more than that (so a mix-up shows)
     least = [r["predictions"][0]["top"][2]["prob"] for r in solo]
     assert len({f"{p:.3g}" for p in least}) == len(images), least
@@ -291,8 +301,12 @@ def test_api_key_with_two_workers(opt_adapter):
             for _ in range(4):
                 assert client.post("/predict", files=files, headers=ok).status_code == 200
     finally:
-        srv.stop()
+        code = srv.stop()
     assert not any(line.startswith("fewclip serve:") for line in srv.lines)  # -q
+    # SIGTERM: a graceful shutdown of the parent and both workers, exit status 0
+    assert code == 0
+    assert srv.lines.count("Application shutdown complete.") == 2
+    assert any(line.startswith("Stopping parent process") for line in srv.lines)
 
 
 def test_api_key_option_and_refusals_before_serving(opt_adapter, tmp_path: Path):
@@ -305,7 +319,11 @@ def test_api_key_option_and_refusals_before_serving(opt_adapter, tmp_path: Path)
             assert client.get("/info").status_code == 401
             assert client.get("/info", headers={"Authorization": f"Bearer {KEY}"}).json()
     finally:
-        srv.stop()
+        code = srv.stop()
+    # SIGTERM: uvicorn shuts down gracefully (lifespan shutdown runs), then re-raises the
+    # signal, so a single-process server ends as terminated by it (the shell's 143)
+    assert code == -signal.SIGTERM
+    assert "Application shutdown complete." in srv.lines
     assert any(line.startswith("fewclip serve: zero-shot over 3 classes") for line in srv.lines)
     mismatch = run_fewclip("serve", adapter, "-b", "fewclip-tiny-rn", store=store, timeout=120)
     assert mismatch.returncode == 4

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["DynamicBatcher"]
+from fewclip.errors import FewclipError, InvalidValueError
+
+__all__ = ["BatcherStopped", "DynamicBatcher"]
+
+
+class BatcherStopped(FewclipError, RuntimeError):
+    """Rows submitted to a batcher that is not running (not started yet, or shutting down)."""
+
 
 T = TypeVar("T")
 
@@ -37,7 +44,7 @@ class DynamicBatcher:
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch: expected a positive integer, found {max_batch}")
+            raise InvalidValueError(f"max_batch: expected a positive integer, found {max_batch}")
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -61,7 +68,7 @@ class DynamicBatcher:
             while not self._queue.empty():
                 _, fut = self._queue.get_nowait()
                 if not fut.done():
-                    fut.set_exception(RuntimeError("the server is shutting down"))
+                    fut.set_exception(BatcherStopped("the server is shutting down"))
         self._executor.shutdown(wait=True)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -73,7 +80,7 @@ class DynamicBatcher:
         """The results of ``fn`` for ``rows`` (in order) and the sizes of the batches they
         went into (one entry per row)."""
         if self._queue is None:
-            raise RuntimeError("DynamicBatcher.submit before start()")
+            raise BatcherStopped("DynamicBatcher.submit before start()")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(len(rows))]
         for row, fut in zip(rows, futures, strict=True):

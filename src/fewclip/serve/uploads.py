@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from fewclip.errors import FewclipError
+
 __all__ = ["BodyTooLarge", "Upload", "parse_multipart", "read_body"]
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(FewclipError, ValueError):
     """The request body is larger than the server accepts (HTTP 413)."""
 
     def __init__(self, limit: int) -> None:
@@ -23,7 +25,7 @@ class BodyTooLarge(Exception):
         )
 
 
-class BadForm(Exception):
+class BadForm(FewclipError, ValueError):
     """The body is not a readable multipart form (HTTP 400)."""
 
 
