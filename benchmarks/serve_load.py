@@ -2,6 +2,7 @@
 dynamic batching, against fewclip's own batched prediction, all measured in one run.
 
     python -m benchmarks.serve_load [--backbone fewclip-tiny-vit] [--clients 16] [--seconds 10]
+    python -m benchmarks.serve_load --backbone ViT-B-16 --pretrained random   # real-size model
 
 Fits a Tip-Adapter on generated shapes with the backbone, then measures:
 
@@ -137,6 +138,12 @@ def serve_and_load(adapter: Path, env: dict, extra: list[str], payloads, args) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="fewclip-tiny-vit")
+    ap.add_argument(
+        "--pretrained",
+        default=None,
+        help="weights for --backbone ('random': the architecture "
+        "with random weights, which costs what the trained model costs)",
+    )
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
@@ -154,6 +161,7 @@ def main() -> None:
     adapter = tmp / "adapter"
     subprocess.run(
         [_exe(), "fit", "-m", "tip-adapter", "-d", data, "-k", "4", "-b", args.backbone,
+         *(["--pretrained", args.pretrained] if args.pretrained else []),
          "--views", "2", "-o", adapter, "-q"],
         check=True, env=env,
     )  # fmt: skip
@@ -188,9 +196,10 @@ def main() -> None:
             f"{r['mean_batch']:.1f}",
         ]
 
+    weights = args.pretrained or "default"
     print(
-        f"backbone {args.backbone}, Tip-Adapter, {args.clients} clients for {args.seconds:g} s, "
-        f"{os.cpu_count()} CPUs"
+        f"backbone {args.backbone} ({weights} weights), Tip-Adapter, {args.clients} clients "
+        f"for {args.seconds:g} s, {os.cpu_count()} CPUs"
     )
     header = ["what", "images/s", "vs batched predict", "p50 / p95 / p99 ms", "failed", "batch"]
     rows = [
