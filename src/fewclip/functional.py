@@ -105,6 +105,11 @@ def class_sum(values: Tensor, labels: Tensor, n_classes: int) -> Tensor:
         block = torch.arange(n_classes, device=labels.device).repeat_interleave(per)
         if torch.equal(labels, block):
             return values.reshape(*values.shape[:-1], n_classes, per).sum(-1)
+    if torch.jit.is_tracing():
+        # an exported graph (fewclip.export) would freeze index_add_'s batch size: the
+        # definition itself, a product with the one-hot matrix, traces with a free batch
+        onehot = torch.nn.functional.one_hot(labels.to(values.device), n_classes)
+        return values @ onehot.to(values.dtype)
     out = values.new_zeros(*values.shape[:-1], n_classes)
     return out.index_add_(-1, labels.to(values.device), values)
 

@@ -286,3 +286,19 @@ def test_the_readme_snippet_classifies_like_fewclip_without_fewclip(backbone, tm
         printed = run_outside(code, tmp_path).strip().splitlines()[-1]
         logits = _fewclip_logits(adapter, backbone, [tmp_path / f"{i}.jpg"])
         assert printed == adapter.classnames[int(logits[0].argmax())]
+
+
+@pytest.mark.parametrize("name", ["tip-adapter", "tip-adapter-f", "tip-x", "ape", "proker"])
+def test_uneven_classes_export_with_a_free_batch_size(backbone, images, tmp_path, name):
+    """A folder of one's own has classes of different sizes, so the cache's class sums take
+    the general path (not the equal-blocks reshape): its traced form must not freeze the
+    batch size (it once did: onnxruntime refused every other batch size)."""
+    require_extra("onnxruntime", "export")
+    from tests.methods._helpers import make_shuffled_task
+
+    task = make_shuffled_task(c=4, d=backbone.embed_dim, per=[3, 2, 4, 1], seed=1)
+    model = methods.create(name, **methods.get(name).quick_params).fit(task)
+    adapter = Adapter(model, {"backbone": {"name": TINY, "id": backbone.id}})
+    path = export_adapter(adapter, tmp_path / f"{name}.onnx", backbone=backbone)
+    got = _run_outside(RUN_ONNX, [path], images, tmp_path)[str(path)]
+    assert _rel_err(got, _fewclip_logits(adapter, backbone, images)) <= RTOL
