@@ -137,13 +137,22 @@ class Backbone(ABC):
         self._id: str | None = None
         self._weights = weights
         self._eval_transform: Callable[[Image.Image], Tensor] | None = None
+        self._channels_last = False
+        self.to(self.device)
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def to(self, device: str | torch.device) -> Backbone:
+        """Move the model to ``device`` (in place; returns ``self``). The :attr:`id` is
+        unchanged; :attr:`compute_precision` follows the new device."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
         self._channels_last = self.device.type == "cuda" and any(
-            isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in model.modules()
+            isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in self.model.modules()
         )
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.model.eval()
-        self.model.requires_grad_(False)
+        return self
 
     # --- identity -------------------------------------------------------------------------
     @property

@@ -43,6 +43,7 @@ from fewclip._io import atomic_write
 from fewclip.bench.config import BENCH_FORMAT, BenchConfig, Cell, canonical_json
 from fewclip.bench.results import parse_row, read_rows, row_checksum
 from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError
+from fewclip.executors import Executor, LocalExecutor, RayExecutor
 from fewclip.protocol import FeatureSource, Protocol, build_task, evaluate
 from fewclip.task import FeatureSet
 
@@ -415,6 +416,7 @@ def run_bench(
     on_error: str = "raise",
     eval_rows: int | None = 8192,
     jobs: int = 1,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell of ``config`` not yet in ``out_jsonl``; return the rows of all its cells.
 
@@ -438,6 +440,16 @@ def run_bench(
             that, so they share its result and ``prepare`` needs no pickling; within a dataset
             the cells with the most shots are handed out first, and every finished cell is
             written at once. Needs the ``fork`` start method (Linux, macOS).
+        executor: where the cells run (:mod:`fewclip.executors`). ``None`` or a
+            :class:`~fewclip.executors.LocalExecutor`: as ``jobs`` says. A
+            :class:`~fewclip.executors.RayExecutor`: ``prepare`` runs here, its result is put
+            once in Ray's object store, and a pool of Ray actors (one CPU each, or one GPU
+            each when the config's device is CUDA) runs the cells; the features a cell reads
+            come from ``prepare``'s source (for the CLI, the shared feature store). Only this
+            process appends to ``out_jsonl``, so the file has one writer; a cell whose worker
+            dies is run again on another actor (at most ``max_retries`` times) and gives one
+            row; rows equal a local run's except timings, ``threads``, ``jobs`` and
+            ``executor``.
 
     Returns:
         One row per cell of ``config`` that has a result, in ``config.cells()`` order
@@ -452,7 +464,8 @@ def run_bench(
     ``prompts``, ``n_views``, ``params`` (the method's resolved and selected
     hyper-parameters, ``EvalResult.params``), ``fitted`` (scalar fitted values),
     ``dataset_fingerprint``, ``data`` (``Prepared.meta``), ``versions``, ``device``,
-    ``threads``, ``jobs`` (the run's), ``plan_s``/``fit_s``/``eval_s``/``wall_s`` (seconds),
+    ``threads``, ``executor`` (``"local"`` or ``"ray"``), ``jobs`` (the run's parallel
+    cells: local jobs or Ray actors), ``plan_s``/``fit_s``/``eval_s``/``wall_s`` (seconds),
     ``peak_rss_mib`` with ``peak_rss_scope`` (``"cell"``: high-water mark of this cell;
     ``"process"``: of the whole process so far), ``cuda_peak_mib`` and ``timestamp`` (UTC,
     ISO 8601).
@@ -467,6 +480,22 @@ def run_bench(
         )
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise InvalidValueError(f"jobs: expected a positive integer, found {jobs!r}")
+    if executor is not None and not isinstance(executor, Executor):
+        raise InvalidTypeError(
+            f"executor: expected a fewclip Executor, found {type(executor).__name__}"
+        )
+    if isinstance(executor, LocalExecutor):
+        if jobs not in (1, executor.jobs):
+            raise InvalidValueError(
+                f"jobs={jobs} and executor=LocalExecutor({executor.jobs}): give the jobs once"
+            )
+        jobs, executor = executor.jobs, None
+    ray_executor = executor if isinstance(executor, RayExecutor) else None
+    if ray_executor is not None and jobs != 1:
+        raise InvalidValueError(
+            f"jobs={jobs}: the Ray executor runs cells on its workers; set their number with "
+            "RayExecutor(workers=...) (--workers)"
+        )
     if jobs > 1 and config.device != "cpu":
         raise InvalidValueError(
             f"jobs={jobs}: parallel cells run in CPU worker processes, but the config's device "
@@ -508,7 +537,11 @@ def run_bench(
                     failures += [(c, e) for c in group]
                     bar.update(len(group))
                     continue
-                if jobs == 1:
+                if ray_executor is not None:
+                    outcomes = _ray_outcomes(
+                        group, prepared, config.device, eval_rows, ray_executor
+                    )
+                elif jobs == 1:
                     outcomes = _serial_outcomes(group, prepared, config.device, eval_rows, bar)
                 else:
                     outcomes = _parallel_outcomes(group, prepared, config.device, eval_rows, jobs)
@@ -528,10 +561,15 @@ def run_bench(
                                 stacklevel=2,
                             )
                         else:
-                            outcome["jobs"] = jobs
+                            outcome["executor"] = "ray" if ray_executor else "local"
+                            outcome["jobs"] = (
+                                _ray_pool_size(ray_executor, len(group), config.device)
+                                if ray_executor
+                                else jobs
+                            )
                             writer.append(outcome)
                             done[cell.hash] = outcome
-                        if jobs > 1:
+                        if jobs > 1 or ray_executor is not None:
                             bar.set_postfix_str(
                                 f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} "
                                 f"seed={cell.seed} done",
@@ -639,6 +677,46 @@ def _parallel_outcomes(
                 p.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
         _FORKED = None
+
+
+def _ray_setup(payload: tuple[Sequence[Cell], Prepared, str, int | None]) -> Any:
+    return payload
+
+
+def _ray_run_cell(payload: tuple[Sequence[Cell], Prepared, str, int | None], i: int) -> Any:
+    cells, prepared, device, eval_rows = payload
+    return run_cell(cells[i], prepared, device=device, eval_rows=eval_rows)
+
+
+def _gpus_per_worker(device: str) -> float:
+    return 1.0 if device.startswith("cuda") else 0.0
+
+
+def _ray_pool_size(executor: RayExecutor, n_cells: int, device: str) -> int:
+    return executor.pool_size(n_cells, gpus_per_worker=_gpus_per_worker(device))
+
+
+def _ray_outcomes(
+    cells: Sequence[Cell],
+    prepared: Prepared,
+    device: str,
+    eval_rows: int | None,
+    executor: RayExecutor,
+) -> _Outcomes:
+    """Each cell's row, or its exception, from a pool of Ray actors, in completion order
+    (most shots first, as with local jobs). A cell's exception comes back as its outcome; a
+    worker's death makes the executor run the cell again elsewhere."""
+    order = sorted(range(len(cells)), key=lambda i: -cells[i].shots)  # stable
+    results = executor.map(
+        _ray_setup,
+        (cells, prepared, device, eval_rows),
+        _ray_run_cell,
+        order,
+        gpus_per_worker=_gpus_per_worker(device),
+    )
+    with contextlib.closing(results):
+        for k, outcome in results:
+            yield cells[order[k]], outcome
 
 
 def completed_rows(config: BenchConfig, out_jsonl: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from fewclip._version import __version__
 from fewclip.backbones.base import Backbone
 from fewclip.errors import InvalidTypeError, InvalidValueError
+from fewclip.executors import Executor, ExecutorError, LocalExecutor, RayExecutor
 from fewclip.features.store import STORE_FORMAT, EntryWriter, FeatureStore, entry_key
 from fewclip.imageio import (
     BadImage,
@@ -279,6 +280,7 @@ def extract(
     progress: bool | None = None,
     verify: bool = False,
     commit_seconds: float | None = 30.0,
+    executor: Executor | None = None,
 ) -> ExtractResult:
     """Extract raw image features: plain features and ``views`` seeded augmented views.
 
@@ -335,6 +337,12 @@ def extract(
             raise InvalidValueError(f"labels: expected shape ({n},), found {tuple(y.shape)}")
     if isinstance(store, (str, os.PathLike)):
         store = FeatureStore(store)
+    on_ray = executor is not None and not isinstance(executor, LocalExecutor)
+    if on_ray and store is None:
+        raise InvalidValueError(
+            "store: the Ray executor writes the shards into a feature store shared by its "
+            "workers; pass store= (a folder on a shared filesystem)"
+        )
 
     view_ids = ([PLAIN] if plain else []) + list(range(views))
     keys: dict[int, str] = {}
@@ -392,17 +400,32 @@ def extract(
                 )
         started = time.monotonic()
         try:
-            n_encoded = _run(
-                backbone,
-                images,
-                sinks,
-                todo,
-                seed,
-                batch_size,
-                num_workers,
-                progress,
-                commit_seconds,
-            )
+            if on_ray:
+                assert isinstance(executor, RayExecutor)
+                n_encoded = _run_on_ray(
+                    executor,
+                    backbone,
+                    images,
+                    sinks,
+                    todo,
+                    seed,
+                    batch_size,
+                    num_workers,
+                    progress,
+                    commit_seconds,
+                )
+            else:
+                n_encoded = _run(
+                    backbone,
+                    images,
+                    sinks,
+                    todo,
+                    seed,
+                    batch_size,
+                    num_workers,
+                    progress,
+                    commit_seconds,
+                )
         except KeyboardInterrupt:
             raise ExtractionInterrupted(_kept_message(sinks, store, split)) from None
         for sink in sinks.values():
@@ -596,3 +619,86 @@ def _run(
 def _iter(loader: DataLoader[Any]) -> Iterator[tuple[Tensor, Tensor, Tensor, list[str]]]:
     for idx, x, ok, reasons in loader:
         yield idx, x, ok, list(reasons)
+
+
+# -- Ray: shards encoded by a pool of actors --------------------------------------------------
+@dataclass
+class _RayJob:
+    """What every extraction actor receives once (through Ray's object store)."""
+
+    backbone: Backbone
+    images: list[ImageSource]
+    writers: dict[int, EntryWriter]
+    seed: int
+    batch_size: int
+    num_workers: int
+    commit_seconds: float | None
+
+
+def _ray_setup(job: _RayJob) -> _RayJob:
+    """Runs in each actor once: the backbone onto this worker's accelerator, if it has one."""
+    if job.backbone.device.type == "cuda":
+        job.backbone.to("cuda")
+    return job
+
+
+def _ray_encode_shard(job: _RayJob, item: tuple[int, list[int]]) -> int:
+    """Runs in an actor: encode shard ``s`` for ``views`` and write it into the store."""
+    s, views = item
+    sinks: dict[int, EntryWriter | _MemorySink] = {v: job.writers[v] for v in views}
+    return _run(
+        job.backbone,
+        job.images,
+        sinks,
+        {s: views},
+        job.seed,
+        job.batch_size,
+        job.num_workers,
+        False,
+        job.commit_seconds,
+    )
+
+
+def _run_on_ray(
+    executor: RayExecutor,
+    backbone: Backbone,
+    images: Sequence[ImageSource],
+    sinks: dict[int, EntryWriter | _MemorySink],
+    todo: dict[int, list[int]],
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+    progress: bool | None,
+    commit_seconds: float | None,
+) -> int:
+    """:func:`_run` with the shards of ``todo`` spread over Ray actors; every shard a worker
+    reports done is checked here (the store must be shared with the workers)."""
+    if not todo:
+        return 0
+    writers = {v: w for v, w in sinks.items() if isinstance(w, EntryWriter)}
+    job = _RayJob(backbone, list(images), writers, seed, batch_size, num_workers, commit_seconds)
+    items = [(s, sorted(vs, key=lambda v: (v != PLAIN, v))) for s, vs in sorted(todo.items())]
+    some = next(iter(writers.values()))
+    encoded = 0
+    total = sum(some.shard_range(s)[1] - some.shard_range(s)[0] for s, _ in items)
+    gpus = 1.0 if backbone.device.type == "cuda" else 0.0
+    with _progress(progress, total, f"extract {backbone.name} on {executor.describe()}") as bar:
+        outcomes = executor.map(_ray_setup, job, _ray_encode_shard, items, gpus_per_worker=gpus)
+        for i, out in outcomes:
+            if isinstance(out, BaseException):
+                raise out
+            s, views = items[i]
+            for v in views:
+                problem = writers[v].shard_problem(s)
+                if problem is not None:
+                    raise ExecutorError(
+                        f"shard {s} of entry {writers[v].key[:12]}: a Ray worker wrote it, but "
+                        f"here it is {problem}. The feature store {writers[v].store.root} must "
+                        "be on a filesystem every worker shares (the same path on every node)"
+                    )
+                if _after_shard is not None:
+                    _after_shard(v, s)
+            encoded += int(out)
+            start, stop = some.shard_range(s)
+            bar.update(stop - start)
+    return encoded

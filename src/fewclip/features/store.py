@@ -102,6 +102,28 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
+def _safetensors_bytes(data: Tensor, metadata: dict[str, str]) -> bytes:
+    """``data`` (2-D, contiguous) as a safetensors file holding one tensor named ``features``,
+    byte for byte the same for the same data and metadata in any process (the safetensors
+    library writes metadata in hash-map order, which varies from one process to the next).
+
+    The layout is the format's: an 8-byte little-endian header length, the JSON header
+    (metadata keys sorted, padded with spaces to a multiple of 8 bytes), then the raw
+    little-endian data.
+    """
+    st_dtype = _ST_NAME[data.dtype]
+    raw = data.contiguous().view(torch.int16) if data.dtype == torch.bfloat16 else data
+    arr = raw.numpy()
+    blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    header = {
+        "__metadata__": dict(sorted(metadata.items())),
+        _TENSOR: {"dtype": st_dtype, "shape": list(data.shape), "data_offsets": [0, len(blob)]},
+    }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob
+
+
 def _read_header(path: Path) -> tuple[dict[str, Any], int]:
     """Parse a safetensors header; returns (header dict, data offset). Raises ValueError."""
     size = path.stat().st_size
@@ -756,8 +778,6 @@ class EntryWriter:
     ) -> None:
         """Atomically write rows of shard ``i`` with the header every reader checks (key,
         shard, start, SHA-256 of the data, bad images) plus ``extra`` fields."""
-        from safetensors.torch import save
-
         data = features.detach().to("cpu", self.dtype).contiguous()
         meta = {
             "key": self.key,
@@ -769,7 +789,7 @@ class EntryWriter:
             "bad": json.dumps([[j, b.path, b.reason] for j, b in bad]),
             "format": str(STORE_FORMAT),
         }
-        _atomic_write_bytes(path, save({_TENSOR: data}, metadata=meta))
+        _atomic_write_bytes(path, _safetensors_bytes(data, meta))
 
     def partial_path(self, i: int) -> Path:
         return self.shard_dir / f"{i:05d}.partial"
