@@ -98,6 +98,54 @@ def check_device(value: str) -> str:
 DEVICE_OPTION: Any = typer.Option("cpu", help=DEVICE_HELP, callback=check_device)
 PRECISION_OPTION: Any = typer.Option("amp", help=PRECISION_HELP, callback=check_precision)
 QUIET_HELP = "Print only the result: no notes, no progress bars."
+EXECUTOR_HELP = (
+    "Where the work runs: local (this process; the default) or ray (a pool of Ray actors; "
+    "needs the ray extra and a --store every worker can read)."
+)
+RAY_ADDRESS_HELP = (
+    "Ray cluster to join: auto (the cluster this machine belongs to) or ray://HOST:10001; "
+    "default with --executor ray: start a local Ray here."
+)
+RAY_WORKERS_HELP = (
+    "Ray actors (default: one per GPU for GPU work, else one per CPU of the cluster)."
+)
+
+
+def check_executor(value: str) -> str:
+    """Typer callback of ``--executor``: ``local`` or ``ray`` (exit code 2 otherwise)."""
+    if value not in ("local", "ray"):
+        raise typer.BadParameter(f"expected local or ray, found {value!r}")
+    return value
+
+
+EXECUTOR_OPTION: Any = typer.Option("local", help=EXECUTOR_HELP, callback=check_executor)
+RAY_ADDRESS_OPTION: Any = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP)
+RAY_WORKERS_OPTION: Any = typer.Option(None, "--ray-workers", min=1, help=RAY_WORKERS_HELP)
+
+
+def cli_executor(
+    executor: str, ray_address: str | None, ray_workers: int | None, jobs: int = 1
+) -> Any:
+    """The executor the options name; Ray options without ``--executor ray`` and ``--jobs``
+    with it are usage errors (exit code 2)."""
+    from fewclip.executors import make_executor
+
+    if executor == "local":
+        given = [
+            f for f, v in (("--ray-address", ray_address), ("--ray-workers", ray_workers)) if v
+        ]
+        if given:
+            raise CLIError(f"{' and '.join(given)}: needs --executor ray", EXIT_USAGE)
+        return make_executor("local", jobs=jobs)
+    if jobs != 1:
+        raise CLIError(
+            "--jobs: with --executor ray the cells run on Ray actors; set their number with "
+            "--ray-workers",
+            EXIT_USAGE,
+        )
+    return make_executor("ray", address=ray_address, workers=ray_workers)
+
+
 JSON_HELP = "Print the result as JSON on stdout (accuracies in percent, as in the text)."
 BATCH_HELP = "Images per model call."
 WORKERS_HELP = "Worker processes that decode images (0: decode in the main process)."

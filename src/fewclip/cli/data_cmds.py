@@ -12,9 +12,13 @@ from fewclip.cli._app import app, cache_app, datasets_app
 from fewclip.cli._common import (
     BATCH_HELP,
     DEVICE_OPTION,
+    EXECUTOR_OPTION,
     PRECISION_OPTION,
+    RAY_ADDRESS_OPTION,
+    RAY_WORKERS_OPTION,
     SKIP_BAD_HELP,
     CLIError,
+    cli_executor,
     default_store,
     echo,
     emit_json,
@@ -66,17 +70,24 @@ def extract(
         min=0.0,
         help="Save unfinished work to the store this often, so Ctrl-C loses at most this much.",
     ),
+    executor: str = EXECUTOR_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    ray_workers: int | None = RAY_WORKERS_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Extract image features of a dataset into the feature store (plain + augmented views).
 
     The train split also gets --views augmented views. Already stored entries are reused;
-    an interrupted extraction resumes from its finished shards.
+    an interrupted extraction resumes from its finished shards. With --executor ray the
+    shards are encoded by Ray actors (one per GPU, or one per CPU) into the same store,
+    with the same bytes.
 
     \b
-    Example:
+    Examples:
       fewclip extract --data dtd --root ~/data --backbone RN50 --views 10
+      fewclip extract --data imagenet --root /shared/data --store /shared/features \\
+        --backbone ViT-B-16 --device cuda --executor ray --ray-address auto
     """
     from fewclip.features import FeatureStore
     from fewclip.features import extract as run_extract
@@ -89,46 +100,49 @@ def extract(
             f"--splits: {ds.name} has no split {', '.join(missing)} (it has "
             f"{', '.join(sorted(ds.splits))})"
         )
+    runner = cli_executor(executor, ray_address, ray_workers)
     bb = load_backbone(backbone, pretrained, device, precision, quiet=quiet)
     fs = FeatureStore(store or default_store())
     summary: list[dict[str, Any]] = []
-    for split in wanted:
-        lst = ds.split(split)
-        n_views = views if split == "train" else 0
-        echo(f"{ds.name}/{split}: {len(lst)} images, {n_views} views", quiet=quiet, err=True)
-        t0 = time.perf_counter()
-        images = (
-            [lst.open(i) for i in range(len(lst))]
-            if lst.loader is not None
-            else [str(p) for p in lst.abspaths()]
-        )
-        res = run_extract(
-            bb,
-            images,
-            labels=list(lst.labels),
-            views=n_views,
-            seed=view_seed,
-            store=fs,
-            split=f"{ds.name}/{split}",
-            dataset_id=lst.fingerprint() if lst.loader is not None else None,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            skip_bad=skip_bad,
-            progress=None if not quiet else False,
-            commit_seconds=commit_seconds,
-        )
-        summary.append(
-            {
-                "split": split,
-                "images": len(lst),
-                "views": n_views,
-                "encoded": res.n_encoded,
-                "from_store": res.n_encoded == 0,
-                "bad_files": [{"path": b.path, "reason": b.reason} for b in res.bad_files],
-                "keys": res.keys,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-        )
+    with runner:
+        for split in wanted:
+            lst = ds.split(split)
+            n_views = views if split == "train" else 0
+            echo(f"{ds.name}/{split}: {len(lst)} images, {n_views} views", quiet=quiet, err=True)
+            t0 = time.perf_counter()
+            images = (
+                [lst.open(i) for i in range(len(lst))]
+                if lst.loader is not None
+                else [str(p) for p in lst.abspaths()]
+            )
+            res = run_extract(
+                bb,
+                images,
+                labels=list(lst.labels),
+                views=n_views,
+                seed=view_seed,
+                store=fs,
+                split=f"{ds.name}/{split}",
+                dataset_id=lst.fingerprint() if lst.loader is not None else None,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                skip_bad=skip_bad,
+                progress=None if not quiet else False,
+                commit_seconds=commit_seconds,
+                executor=runner,
+            )
+            summary.append(
+                {
+                    "split": split,
+                    "images": len(lst),
+                    "views": n_views,
+                    "encoded": res.n_encoded,
+                    "from_store": res.n_encoded == 0,
+                    "bad_files": [{"path": b.path, "reason": b.reason} for b in res.bad_files],
+                    "keys": res.keys,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
     if as_json:
         emit_json({"dataset": ds.name, "backbone": bb.id, "store": str(fs.root), "splits": summary})
         return

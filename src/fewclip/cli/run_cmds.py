@@ -12,13 +12,17 @@ import typer
 
 from fewclip.cli._app import app
 from fewclip.cli._common import (
+    EXECUTOR_OPTION,
     PRECISION_OPTION,
     QUIET_HELP,
+    RAY_ADDRESS_OPTION,
+    RAY_WORKERS_OPTION,
     SKIP_BAD_HELP,
     TOY_MARKER,
     WORKERS_HELP,
     CLIError,
     atomic_write_text,
+    cli_executor,
     default_store,
     echo,
     emit_json,
@@ -329,6 +333,9 @@ def bench(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and stop."),
     keep_going: bool = typer.Option(False, help="Skip failing cells instead of stopping."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    executor: str = EXECUTOR_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    ray_workers: int | None = RAY_WORKERS_OPTION,
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -340,14 +347,21 @@ def bench(
     accuracy-vs-shots plots are written.
 
     
+    With --executor ray the cells run on Ray actors that read the features from the
+    (shared) --store; only this process writes results.jsonl.
+
+    \b
     Examples:
       fewclip bench smoke --root ~/data --dry-run
       fewclip bench tip-adapter --root ~/data protocol=coop-val seeds=1,2,3
+      fewclip bench tip-adapter --root /shared/data --store /shared/features \\
+        --executor ray --ray-address auto
     """
     from fewclip.bench.runner import run_bench
     from fewclip.prepare import dataset_prepare
 
     cfg = _load_bench_config(config, overrides or [])
+    runner = cli_executor(executor, ray_address, ray_workers, jobs)
     resolved = cfg.to_dict()
     if dry_run:
         if as_json:
@@ -378,7 +392,7 @@ def bench(
             report_skipped(prepared.meta["skipped_images"], quiet=quiet or as_json)
             return prepared
 
-    with _resumable(out):
+    with _resumable(out), runner:
         rows = run_bench(
             cfg,
             prepare,
@@ -386,7 +400,7 @@ def bench(
             quiet=quiet,
             progress=not quiet,
             on_error="skip" if keep_going else "raise",
-            jobs=jobs,
+            executor=runner,
         )
     summary = _report(rows, list(cfg.methods), out, as_json)  # -q still prints the table
     _plot(summary, out / "accuracy_vs_shots", quiet)
@@ -416,6 +430,9 @@ def reproduce(
     pretrained: str | None = typer.Option(None, help="Weights for the backbone."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the configs and stop."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    executor: str = EXECUTOR_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    ray_workers: int | None = RAY_WORKERS_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Reproduce Tip-Adapter / CLIP-Adapter on the 11 datasets and print paper vs ours.
@@ -434,6 +451,7 @@ def reproduce(
     from fewclip.prepare import dataset_prepare
     from fewclip.reproduce import PAPER, PAPER_PROTOCOL, paper_number, tip_yaml_to_overrides
 
+    runner = cli_executor(executor, ray_address, ray_workers, jobs)
     names = list(PAPER) if datasets == "all" else str_list(datasets)
     unknown = [d for d in names if d not in PAPER]
     if unknown:
@@ -466,19 +484,20 @@ def reproduce(
         return
     _claim_out(out, "reproduce")
     all_rows: list[dict[str, Any]] = []
-    for c in configs:
-        prepare = dataset_prepare(
-            root=root,
-            store=store or default_store(),
-            prompts=c.prompts,
-            views=c.views or 10,
-            device=c.device,
-            pretrained=pretrained,
-            progress=False if quiet else None,
-        )
-        all_rows += run_bench(
-            c, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet, jobs=jobs
-        )
+    with runner:
+        for c in configs:
+            prepare = dataset_prepare(
+                root=root,
+                store=store or default_store(),
+                prompts=c.prompts,
+                views=c.views or 10,
+                device=c.device,
+                pretrained=pretrained,
+                progress=False if quiet else None,
+            )
+            all_rows += run_bench(
+                c, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet, executor=runner
+            )
     summary = _report(all_rows, list(cfg_all.methods), out, True)
     _plot(summary, out / "accuracy_vs_shots", quiet)
     lines = [
