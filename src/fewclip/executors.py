@@ -9,7 +9,7 @@ One interface serves both :func:`fewclip.features.extract` and :func:`fewclip.be
   through items (shards to encode, cells to run) handed out by this process, the driver.
   Results come back to the driver, which alone writes anything that has a single writer
   (an entry's record, the results JSONL). An actor whose process dies has its item retried on
-  another actor, at most ``max_retries`` times per item; Ray restarts the dead actor.
+  another actor, at most ``max_retries`` times per item; a new actor replaces the dead one.
 
 Ray is imported only when a :class:`RayExecutor` is used (the ``ray`` extra). Without an
 ``address`` it starts a local Ray on this machine; ``address="auto"`` or
@@ -103,16 +103,12 @@ class _Failed:
 
 
 class _PoolActor:
-    """A Ray actor: ``setup(payload)`` once, then ``work(state, item)`` per item. The payload
-    comes boxed (``[ref]``), so it is fetched here rather than resolved as an argument (Ray
-    warns about restartable actors with arguments in the object store)."""
+    """A Ray actor: ``setup(payload)`` once, then ``work(state, item)`` per item."""
 
     def __init__(
-        self, setup: Callable[[Any], Any], boxed: list[Any], work: Callable[[Any, Any], Any]
+        self, setup: Callable[[Any], Any], payload: Any, work: Callable[[Any, Any], Any]
     ) -> None:
-        import ray
-
-        self._state = setup(ray.get(boxed[0]))
+        self._state = setup(payload)
         self._work = work
 
     def pid(self) -> int:
@@ -241,25 +237,32 @@ class RayExecutor(Executor):
         n = self.pool_size(len(items), gpus_per_worker=gpus_per_worker)
         options: dict[str, Any] = {
             "num_cpus": self.cpus_per_worker,
-            "max_restarts": -1 if self.max_retries else 0,
-            "max_task_retries": 0,  # retried here, on another actor
+            "max_restarts": 0,  # a dead actor is replaced here, and its item retried
+            "max_task_retries": 0,
         }
         if gpus_per_worker:
             options["num_gpus"] = gpus_per_worker
         actor_cls = ray.remote(**options)(_PoolActor)
         ref = ray.put(payload)
-        actors = [actor_cls.remote(setup, [ref], work) for _ in range(n)]
+        actors: list[Any] = []
+
+        def start() -> Any:
+            actors.append(actor_cls.remote(setup, ref, work))
+            return actors[-1]
+
         try:
-            yield from self._dispatch(ray, actors, items)
+            yield from self._dispatch(ray, [start() for _ in range(n)], start, items)
         finally:
             for a in actors:
                 ray.kill(a, no_restart=True)
 
-    def _dispatch(self, ray: Any, actors: list[Any], items: Sequence[Any]) -> Iterator[Any]:
+    def _dispatch(
+        self, ray: Any, pool: list[Any], start: Callable[[], Any], items: Sequence[Any]
+    ) -> Iterator[Any]:
         from ray.exceptions import ActorUnavailableError, RayActorError, WorkerCrashedError
 
         queue = deque(range(len(items)))
-        idle = deque(actors)
+        idle = deque(pool)
         running: dict[Any, tuple[int, Any]] = {}
         failures = [0] * len(items)
         while queue or running:
@@ -279,7 +282,7 @@ class RayExecutor(Executor):
                         "memory? raise max_retries or use fewer workers)"
                     ) from None
                 queue.appendleft(i)  # first in line for the next free actor ...
-                idle.append(actor)  # ... and its restarted actor is the last to get work
+                idle.append(start())  # ... and the dead one's replacement is the last
                 continue
             idle.append(actor)
             yield i, out.error if isinstance(out, _Failed) else out

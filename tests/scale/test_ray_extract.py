@@ -4,6 +4,7 @@ shard is encoded again elsewhere, once."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -121,6 +122,32 @@ def test_a_killed_worker_s_shard_is_encoded_again_elsewhere(
     fs = FeatureStore(store)
     for key in result["res"].keys.values():  # type: ignore[attr-defined]
         assert fs.verify(key, full=True, sha256=True) == []
+
+
+def test_an_interrupted_local_extraction_is_finished_on_ray(
+    ray_local, tmp_path, images, local_store, monkeypatch
+):
+    """Shards a local run committed before it stopped are kept; Ray encodes only the rest."""
+    extract_module = importlib.import_module("fewclip.features.extract")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(view, shard):
+        if (view, shard) == (1, 1):  # shards 0 and 1 written for the plain view and both views
+            raise Stop
+
+    monkeypatch.setattr(extract_module, "_after_shard", stop_after_two)
+    with pytest.raises(Stop):
+        extract(
+            fb.load("fewclip-tiny-vit"), images, views=2, store=tmp_path, split="train",
+            shard_size=8, skip_bad=True, progress=False, commit_seconds=None,
+        )  # fmt: skip
+    monkeypatch.setattr(extract_module, "_after_shard", None)
+    with pytest.warns(RuntimeWarning, match="shards are already on disk"):
+        res = _run_on_ray(images, tmp_path, fb.load("fewclip-tiny-vit"))
+    assert res.n_encoded == 30  # the 30 images after shards 0 and 1 (16 rows, one bad)
+    assert _files(tmp_path) == _files(local_store)
 
 
 def test_without_a_store_the_ray_executor_says_what_it_needs(ray_local, images):
