@@ -20,7 +20,14 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["HeldSource", "hold_on_encode", "hold_once", "wait_for_holder"]
+from fewclip.errors import FewclipError
+
+__all__ = ["GateTimeout", "HeldSource", "hold_on_encode", "hold_once", "wait_for_holder"]
+
+
+class GateTimeout(FewclipError, TimeoutError):
+    """A gate waited too long: nobody reached it, or nobody killed the process it held."""
+
 
 #: How long a held process waits to be killed before it gives up (and fails loudly).
 HOLD_LIMIT_S = 300.0
@@ -39,7 +46,7 @@ def hold_once(gate: str | os.PathLike[str]) -> None:
     deadline = time.monotonic() + HOLD_LIMIT_S
     while time.monotonic() < deadline:
         time.sleep(0.2)
-    raise RuntimeError(f"{gate}: held for {HOLD_LIMIT_S:.0f} s and nobody killed this process")
+    raise GateTimeout(f"{gate}: held for {HOLD_LIMIT_S:.0f} s and nobody killed this process")
 
 
 def wait_for_holder(gate: str | os.PathLike[str], timeout: float = 120.0) -> int:
@@ -51,7 +58,7 @@ def wait_for_holder(gate: str | os.PathLike[str], timeout: float = 120.0) -> int
         if text.endswith("\n"):
             return int(text)
         time.sleep(0.05)
-    raise TimeoutError(f"{gate}: no process reached the gate within {timeout:.0f} s")
+    raise GateTimeout(f"{gate}: no process reached the gate within {timeout:.0f} s")
 
 
 class _HeldEncode:
