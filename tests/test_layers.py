@@ -13,6 +13,7 @@ import sys
 FEATURE_WORLD = [
     "fewclip.functional",
     "fewclip.task",
+    "fewclip.text_tower",
     "fewclip.sampling",
     "fewclip.protocol",
     "fewclip.metrics",

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from fewclip.errors import InvalidTypeError, InvalidValueError
+from fewclip.text_tower import TextTower
 
 __all__ = ["FeatureSet", "Task", "check_features", "check_labels"]
 
@@ -130,6 +131,9 @@ class Task:
         support: labelled few-shot images (with augmented views where available).
         val: optional validation images for hyper-parameter and epoch selection.
         meta: free-form JSON-able record (dataset, shots, seed, protocol, prompts, backbone id).
+        text_tower: the backbone's text encoder below the tokenizer
+            (:class:`fewclip.text_tower.TextTower`, from ``backbone.text_tower()``), for the
+            prompt learners (CoOp); ``None`` for every other method.
     """
 
     classnames: list[str]
@@ -137,6 +141,7 @@ class Task:
     support: FeatureSet
     val: FeatureSet | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    text_tower: TextTower | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         names = list(self.classnames)
@@ -181,6 +186,17 @@ class Task:
                     f"text_weights dimension {d}"
                 )
             check_labels("val.labels", self.val.labels, n=self.val.n, n_classes=c)
+        if self.text_tower is not None:
+            if not isinstance(self.text_tower, TextTower):
+                raise InvalidTypeError(
+                    "text_tower: expected a fewclip.text_tower.TextTower (backbone.text_tower()), "
+                    f"found {type(self.text_tower).__name__}"
+                )
+            if self.text_tower.embed_dim != d:
+                raise InvalidValueError(
+                    f"text_tower: its features have dimension {self.text_tower.embed_dim}, the "
+                    f"task's {d} (a tower of another backbone?)"
+                )
 
     @property
     def n_classes(self) -> int:
@@ -192,4 +208,6 @@ class Task:
 
     def without_val(self) -> Task:
         """The same task with no validation set (``val-free``)."""
-        return Task(self.classnames, self.text_weights, self.support, None, dict(self.meta))
+        return Task(
+            self.classnames, self.text_weights, self.support, None, dict(self.meta), self.text_tower
+        )

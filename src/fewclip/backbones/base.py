@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from fewclip.backbones.transforms import Augment, AugmentTransform, Preprocess
 from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError, UnknownNameError
+from fewclip.text_tower import TextTower
 
 __all__ = [
     "HUB_PROBE_TIMEOUT",
@@ -279,6 +280,14 @@ class Backbone(ABC):
             for start in range(0, len(texts), batch_size):
                 outs.append(self._encode_texts(texts[start : start + batch_size]).float())
         return torch.cat(outs)
+
+    def text_tower(self) -> TextTower:
+        """The text encoder below the tokenizer, for prompt learning
+        (:mod:`fewclip.text_tower`); backbones without one raise :class:`BackboneError`."""
+        raise BackboneError(
+            f"{self.name}: this {self.family} backbone does not open its text encoder for "
+            "prompt learning (CoOp and its successors need an open_clip backbone)"
+        )
 
     @abstractmethod
     def _encode_images(self, x: Tensor) -> Tensor: ...

@@ -51,6 +51,7 @@ from fewclip.backbones.base import (
 from fewclip.backbones.base import fetch_hub_file as _fetch_hub_file
 from fewclip.backbones.names import OPENAI_ALIASES, TINY_NAMES
 from fewclip.backbones.transforms import Augment, Preprocess
+from fewclip.text_tower import TextTower
 
 __all__ = [
     "RANDOM",
@@ -134,6 +135,60 @@ def fetch_hub_file(
         ) from miss
 
 
+class OpenCLIPTextTower(TextTower):
+    """:class:`~fewclip.text_tower.TextTower` over an open_clip CLIP model's text parts
+    (``token_embedding``, ``positional_embedding``, ``transformer``, ``ln_final``,
+    ``text_projection``); the EOT position follows the model's ``text_pool_type``."""
+
+    def __init__(self, model: Any, tokenizer: Any, logit_scale: float) -> None:
+        super().__init__()
+        pool = getattr(model, "text_pool_type", "argmax")
+        if pool not in ("argmax", "eos") or not hasattr(model, "token_embedding"):
+            raise BackboneError(
+                f"{type(model).__name__}: prompt learning needs a CLIP-style text transformer "
+                f"pooled at the end-of-text token (this model pools by {pool!r})"
+            )
+        self.token_embedding = model.token_embedding
+        self.positional_embedding = model.positional_embedding
+        self.transformer = model.transformer
+        self.ln_final = model.ln_final
+        self.projection = model.text_projection
+        self.tokenizer = tokenizer
+        self.pool = pool
+        self.eos_id: int | None = getattr(model, "text_eos_id", None)
+        self.width = int(self.positional_embedding.shape[1])
+        self.context_length = int(self.positional_embedding.shape[0])
+        self.embed_dim = int(
+            self.projection.out_features
+            if isinstance(self.projection, nn.Linear)
+            else self.projection.shape[1]
+        )
+        self.logit_scale = float(logit_scale)
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        out: Tensor = self.tokenizer(list(texts))
+        return out
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        out: Tensor = self.token_embedding(tokens)
+        return out
+
+    def eot_index(self, tokens: Tensor) -> Tensor:
+        if self.pool == "eos":
+            return tokens.eq(self.eos_id if self.eos_id is not None else -1).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    def _blocks(self, x: Tensor, mask: Tensor) -> Tensor:
+        out: Tensor = self.transformer(x, attn_mask=mask)
+        return out
+
+    def _project(self, pooled: Tensor) -> Tensor:
+        if isinstance(self.projection, nn.Linear):
+            out: Tensor = self.projection(pooled)
+            return out
+        return pooled @ self.projection.to(pooled.dtype)
+
+
 class OpenCLIPBackbone(Backbone):
     """A backbone built on open_clip. ``model`` and ``tokenizer`` are open_clip's own objects."""
 
@@ -194,6 +249,11 @@ class OpenCLIPBackbone(Backbone):
         tokens = self.tokenize(texts).to(self.device)
         out: Tensor = self.model.encode_text(tokens, normalize=False)
         return out
+
+    def text_tower(self) -> TextTower:
+        """The model's text encoder below the tokenizer (for prompt learning; see
+        :mod:`fewclip.text_tower`). It shares the model's (frozen) weights."""
+        return OpenCLIPTextTower(self.model, self.tokenizer, self.logit_scale)
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` into ``folder``.

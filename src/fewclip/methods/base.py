@@ -333,6 +333,8 @@ class Method(EstimatorParams):
     #: ``None``: ``_query_logits`` is then traced as it is and must use tensor operations only
     #: (no Python branch on the query's values).
     export_refusal: ClassVar[str | None] = None
+    #: The method trains inside the text encoder and needs ``task.text_tower``.
+    needs_text_tower: ClassVar[bool] = False
     _state_tensors: ClassVar[tuple[str, ...]] = ()
     _state_values: ClassVar[tuple[str, ...]] = ()
 
@@ -343,6 +345,12 @@ class Method(EstimatorParams):
             raise InvalidTypeError(
                 f"task: expected a fewclip.Task, found {type(task).__name__}; build one with "
                 "fewclip.Task(classnames, text_weights, support=fewclip.FeatureSet(...))"
+            )
+        if self.needs_text_tower and task.text_tower is None:
+            raise InvalidValueError(
+                f"task.text_tower: {self.name} learns prompt vectors inside the text encoder, "
+                "but the task has none; build it with text_tower=backbone.text_tower() (an "
+                "open_clip backbone)"
             )
         self.classnames_ = list(task.classnames)
         self.classes_ = list(range(task.n_classes))
