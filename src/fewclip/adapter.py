@@ -28,7 +28,7 @@ from torch import Tensor
 
 from fewclip import methods
 from fewclip._version import __version__
-from fewclip.backbones.base import Backbone
+from fewclip.backbones.base import Backbone, text_tower_of
 from fewclip.data.prompts import PromptSet, get_prompts
 from fewclip.data.types import Dataset
 from fewclip.errors import DamagedFileError, FewclipError, InvalidValueError, MissingFileError
@@ -417,6 +417,7 @@ def fit_adapter(
         classnames=dataset.classnames,
         text_weights=weights,
         meta={"dataset": dataset.name, "backbone": backbone.id},
+        text_tower=text_tower_of(backbone),
     )
     if isinstance(method, str):
         model = methods.create(method, **methods.run_params(method, params, seed=seed))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fewclip.adapter import class_weights
-from fewclip.backbones.base import Backbone
+from fewclip.backbones.base import Backbone, text_tower_of
 from fewclip.bench.runner import Prepared
 from fewclip.features.source import DatasetSource
 from fewclip.features.store import FeatureStore
@@ -106,6 +106,7 @@ def dataset_prepare(
             meta["path"] = str(Path(dataset).expanduser().resolve())
         toy = bb.name.startswith("fewclip-tiny")
         return Prepared(
+            text_tower=text_tower_of(bb),
             toy=toy,
             backbone_note=f"{bb.name}: tiny model with random, untrained weights" if toy else None,
             source=source,

@@ -55,6 +55,7 @@ from fewclip.sampling import (
     sample_few_shot,
 )
 from fewclip.task import FeatureSet, Task
+from fewclip.text_tower import TextTower
 
 __all__ = [
     "LEAKY",
@@ -505,12 +506,14 @@ def build_task(
     classnames: Sequence[str],
     text_weights: Tensor,
     meta: Mapping[str, Any] | None = None,
+    text_tower: TextTower | None = None,
 ) -> Task:
     """The ``Task`` a method is fitted on: support (with views) and validation per ``plan``.
 
     Reads only the splits the plan names; the test split only for an ``oracle-test`` plan
     (``TestSetAccessError`` otherwise). ``Task.meta`` records protocol, ``leaky``, shots, seed,
-    the validation split and sizes, plus ``meta``.
+    the validation split and sizes, plus ``meta``. ``text_tower`` is passed on to the task
+    (for the prompt learners).
     """
     if not isinstance(plan, SplitPlan):
         raise InvalidTypeError(f"plan: expected a SplitPlan, found {type(plan).__name__}")
@@ -530,7 +533,7 @@ def build_task(
         n_support=support.n,
         n_val=0 if val is None else val.n,
     )
-    return Task(list(classnames), text_weights, support, val, info)
+    return Task(list(classnames), text_weights, support, val, info, text_tower)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ PAGES = {
     "ape.md": ["ape", "ape-t"],
     "clap.md": ["zs-lp", "clap"],
     "clip-adapter.md": ["clip-adapter"],
+    "coop.md": ["coop"],
     "cross-modal-lp.md": ["cross-modal-lp"],
     "gda.md": ["gda"],
     "lp-pp.md": ["lp++"],

@@ -10,6 +10,7 @@ import torch
 from fewclip import functional as F
 from fewclip.task import FeatureSet, Task
 from fewclip.testing import SyntheticWorld
+from fewclip.testing.text_tower import ToyTextTower
 
 
 def _clustered_task(counts, d, views, seed, val, dtype, *, shuffle, val_per_class):
@@ -32,6 +33,7 @@ def _clustered_task(counts, d, views, seed, val, dtype, *, shuffle, val_per_clas
         text,
         FeatureSet(feats, labels, bank),
         FeatureSet(vx, vy) if val else None,
+        text_tower=ToyTextTower(d, seed=seed),  # for the prompt learners (CoOp)
     )
 
 

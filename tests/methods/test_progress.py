@@ -20,6 +20,7 @@ CASES: list[tuple[str, dict[str, Any], str, int]] = [
     ("cross-modal-lp", {"iters": 6, "eval_every": 3}, "cross-modal-lp", 6),
     ("lp++", {"epochs": 3}, "lp++", 3),
     ("taskres", {"epochs": 2}, "taskres", 2),
+    ("coop", {"epochs": 2, "n_ctx": 2}, "coop", 2),
 ]
 
 

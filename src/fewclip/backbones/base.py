@@ -320,6 +320,14 @@ _probe_results: dict[tuple[str, int], tuple[float, str | None]] = {}
 _probe_lock = threading.Lock()
 
 
+def text_tower_of(backbone: Backbone) -> TextTower | None:
+    """``backbone.text_tower()``, or ``None`` for a backbone without one."""
+    try:
+        return backbone.text_tower()
+    except BackboneError:
+        return None
+
+
 class HubMiss(FewclipError):
     """Files are not in the Hugging Face cache and were not downloaded.
 

@@ -46,6 +46,7 @@ from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError
 from fewclip.executors import Executor, LocalExecutor, RayExecutor
 from fewclip.protocol import FeatureSource, Protocol, build_task, evaluate
 from fewclip.task import FeatureSet
+from fewclip.text_tower import TextTower
 
 __all__ = ["BenchError", "Prepared", "completed_rows", "run_bench", "run_cell", "versions"]
 
@@ -72,6 +73,9 @@ class Prepared:
             image); recorded in every row as ``toy`` and marked TOY in tables and plots.
         backbone_note: what the backbone actually is (e.g. where a toy checkpoint lives);
             recorded in every row as ``backbone_note``.
+        text_tower: the backbone's text encoder below the tokenizer
+            (``backbone.text_tower()``), which the prompt learners (CoOp) train through;
+            ``None`` when there is none (their cells then fail with a clear error).
     """
 
     source: FeatureSource
@@ -82,6 +86,7 @@ class Prepared:
     meta: Mapping[str, Any] = field(default_factory=dict)
     toy: bool = False
     backbone_note: str | None = None
+    text_tower: TextTower | None = None
 
 
 PrepareFn = Callable[[str, str], Prepared]
@@ -335,6 +340,7 @@ def run_cell(
         classnames=list(prepared.classnames),
         text_weights=prepared.text_weights,
         meta=meta,
+        text_tower=prepared.text_tower,
     )
     model = methods.create(cell.method, **params)
     t1 = time.perf_counter()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from fewclip.methods.ape import APE, APET
     from fewclip.methods.clap import CLAP, ZSLP
     from fewclip.methods.clip_adapter import CLIPAdapter
+    from fewclip.methods.coop import CoOp
     from fewclip.methods.cross_modal_lp import CrossModalLP
     from fewclip.methods.gda import GDA
     from fewclip.methods.linear_probe import LinearProbe
@@ -42,6 +43,7 @@ _CLASSES = {
     "CLAP": "clap",
     "ZSLP": "clap",
     "CLIPAdapter": "clip_adapter",
+    "CoOp": "coop",
     "CrossModalLP": "cross_modal_lp",
     "GDA": "gda",
     "LinearProbe": "linear_probe",
@@ -75,6 +77,7 @@ __all__ = [
     "GDA",
     "ZSLP",
     "CLIPAdapter",
+    "CoOp",
     "CrossModalLP",
     "LPPlusPlus",
     "LinearProbe",

@@ -96,6 +96,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "ape-t": "ape",
     "clap": "clap",
     "clip-adapter": "clip_adapter",
+    "coop": "coop",
     "cross-modal-lp": "cross_modal_lp",
     "gda": "gda",
     "linear-probe": "linear_probe",

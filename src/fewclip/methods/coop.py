@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
 from fewclip.methods._training import check_ranges, dassl_epoch, dassl_lr
-from fewclip.methods.base import Method
+from fewclip.methods.base import Method, register
 from fewclip.task import Task
 from fewclip.text_tower import TextTower
 
@@ -114,6 +114,7 @@ class PromptContext:
         return torch.cat(rows)
 
 
+@register("coop")
 class CoOp(Method):
     """CoOp on cached image features (needs ``task.text_tower``).
 

@@ -45,6 +45,7 @@ from fewclip.errors import (
 from fewclip.methods import base
 from fewclip.methods.base import Method, NotFittedError
 from fewclip.task import FeatureSet, Task
+from fewclip.testing.text_tower import ToyTextTower
 
 __all__ = ["check_method", "make_task", "method_checks"]
 
@@ -85,6 +86,7 @@ def make_task(
         text,
         FeatureSet(feats, labels, bank),
         val_set,
+        text_tower=ToyTextTower(dim, seed=seed),
     )
 
 
@@ -103,7 +105,13 @@ def _cast(task: Task, dtype: torch.dtype) -> Task:
 
     support = cast(task.support)
     assert support is not None
-    return Task(task.classnames, task.text_weights.to(dtype), support, cast(task.val))
+    return Task(
+        task.classnames,
+        task.text_weights.to(dtype),
+        support,
+        cast(task.val),
+        text_tower=task.text_tower,
+    )
 
 
 def _create(cls: type[Method], params: Mapping[str, Any], **extra: Any) -> Method:
