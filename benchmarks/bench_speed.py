@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    method_list = registry.available() if args.methods.strip() == "all" else _csv(args.methods)
+    if args.methods.strip() == "all":  # synthetic features have no text encoder for CoOp
+        method_list = [m for m in registry.available() if not registry.get(m).needs_text_tower]
+    else:
+        method_list = _csv(args.methods)
     preset = load_config("tip-adapter")
     config = BenchConfig(
         methods=tuple(method_list),
