@@ -16,9 +16,6 @@ import pytest
 
 from .conftest import run_fewclip
 
-# one worker runs this module, so its module fixture (one demo) runs once
-pytestmark = pytest.mark.xdist_group("demo-honest")
-
 LABEL = "fewclip-tiny-vit+toy40"
 WARNING = "never saw a real image; these numbers say nothing about CLIP"
 ARGS = ["demo", "--fast", "--views", "2"]  # the default toy backbone; 2 views keep it fast

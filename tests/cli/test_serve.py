@@ -18,9 +18,6 @@ from tests._extras import require_extra
 from tests.cli._server import Server
 from tests.cli.conftest import run_fewclip
 
-# one worker runs this module, so its module fixture (one server) runs once
-pytestmark = pytest.mark.xdist_group("serve")
-
 httpx = require_extra("httpx", "dev")
 
 MAX_IMAGES = 5

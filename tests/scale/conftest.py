@@ -1,16 +1,10 @@
-"""A local Ray (two CPUs) shared by the scale-out tests of one pytest worker; the tests run in
-one xdist group, so the suite starts it once."""
+"""A local Ray (two CPUs) for the scale-out tests, started once per pytest worker that runs
+one of them and shut down at the end of the session."""
 
 from __future__ import annotations
 
 import pytest
 from tests._extras import require_extra
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/scale/" in str(item.fspath).replace("\\", "/"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")
