@@ -9,7 +9,7 @@ import pytest
 
 from fewclip.testing.images import make_shapes_dataset
 
-from .conftest import run_fewclip
+from .conftest import TINY_BACKBONE, run_fewclip
 
 TINY = ["-b", "fewclip-tiny-vit", "--views", "1"]
 
@@ -149,3 +149,25 @@ def test_fourteen_images_per_class_with_the_automatic_split_can_do_k4(tmp_path: 
     ]
     assert "Warning" not in res.stderr
     assert ".py:" not in res.stderr
+
+
+def test_coop_fits_and_predicts_through_the_installed_command(
+    opt_data: Path, tmp_path: Path
+) -> None:
+    """The prompt learner through the CLI: the tiny backbone's text tower reaches CoOp, the
+    adapter predicts without it, and its parameters are the ones asked for."""
+    adapter, store = tmp_path / "coop", tmp_path / "store"
+    res = run_fewclip(
+        "fit", "-m", "coop", "-d", opt_data, "-k", "2", "-b", TINY_BACKBONE, "--views", "1",
+        "-p", "epochs=3", "-p", "n_ctx=4", "-o", adapter, "--json", store=store,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["method"] == "coop"
+    assert record["params"]["epochs"] == 3
+    assert record["params"]["n_ctx"] == 4
+    pred = run_fewclip(
+        "predict", adapter, opt_data / "test", "--format", "csv", "--top-k", "1", store=store
+    )
+    assert pred.returncode == 0, pred.stderr
+    assert len(pred.stdout.strip().splitlines()) == 1 + 3 * 4  # header + every test image
