@@ -43,7 +43,7 @@ def _proker_reference(task, beta, lam, queries, rows="features"):
 
 
 @pytest.mark.parametrize("rows", ["features", "views"])
-@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+@pytest.mark.parametrize("solver", ["cholesky", "eigh", "cg"])
 def test_proker_matches_direct_solve(task64, queries64, rows, solver):
     pk = methods.create(
         "proker", beta=2.5, lam=0.07, rows=rows, solver=solver, tol=1e-12, dtype="float64"
@@ -123,7 +123,7 @@ def test_proker_search_follows_the_reference_loop():
     assert best == (1.0, 0.1)
     assert (pk.beta_, pk.lam_) == best
     assert pk.val_accuracy_ == pytest.approx(best_acc)
-    for solver in ("nystrom", "cg"):  # same selection through the other solvers' search paths
+    for solver in ("eigh", "nystrom", "cg"):  # the same selection through the other solvers' paths
         other = methods.create(
             "proker", betas=betas, lams=lams, solver=solver, tol=1e-12, dtype="float64"
         ).fit(task64)
@@ -232,12 +232,13 @@ def test_proker_bad_input(task64):
     [
         {"solver": "nystrom", "n_landmarks": 6, "rows": "views"},
         {"solver": "cg", "tol": 1e-10, "n_landmarks": 4},
+        {"solver": "eigh"},
     ],
-    ids=["nystrom", "cg"],
+    ids=["nystrom", "cg", "eigh"],
 )
 def test_proker_search_through_each_solver_picks_the_best_point(params):
     """The conformance suite's selection check (every grid point refitted on its own, the
-    first best kept) through the Nyström and CG search paths, not only the dense one."""
+    first best kept) through the Nyström, CG and eigh search paths, not only Cholesky's."""
     cls = methods.get("proker")
     check_selection(cls, {**cls.quick_params, **params})
     # and the validation accuracy it records is that of the chosen point fitted on its own

@@ -168,7 +168,7 @@ def test_no_slow_cpu_warning_at_8192_rows_or_with_nystrom(solver, rows):
     assert pk.solver_ == solver
 
 
-@pytest.mark.parametrize("solver", ["cholesky", "cg", "nystrom"])
+@pytest.mark.parametrize("solver", ["cholesky", "eigh", "cg", "nystrom"])
 def test_a_small_fit_and_search_warn_nothing(solver):
     """No warning of any kind on a small task, through each solver's search path (the search
     reuses preallocated buffers; a wrongly shaped one would make torch warn on resizing)."""
@@ -184,7 +184,7 @@ def test_a_small_fit_and_search_warn_nothing(solver):
 # -- fitted attributes --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", ["cholesky", "nystrom", "cg"])
+@pytest.mark.parametrize("solver", ["cholesky", "eigh", "nystrom", "cg"])
 def test_cg_iterations_only_for_the_cg_solver(solver):
     pk = methods.create(
         "proker", beta=2.0, lam=0.1, solver=solver, n_landmarks=6, rows="features"

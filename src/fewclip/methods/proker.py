@@ -14,9 +14,11 @@ on the residual, λ → 0 gives back zero-shot.
 
 The closed form needs an (M, M) solve with M support rows (16,000 for ImageNet 16-shot, ten
 times more with every augmented view as a row, which ran out of 32 GB in the reference). This
-module solves it exactly with a dense Cholesky factorisation when the kernel fits a memory
-budget, or with a preconditioned conjugate-gradient solver whose kernel products are computed
-in row chunks (never forming K), and approximately, on request, with Nyström landmarks.
+module solves it exactly, when the kernel fits a memory budget, by a dense Cholesky
+factorisation per (β, λ) or by one eigendecomposition ``K_SS = U·diag(w)·Uᵀ`` per β that serves
+every λ of the search, ``α(λ) = U·diag(λ/(w + λ))·Uᵀ·(Y − z_S)``; beyond the budget, by a
+preconditioned conjugate-gradient solver whose kernel products are computed in row chunks
+(never forming K); and approximately, on request, with Nyström landmarks.
 """
 
 from __future__ import annotations
@@ -45,13 +47,15 @@ from fewclip.task import FeatureSet, Task
 __all__ = [
     "IMAGENET_HPARAMS",
     "ProKeR",
+    "kernel_eigh",
     "nystrom_coef",
     "proker_cg",
     "proker_cholesky",
+    "proker_eigh",
 ]
 
 _ROWS = ("auto", "features", "mean", "views")
-_SOLVERS = ("auto", "cholesky", "cg", "nystrom")
+_SOLVERS = ("auto", "cholesky", "eigh", "cg", "nystrom")
 
 #: Val-free hyper-parameters by shots: ProKeR's ``imagenet`` selection mode (β, λ tuned on
 #: ImageNet, RN50, averaged over seeds, then transferred to every dataset).
@@ -100,6 +104,39 @@ def proker_cholesky(
     work.diagonal().add_(lam)
     factor = _cholesky_inplace(work)
     return torch.cholesky_solve(residual.to(factor.dtype), factor).mul_(lam).to(residual.dtype)
+
+
+def kernel_eigh(keys: Tensor, *, beta: float, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Eigendecomposition ``K = U·diag(w)·Uᵀ`` of the kernel ``K = exp(β·(S·Sᵀ − 1))`` over the
+    normalised rows S (M, D); returns ``(w, U)``, w (M,) ascending and clamped at 0.
+
+    K is formed in one (M, M) matrix (``out``, reused when given) and decomposed in place
+    (``torch.linalg.eigh``, LAPACK's divide-and-conquer ``syevd``): the matrix then holds U,
+    column-major, so no second (M, M) matrix is allocated. LAPACK adds a workspace of
+    2·M² + O(M) numbers for the duration of the call: 3·M² numbers at the peak. K is positive
+    semi-definite (an exponential of a Gram matrix, by the Schur product theorem), so
+    eigenvalues rounded below zero are set to 0.
+    """
+    m = keys.shape[0]
+    k = torch.mm(keys, keys.T, out=out) if out is not None else keys @ keys.T
+    k.sub_(1.0).mul_(beta).exp_()
+    # k is symmetric: its transpose is the same matrix in the column-major layout LAPACK
+    # writes the eigenvectors in, so eigh overwrites k instead of copying it
+    evals, evecs = torch.linalg.eigh(k.mT, out=(k.new_empty(m), k.mT))
+    return evals.clamp_(min=0.0), evecs
+
+
+def proker_eigh(evals: Tensor, evecs: Tensor, residual: Tensor, *, lam: float) -> Tensor:
+    """Exact ``α = (K/λ + I)⁻¹ R`` from the eigendecomposition ``K = U·diag(w)·Uᵀ``
+    (:func:`kernel_eigh`): ``(K/λ + I)⁻¹ = U·diag(1/(w/λ + 1))·Uᵀ = U·diag(λ/(w + λ))·Uᵀ``, so
+    ``α = U·(diag(λ/(w + λ))·(Uᵀ·R))``: two (M, M)·(M, C) products, and one decomposition
+    serves every λ.
+    """
+    if lam <= 0:
+        raise InvalidValueError(f"lam: expected a positive regularisation, found {lam}")
+    shrink = lam / (evals + lam)
+    proj = evecs.T @ residual.to(evecs.dtype)
+    return (evecs @ proj.mul_(shrink[:, None])).to(residual.dtype)
 
 
 def nystrom_coef(
@@ -194,6 +231,17 @@ def proker_cg(
     return x, it
 
 
+def _eigh_pays(m_rows: int, n_lams: int) -> bool:
+    """Whether one eigendecomposition per β is faster than ``n_lams`` Cholesky solves per β.
+
+    Measured on the 2-core CPU (``benchmarks/proker_views.py``, ProKeR kernels of synthetic
+    CLIP-like features): ``kernel_eigh`` takes about ``4 + M/800`` times one ``proker_cholesky``
+    (5 at M = 800, 7–9 at 3,200, 9–10 at 6,400, 15 at 9,600), so the decomposition pays when
+    ``n_lams ≥ 4 + M/800``: M ≤ 4,800 for the default 10 λ.
+    """
+    return n_lams >= 4 + m_rows / 800
+
+
 def _shots(task: Task) -> int:
     return max(1, round(task.support.n / task.n_classes))
 
@@ -224,10 +272,18 @@ class ProKeR(Method):
             normalised mean of the views) or ``"auto"`` (default): ``"views"`` when the support
             has views and their dense kernel fits ``max_kernel_bytes``, else ``"features"``
             (the fitted ``rows_`` says which).
-        solver: ``"cholesky"`` (exact, dense; needs ``max_kernel_bytes`` ≥ 2·M²·itemsize),
+        solver: ``"cholesky"`` (exact, dense, one factorisation per (β, λ); needs
+            ``max_kernel_bytes`` ≥ 2·M²·itemsize), ``"eigh"`` (exact, dense, one
+            eigendecomposition ``K_SS = U·diag(w)·Uᵀ`` per β for every λ:
+            ``val logits(λ) = z_val + (K_vS·U)·diag(λ/(w + λ))·(Uᵀ·R)``; needs
+            ``max_kernel_bytes`` ≥ 3·M²·itemsize: one (M, M) matrix and LAPACK's workspace),
             ``"cg"`` (exact to ``tol``; chunked kernel products, Nyström-preconditioned),
             ``"nystrom"`` (approximate, ``n_landmarks`` random rows; exact when
-            ``n_landmarks ≥ M``) or ``"auto"`` (Cholesky when it fits the budget, else CG).
+            ``n_landmarks ≥ M``) or ``"auto"`` (default): when the dense kernel fits the
+            budget, ``"eigh"`` for a search over n_λ ≥ 4 + M/800 values of λ (M ≤ 4,800 with
+            the default 10 λ; measured: one eigendecomposition costs about 4 + M/800 Cholesky
+            solves on a CPU) if its 3·M² fit too, else ``"cholesky"``; beyond the budget
+            ``"cg"``. Nyström is never chosen automatically (ImageNet-size M on a CPU).
         n_landmarks: Nyström rank for ``"nystrom"`` and for the CG preconditioner.
         max_kernel_bytes: memory budget of the dense path.
         tol, max_iter: CG stopping rule (relative residual per class column).
@@ -335,7 +391,9 @@ class ProKeR(Method):
         x = torch.cat([l2_normalize(bank[v].to(self._device, wd)) for v in range(bank.shape[0])])
         return x, labels.repeat(bank.shape[0])
 
-    def _resolve_solver(self, m_rows: int, itemsize: int) -> str:
+    def _resolve_solver(self, m_rows: int, itemsize: int, n_lams: int = 1) -> str:
+        """The solver for M rows of ``itemsize`` bytes and a search over ``n_lams`` λ values
+        (1: λ fixed, or no search)."""
         if self.solver == "nystrom":
             return (
                 "cholesky"
@@ -351,12 +409,30 @@ class ProKeR(Method):
                     "use solver='cg' (exact, chunked) or solver='nystrom' (approximate)"
                 )
             return "cholesky"
+        if self.solver == "eigh":
+            if not self._eigh_fits(m_rows, itemsize):
+                need = 3 * m_rows * m_rows * itemsize
+                raise BudgetError(
+                    f"solver='eigh': {m_rows} support rows need {need / 2**30:.1f} GiB for the "
+                    "kernel's eigenvectors and LAPACK's workspace, over "
+                    f"max_kernel_bytes={self.max_kernel_bytes / 2**30:.1f} GiB; use "
+                    "solver='cholesky' (2·M² numbers), solver='cg' (exact, chunked) or "
+                    "solver='nystrom' (approximate)"
+                )
+            return "eigh"
         if self.solver == "cg":
             return "cg"
-        return "cholesky" if self._fits(m_rows, itemsize) else "cg"
+        if not self._fits(m_rows, itemsize):
+            return "cg"
+        if _eigh_pays(m_rows, n_lams) and self._eigh_fits(m_rows, itemsize):
+            return "eigh"
+        return "cholesky"
 
     def _fits(self, m_rows: int, itemsize: int) -> bool:
         return 2 * m_rows * m_rows * itemsize <= self.max_kernel_bytes
+
+    def _eigh_fits(self, m_rows: int, itemsize: int) -> bool:
+        return 3 * m_rows * m_rows * itemsize <= self.max_kernel_bytes
 
     def _landmarks(self, m_rows: int) -> Tensor:
         g = torch.Generator().manual_seed(self.seed)
@@ -370,7 +446,10 @@ class ProKeR(Method):
         m_rows, c = keys.shape[0], task.n_classes
         text = l2_normalize(task.text_weights.to(self._device, wd))
         residual = torch.nn.functional.one_hot(labels, c).to(wd) - self.scale * (keys @ text.T)
-        self.solver_ = self._resolve_solver(m_rows, keys.element_size())
+        betas = [float(self.beta)] if self.beta is not None else [float(b) for b in self.betas]
+        lams = [float(self.lam)] if self.lam is not None else [float(v) for v in self.lams]
+        search = task.val is not None and (self.beta is None or self.lam is None)
+        self.solver_ = self._resolve_solver(m_rows, keys.element_size(), len(lams) if search else 1)
         if self.solver_ != "nystrom" and m_rows > 8192 and self._device.type == "cpu":
             warnings.warn(
                 f"ProKeR: exact solve over {m_rows} support rows on CPU is slow; "
@@ -378,9 +457,12 @@ class ProKeR(Method):
                 stacklevel=3,
             )
         self.val_accuracy_: float | None = None
-        betas = [float(self.beta)] if self.beta is not None else [float(b) for b in self.betas]
-        lams = [float(self.lam)] if self.lam is not None else [float(v) for v in self.lams]
-        if task.val is not None and (self.beta is None or self.lam is None):
+        searched: Tensor | None = None  # the eigh search returns the chosen point's α
+        if search and task.val is not None and self.solver_ == "eigh":
+            self.beta_, self.lam_, self.val_accuracy_, searched = self._search_eigh(
+                keys, residual, text, task.val, betas, lams
+            )
+        elif search and task.val is not None:
             self.beta_, self.lam_, self.val_accuracy_ = self._search(
                 keys, residual, text, task.val, betas, lams
             )
@@ -389,7 +471,10 @@ class ProKeR(Method):
             self.beta_ = float(self.beta) if self.beta is not None else default_beta
             self.lam_ = float(self.lam) if self.lam is not None else default_lam
         self.cg_iterations_: int | None = None
-        centers, coef = self._solve(keys, residual, self.beta_, self.lam_)
+        if searched is not None:
+            centers, coef = keys, searched
+        else:
+            centers, coef = self._solve(keys, residual, self.beta_, self.lam_)
         self.centers_ = centers.to(self._dtype)
         # contiguous, as save() stores it, so a loaded method takes the same matmul path
         self.dual_coef_ = coef.to(self._dtype).contiguous()
@@ -405,6 +490,9 @@ class ProKeR(Method):
         if self.solver_ == "cg":
             coef, self.cg_iterations_ = self._cg(keys, residual, beta, lam)
             return keys, coef
+        if self.solver_ == "eigh":
+            evals, evecs = kernel_eigh(keys, beta=beta)
+            return keys, proker_eigh(evals, evecs, residual, lam=lam)
         gram = keys @ keys.T
         gram -= 1.0
         return keys, proker_cholesky(gram, residual, beta=beta, lam=lam)
@@ -485,6 +573,48 @@ class ProKeR(Method):
                     counts[i, j] = count_correct(torch.addmm(zv, k_vs, coef, out=logits), yv)
         bi, li = first_best(counts)
         return betas[bi], lams[li], 100.0 * int(counts[bi, li]) / max(1, val.n)
+
+    def _search_eigh(
+        self,
+        keys: Tensor,
+        residual: Tensor,
+        text: Tensor,
+        val: FeatureSet,
+        betas: list[float],
+        lams: list[float],
+    ) -> tuple[float, float, float, Tensor]:
+        """The grid search by one eigendecomposition per β; returns (β, λ, accuracy %, α).
+
+        With ``K_SS = U·diag(w)·Uᵀ``, the validation logits at every λ are
+        ``z_val + (K_vS·U)·diag(λ/(w + λ))·(Uᵀ·R)``: per β, one :func:`kernel_eigh` and two
+        products (``A = K_vS·U``, (Nv, M), and ``B = Uᵀ·R``, (M, C)); per λ, one (Nv, M)·(M, C)
+        product. The first best point (β outer, λ inner, strict ``>``) is tracked as the
+        search goes, and its α = ``U·diag(λ/(w + λ))·B`` is computed while its U is at hand,
+        so no solve follows the search. Memory: one (M, M) matrix, the kernel and then its
+        eigenvectors, besides LAPACK's workspace (:func:`kernel_eigh`).
+        """
+        xv = l2_normalize(val.features.to(self._device, keys.dtype))
+        yv = val.labels.to(self._device)
+        zv = self.scale * (xv @ text.T)
+        counts = torch.zeros(len(betas), len(lams), dtype=torch.long)
+        logits = torch.empty_like(zv)
+        a_vs = xv @ keys.T - 1.0
+        k_vs, buf = torch.empty_like(a_vs), keys.new_empty(keys.shape[0], keys.shape[0])
+        best, coef = -1, residual.new_zeros(residual.shape)
+        for i, beta in enumerate(betas):
+            evals, evecs = kernel_eigh(keys, beta=beta, out=buf)
+            a = torch.mul(a_vs, beta, out=k_vs).exp_() @ evecs
+            b = evecs.T @ residual
+            best_lam = None
+            for j, lam in enumerate(lams):
+                shrunk = b * (lam / (evals + lam))[:, None]
+                counts[i, j] = count_correct(torch.addmm(zv, a, shrunk, out=logits), yv)
+                if int(counts[i, j]) > best:
+                    best, best_lam = int(counts[i, j]), lam
+            if best_lam is not None:
+                torch.mm(evecs, b * (best_lam / (evals + best_lam))[:, None], out=coef)
+        bi, li = first_best(counts)
+        return betas[bi], lams[li], 100.0 * int(counts[bi, li]) / max(1, val.n), coef
 
     def _logits(self, x: Tensor) -> Tensor:
         zs = self.scale * (x @ self.text_weights_.T)
