@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -70,17 +70,37 @@ IMAGENET_HPARAMS: dict[int, tuple[float, float]] = {
 _CHUNK_BYTES = 256 * 2**20
 
 
-def _cholesky_inplace(h: Tensor) -> Tensor:
-    """Lower Cholesky factor of h, written over h; float64 retry when h is not numerically PD."""
-    backup = h.clone() if h.dtype != torch.float64 else None
-    _, info = torch.linalg.cholesky_ex(h, out=(h, torch.empty(0, dtype=torch.int32)))
-    if int(info) == 0:
+def _potrf_inplace(h: Tensor) -> int:
+    """Lower Cholesky factor of the symmetric h in h's lower triangle (its upper one zeroed);
+    returns LAPACK's info (0: done).
+
+    LAPACK works on column-major matrices: h's transpose is the same matrix in that layout, and
+    its upper factor ``U = Lᵀ`` lands in h's lower triangle as L. Factorising h itself would
+    make torch copy it to column-major first, one more (M, M) matrix.
+    """
+    _, info = torch.linalg.cholesky_ex(
+        h.mT, upper=True, out=(h.mT, torch.empty(0, dtype=torch.int32, device=h.device))
+    )
+    return int(info)
+
+
+def _cholesky_inplace(h: Tensor, rebuild: Callable[[Tensor], Tensor]) -> Tensor:
+    """Lower Cholesky factor of h, written over h; float64 retry when h is not numerically PD.
+
+    No copy of h is kept: a float32 h whose factorisation breaks down is written again by
+    ``rebuild(h)`` (h's values, into h) and factorised in float64, 2·M² more numbers for the
+    duration of the retry; the factor is returned in h's dtype, in h.
+    """
+    info = _potrf_inplace(h)
+    if info == 0:
         return h
-    if backup is None:
+    if h.dtype == torch.float64:
         raise torch.linalg.LinAlgError(
-            f"ProKeR: the kernel system is not positive definite (leading minor {int(info)})"
+            f"ProKeR: the kernel system is not positive definite (leading minor {info})"
         )
-    return torch.linalg.cholesky(backup.double()).to(h.dtype)
+    h64 = rebuild(h).double()
+    torch.linalg.cholesky(h64.mT, upper=True, out=h64.mT)
+    return h.copy_(h64)
 
 
 def proker_cholesky(
@@ -95,15 +115,22 @@ def proker_cholesky(
 
     ``gram_minus_one`` is ``S·Sᵀ − 1`` for the normalised rows S (so that K = exp(β·(A − 1))
     for any β without recomputing the Gram matrix). Computed as ``λ·(K + λI)⁻¹R``; uses one
-    (M, M) work matrix besides the input (``work``, reused when given).
+    (M, M) work matrix besides the input (``work``, reused when given), factorised and solved
+    in place: 2·M² numbers in all (4·M² while a float32 breakdown is retried in float64).
     """
     if lam <= 0:
         raise InvalidValueError(f"lam: expected a positive regularisation, found {lam}")
-    work = torch.mul(gram_minus_one, beta, out=work) if work is not None else gram_minus_one * beta
-    work.exp_()
-    work.diagonal().add_(lam)
-    factor = _cholesky_inplace(work)
-    return torch.cholesky_solve(residual.to(factor.dtype), factor).mul_(lam).to(residual.dtype)
+
+    def system(out: Tensor | None) -> Tensor:  # K + λI, into out
+        h = torch.mul(gram_minus_one, beta, out=out) if out is not None else gram_minus_one * beta
+        h.exp_()
+        h.diagonal().add_(lam)
+        return h
+
+    factor = _cholesky_inplace(system(work), system)
+    # two triangular solves: cholesky_solve would copy the factor into a new (M, M) matrix
+    half = torch.linalg.solve_triangular(factor, residual.to(factor.dtype), upper=False)
+    return torch.linalg.solve_triangular(factor.mT, half, upper=True).mul_(lam).to(residual.dtype)
 
 
 def kernel_eigh(keys: Tensor, *, beta: float, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
