@@ -258,17 +258,6 @@ def proker_cg(
     return x, it
 
 
-def _eigh_pays(m_rows: int, n_lams: int) -> bool:
-    """Whether one eigendecomposition per β is faster than ``n_lams`` Cholesky solves per β.
-
-    Measured on the 2-core CPU (``benchmarks/proker_views.py``, ProKeR kernels of synthetic
-    CLIP-like features): ``kernel_eigh`` takes about ``4 + M/800`` times one ``proker_cholesky``
-    (5 at M = 800, 7–9 at 3,200, 9–10 at 6,400, 15 at 9,600), so the decomposition pays when
-    ``n_lams ≥ 4 + M/800``: M ≤ 4,800 for the default 10 λ.
-    """
-    return n_lams >= 4 + m_rows / 800
-
-
 def _shots(task: Task) -> int:
     return max(1, round(task.support.n / task.n_classes))
 
@@ -306,11 +295,15 @@ class ProKeR(Method):
             ``max_kernel_bytes`` ≥ 3·M²·itemsize: one (M, M) matrix and LAPACK's workspace),
             ``"cg"`` (exact to ``tol``; chunked kernel products, Nyström-preconditioned),
             ``"nystrom"`` (approximate, ``n_landmarks`` random rows; exact when
-            ``n_landmarks ≥ M``) or ``"auto"`` (default): when the dense kernel fits the
-            budget, ``"eigh"`` for a search over n_λ ≥ 4 + M/800 values of λ (M ≤ 4,800 with
-            the default 10 λ; measured: one eigendecomposition costs about 4 + M/800 Cholesky
-            solves on a CPU) if its 3·M² fit too, else ``"cholesky"``; beyond the budget
-            ``"cg"``. Nyström is never chosen automatically (ImageNet-size M on a CPU).
+            ``n_landmarks ≥ M``) or ``"auto"`` (default): Cholesky when it fits the budget,
+            else CG. ``"auto"`` never picks ``"eigh"`` (decision rule, measured on the 2-core
+            CPU with ``benchmarks/proker_views.py``): with the default 10 λ the decomposition
+            searched up to 1.5× faster than Cholesky on two idle threads at M ≤ 3,200, but
+            1.2–1.3× slower on one thread (M = 1,600 to 6,400), several times slower when
+            other processes share the cores, and 1.6× (one thread) to 3× (two threads, busy
+            machine) slower per β at M = 16,000, where one eigendecomposition costs 18 to 33
+            Cholesky factorisations. It pays for λ grids much longer than that ratio, on free
+            cores. Nyström is never chosen automatically either.
         n_landmarks: Nyström rank for ``"nystrom"`` and for the CG preconditioner.
         max_kernel_bytes: memory budget of the dense path.
         tol, max_iter: CG stopping rule (relative residual per class column).
@@ -418,9 +411,7 @@ class ProKeR(Method):
         x = torch.cat([l2_normalize(bank[v].to(self._device, wd)) for v in range(bank.shape[0])])
         return x, labels.repeat(bank.shape[0])
 
-    def _resolve_solver(self, m_rows: int, itemsize: int, n_lams: int = 1) -> str:
-        """The solver for M rows of ``itemsize`` bytes and a search over ``n_lams`` λ values
-        (1: λ fixed, or no search)."""
+    def _resolve_solver(self, m_rows: int, itemsize: int) -> str:
         if self.solver == "nystrom":
             return (
                 "cholesky"
@@ -449,11 +440,8 @@ class ProKeR(Method):
             return "eigh"
         if self.solver == "cg":
             return "cg"
-        if not self._fits(m_rows, itemsize):
-            return "cg"
-        if _eigh_pays(m_rows, n_lams) and self._eigh_fits(m_rows, itemsize):
-            return "eigh"
-        return "cholesky"
+        # never "eigh": faster than Cholesky only on free cores and for long λ grids (above)
+        return "cholesky" if self._fits(m_rows, itemsize) else "cg"
 
     def _fits(self, m_rows: int, itemsize: int) -> bool:
         return 2 * m_rows * m_rows * itemsize <= self.max_kernel_bytes
@@ -473,10 +461,7 @@ class ProKeR(Method):
         m_rows, c = keys.shape[0], task.n_classes
         text = l2_normalize(task.text_weights.to(self._device, wd))
         residual = torch.nn.functional.one_hot(labels, c).to(wd) - self.scale * (keys @ text.T)
-        betas = [float(self.beta)] if self.beta is not None else [float(b) for b in self.betas]
-        lams = [float(self.lam)] if self.lam is not None else [float(v) for v in self.lams]
-        search = task.val is not None and (self.beta is None or self.lam is None)
-        self.solver_ = self._resolve_solver(m_rows, keys.element_size(), len(lams) if search else 1)
+        self.solver_ = self._resolve_solver(m_rows, keys.element_size())
         if self.solver_ != "nystrom" and m_rows > 8192 and self._device.type == "cpu":
             warnings.warn(
                 f"ProKeR: exact solve over {m_rows} support rows on CPU is slow; "
@@ -484,15 +469,18 @@ class ProKeR(Method):
                 stacklevel=3,
             )
         self.val_accuracy_: float | None = None
+        betas = [float(self.beta)] if self.beta is not None else [float(b) for b in self.betas]
+        lams = [float(self.lam)] if self.lam is not None else [float(v) for v in self.lams]
         searched: Tensor | None = None  # the eigh search returns the chosen point's α
-        if search and task.val is not None and self.solver_ == "eigh":
-            self.beta_, self.lam_, self.val_accuracy_, searched = self._search_eigh(
-                keys, residual, text, task.val, betas, lams
-            )
-        elif search and task.val is not None:
-            self.beta_, self.lam_, self.val_accuracy_ = self._search(
-                keys, residual, text, task.val, betas, lams
-            )
+        if task.val is not None and (self.beta is None or self.lam is None):
+            if self.solver_ == "eigh":
+                self.beta_, self.lam_, self.val_accuracy_, searched = self._search_eigh(
+                    keys, residual, text, task.val, betas, lams
+                )
+            else:
+                self.beta_, self.lam_, self.val_accuracy_ = self._search(
+                    keys, residual, text, task.val, betas, lams
+                )
         else:
             default_beta, default_lam = IMAGENET_HPARAMS[_nearest_shots(_shots(task))]
             self.beta_ = float(self.beta) if self.beta is not None else default_beta
