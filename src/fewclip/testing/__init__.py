@@ -1,11 +1,26 @@
-"""Helpers for tests: synthetic CLIP-like feature worlds with the real benchmark sizes, and the
-conformance suite every method passes (``check_method``, loaded on first use)."""
+"""Helpers for tests: synthetic CLIP-like feature worlds with the real benchmark sizes (the
+calibrated presets: ``SyntheticWorld.from_preset``, measured by ``fewclip.testing.calibration``),
+and the conformance suite every method passes (``check_method``, loaded on first use)."""
 
 from typing import Any
 
-from fewclip.testing.synthetic import PRESETS, DatasetShape, SyntheticWorld
+from fewclip.testing.synthetic import (
+    CALIBRATED,
+    CLIP_RN50,
+    PRESETS,
+    DatasetShape,
+    SyntheticWorld,
+)
 
-__all__ = ["PRESETS", "DatasetShape", "SyntheticWorld", "check_method", "method_checks"]
+__all__ = [
+    "CALIBRATED",
+    "CLIP_RN50",
+    "PRESETS",
+    "DatasetShape",
+    "SyntheticWorld",
+    "check_method",
+    "method_checks",
+]
 
 
 def __getattr__(name: str) -> Any:
