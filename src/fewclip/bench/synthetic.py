@@ -23,7 +23,13 @@ from torch import Tensor
 from fewclip.bench.runner import Prepared
 from fewclip.errors import InvalidValueError, NotFoundError, OutOfRangeError
 from fewclip.task import FeatureSet
-from fewclip.testing.synthetic import PRESETS, DatasetShape, SyntheticWorld
+from fewclip.testing.synthetic import (
+    CALIBRATED,
+    CLIP_RN50,
+    PRESETS,
+    DatasetShape,
+    SyntheticWorld,
+)
 
 __all__ = ["ZERO_SHOT_TARGETS", "SyntheticSource", "synthetic_prepare"]
 
@@ -65,8 +71,9 @@ class SyntheticSource:
         n_views: augmented views generated per training image when ``views=True``.
 
     Row ``i`` of split ``s`` is drawn from a generator seeded by (world seed, s, i): its plain
-    feature is ``norm·(μ_c + spread·ε)`` and view ``v`` is ``norm·(μ_c + spread·ε +
-    view_noise·ε_v)``, as in ``SyntheticWorld.sample`` (noise drawn in float32).
+    feature is ``norm·x`` with ``x = μ_c + spread·ε`` (plus the within-class spread along the
+    class subspace in a structured world, ``SyntheticWorld.clean``) and view ``v`` is
+    ``norm·(x + view_noise·ε_v)``, as in ``SyntheticWorld.sample`` (noise drawn in float32).
     """
 
     def __init__(self, world: SyntheticWorld, sizes: Mapping[str, int], *, n_views: int = 10):
@@ -126,7 +133,10 @@ class SyntheticSource:
             if bank is not None:
                 bank[:, j] = torch.randn(nv, d, generator=g)  # ε_v, drawn after: same ε
         self.rows_generated += n
-        clean = self._means[labels] + w.spread * head[:, 1:]
+        if w.rank is None:
+            clean = self._means[labels] + w.spread * head[:, 1:]
+        else:
+            clean = w.clean(labels, head[:, 1:], rowwise=True)  # rows independent of batch
         scale = w.feature_norm * (1 + 0.1 * head[:, :1])
         feats = (clean * scale).to(w.dtype)
         vbank = None
@@ -166,12 +176,24 @@ def synthetic_prepare(
             real class counts and split sizes).
         dim: feature dimension (default: the shape's, 1024 = RN50).
         n_views: stored augmented views per training image.
-        calibrate: tune each world's text noise to the dataset's zero-shot accuracy in
-            ``ZERO_SHOT_TARGETS`` (when listed).
-        seed: base world seed; each (dataset, backbone) gets its own world derived from it.
-        world_kwargs: extra ``SyntheticWorld`` arguments (``sep``, ``spread``, ...).
+        calibrate: ``True``: each of the 11 benchmarks with its own shape gets its calibrated
+            preset, ``SyntheticWorld.from_preset(name, seed=seed)``: the structured world whose
+            zero-shot and 16-shot Tip-Adapter accuracies are CLIP RN50's published ones
+            (``fewclip.testing.calibration``; fitted at world seed 0). Any other shape gets the
+            isotropic world with its text noise tuned to the dataset's zero-shot accuracy in
+            ``ZERO_SHOT_TARGETS`` (when listed). ``False``: the isotropic world with
+            ``world_kwargs`` only.
+        seed: base world seed. A calibrated preset uses it as is, for every backbone name (at 0,
+            the very world the knobs were fitted on; other seeds give alike worlds whose
+            zero-shot accuracy scatters by a few points); any other world gets its own seed
+            derived from (seed, dataset, backbone).
+        world_kwargs: ``SyntheticWorld`` arguments (``sep``, ``spread``, ...); with a calibrated
+            preset they override its knobs.
 
-    The backbone name only changes the world's seed: synthetic features have no backbone.
+    Synthetic features have no backbone: the backbone name only changes the seed of a world
+    that is not a calibrated preset. The bench draws its rows from per-row streams
+    (``SyntheticSource``), so even at seed 0 its test rows are not ``world.test_set()``'s: its
+    accuracies differ from the calibrated ones by sampling noise.
     """
     table = dict(PRESETS if shapes is None else shapes)
 
@@ -196,18 +218,26 @@ def synthetic_prepare(
         digest = hashlib.sha256(f"{seed}/{dataset}/{backbone}".encode()).digest()
         wseed = int.from_bytes(digest[:4], "little")
         kwargs = dict(world_kwargs or {})
-        world = SyntheticWorld(
-            shape.classes,
-            dim or shape.dim,
-            test_size=shape.test,
-            val_size=shape.val,
-            seed=wseed,
-            name=dataset,
-            **kwargs,
-        )
-        target = ZERO_SHOT_TARGETS.get(resolve(dataset))
-        if calibrate and target is not None:
-            world.calibrate(target, probe=10)
+        name = resolve(dataset)
+        preset = calibrate and name in CALIBRATED and PRESETS.get(name) == shape
+        if preset:
+            wseed = seed
+            world = SyntheticWorld.from_preset(name, dim=dim, seed=wseed, **kwargs)
+            world.name = dataset
+            kwargs = {**CLIP_RN50, **CALIBRATED[name], **kwargs}
+        else:
+            world = SyntheticWorld(
+                shape.classes,
+                dim or shape.dim,
+                test_size=shape.test,
+                val_size=shape.val,
+                seed=wseed,
+                name=dataset,
+                **kwargs,
+            )
+            target = ZERO_SHOT_TARGETS.get(name)
+            if calibrate and target is not None:
+                world.calibrate(target, probe=10)
         source = SyntheticSource(
             world, {"train": shape.train, "val": shape.val, "test": shape.test}, n_views=n_views
         )
@@ -224,6 +254,7 @@ def synthetic_prepare(
                         n_views,
                         calibrate,
                         sorted(kwargs.items()),
+                        *(("calibrated-preset",) if preset else ()),
                     )
                 ).encode()
             ).hexdigest()[:16]
@@ -241,6 +272,7 @@ def synthetic_prepare(
                 "sizes": {"train": shape.train, "val": shape.val, "test": shape.test},
                 "dim": dim or shape.dim,
                 "text_noise": world.text_noise,
+                **({"calibrated_preset": name} if preset else {}),
             },
         )
 
