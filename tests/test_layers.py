@@ -22,6 +22,7 @@ FEATURE_WORLD = [
     "fewclip.bench.results",
     "fewclip.bench.runner",
     "fewclip.testing.synthetic",
+    "fewclip.testing.calibration",
     "fewclip.testing.conformance",
 ]
 IMAGE_WORLD = (
