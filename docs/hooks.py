@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "docs" / "assets" / "generated"
 DEMO = ROOT / ".fewclip-cache" / "docs-demo"
-FIGURES = ("accuracy_vs_shots.svg", "per_class.svg")
+FIGURES = ("accuracy_vs_shots.svg", "per_class.svg", "world_accuracy_vs_shots.svg")
 
 
 def _fewclip(*args: str) -> None:
@@ -47,6 +47,9 @@ def on_pre_build(config: Any) -> None:
         "--per-class", "--plot", str(GENERATED / "per_class.svg"), "-q",
     )  # fmt: skip
     shutil.copyfile(DEMO / "accuracy_vs_shots.svg", GENERATED / "accuracy_vs_shots.svg")
+    shutil.copyfile(
+        DEMO / "world-dtd" / "accuracy_vs_shots.svg", GENERATED / "world_accuracy_vs_shots.svg"
+    )
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:

@@ -2,7 +2,8 @@
 
 One demo run (module fixture, the installed console script) is checked in every output: the
 terminal, results.md, every JSONL row and the plot title; then one ``-q`` and one ``--json``
-run on the same folder (they resume: every cell is already done).
+run on the same folder (they resume: every cell is already done). Its feature-level part, on
+the calibrated DTD world, says what it is and is never marked TOY.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .conftest import run_fewclip
 LABEL = "fewclip-tiny-vit+toy40"
 WARNING = "never saw a real image; these numbers say nothing about CLIP"
 ARGS = ["demo", "--fast", "--views", "2"]  # the default toy backbone; 2 views keep it fast
+WORLD = "world-dtd"
 TABLE_HEADER = re.compile(r"^method +1-shot +4-shot +16-shot$", re.MULTILINE)
 
 
@@ -37,7 +39,8 @@ def _checkpoint(out: Path) -> Path:
 
 def test_the_table_is_printed_once(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     _, res = demo
-    assert len(TABLE_HEADER.findall(res.stdout)) == 1, res.stdout
+    # one table for the images, one for the feature-level part
+    assert len(TABLE_HEADER.findall(res.stdout)) == 2, res.stdout
     assert res.stdout.count(f"shapes — {LABEL} — fewshot-val") == 1
     assert "average over" not in res.stdout  # one dataset: its average would repeat it
 
@@ -112,12 +115,15 @@ def test_quiet_prints_only_the_table(
     res = run_fewclip(*ARGS, "--out", out, "-q", store=tmp_path / "store")
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
-    assert len(TABLE_HEADER.findall(res.stdout)) == 1, res.stdout
+    assert len(TABLE_HEADER.findall(res.stdout)) == 2, res.stdout
     assert res.stdout.startswith(f"TOY BACKBONE: {LABEL} (")
     assert WARNING in res.stdout
-    assert "wrote" not in res.stdout
+    assert "wrote" not in res.stdout.lower()
     assert "These numbers" not in res.stdout
+    assert "Feature level: synthetic features calibrated to CLIP RN50 on dtd" in res.stdout
+    assert "Published on the real" not in res.stdout
     assert len((out / "results.jsonl").read_text().splitlines()) == 4 * 3  # resumed, no rerun
+    assert len((out / WORLD / "results.jsonl").read_text().splitlines()) == 4 * 3
 
 
 def test_json_prints_only_json(
@@ -126,9 +132,51 @@ def test_json_prints_only_json(
     out, _ = demo
     res = run_fewclip(*ARGS, "--out", out, "--json", store=tmp_path / "store")
     assert res.returncode == 0, res.stderr
-    (group,) = json.loads(res.stdout)["groups"]
+    payload = json.loads(res.stdout)
+    (group,) = payload["groups"]
     assert group["backbone"] == LABEL
     assert group["toy"] is True
+    assert payload["world"]["name"] == "dtd"
+    (world,) = payload["world"]["groups"]
+    assert world["backbone"] == "synthetic-RN50"
+    assert world["toy"] is False
+
+
+def test_the_feature_level_part_says_what_it_is(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, res = demo
+    text = res.stdout[res.stdout.index("Feature level:") :]
+    assert text.startswith(
+        "Feature level: synthetic features calibrated to CLIP RN50 on dtd (47 classes, "
+        "D = 1024): its zero-shot (42.2%) and 16-shot Tip-Adapter (60.9%) accuracies are the "
+        "published ones; no images and no backbone."
+    )
+    assert "== synthetic-RN50 — protocol fewshot-val ==" in text
+    assert "TOY" not in text
+    assert "Published on the real dtd images (CLIP RN50" in text
+    assert "| tip-adapter | 46.22 | 53.96 | 60.93 |" in text
+    assert f"Wrote {(out / WORLD).resolve()}." in text
+    assert "on the calibrated dtd world (protocol fewshot-val)" in res.stderr
+    rows = [json.loads(x) for x in (out / WORLD / "results.jsonl").read_text().splitlines()]
+    assert sorted({(r["method"], r["shots"]) for r in rows}) == sorted(
+        (m, k)
+        for m in ("zero-shot", "linear-probe", "tip-adapter", "tip-adapter-f")
+        for k in (1, 4, 16)
+    )
+    for r in rows:
+        assert r["backbone"] == "synthetic-RN50"
+        assert r["toy"] is False
+        assert r["dataset"] == "dtd"
+        assert r["protocol"] == "fewshot-val"
+        assert "calibrated to CLIP RN50 on dtd" in r["backbone_note"]
+    acc = {(r["method"], r["shots"]): r["accuracy"] for r in rows}
+    # on this world, as on real features, few-shot data helps: the methods learn something
+    assert acc[("tip-adapter-f", 16)] > acc[("zero-shot", 16)] + 10
+    assert acc[("linear-probe", 16)] > acc[("zero-shot", 16)]
+    assert acc[("linear-probe", 1)] < acc[("zero-shot", 1)]
+    assert "| tip-adapter | 46.22 | 53.96 | 60.93 |" in (out / WORLD / "published.md").read_text()
+    assert (out / WORLD / "results.md").read_text().count("tip-adapter-f") == 1
 
 
 def test_labels_of_random_real_and_reused_backbones(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ def test_seeds_methods_and_paper_schedules(tmp_path: Path) -> None:
     res = run_fewclip(
         "demo", "--out", out, "--shots", "1", "--seeds", "1,2", "--methods",
         "zero-shot,clip-adapter", "--paper-schedules", "--warmup-steps", "0", "--views", "1",
-        store=tmp_path / "store",
+        "--world", "none", store=tmp_path / "store",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "running 4 cells: 2 methods x shots [1] x seeds [1, 2]" in res.stderr
@@ -39,3 +39,34 @@ def test_seeds_methods_and_paper_schedules(tmp_path: Path) -> None:
     assert "clip-adapter" in table
     assert "zero-shot" in table
     assert "tip-adapter" not in table
+    # --world none: no feature-level part
+    assert "Feature level" not in table
+    assert not list(out.glob("world-*"))
+
+
+def test_world_picks_the_calibrated_preset_and_coop_is_left_out(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    res = run_fewclip(
+        "demo", "--out", out, "--shots", "1", "--seeds", "3", "--methods", "zero-shot,coop",
+        "--warmup-steps", "0", "--views", "1", "--world", "eurosat",
+        store=tmp_path / "store",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Feature level: synthetic features calibrated to CLIP RN50 on eurosat (10 classes" in (
+        res.stdout
+    )
+    assert "left out (need a text encoder): coop" in res.stderr
+    lines = (out / "world-eurosat" / "results.jsonl").read_text().splitlines()
+    rows = [json.loads(ln) for ln in lines]
+    assert [(r["method"], r["shots"], r["seed"], r["dataset"]) for r in rows] == [
+        ("zero-shot", 1, 3, "eurosat")
+    ]
+
+
+def test_an_unknown_world_is_a_usage_error(tmp_path: Path) -> None:
+    res = run_fewclip("demo", "--out", tmp_path / "demo", "--world", "mnist", store=tmp_path / "s")
+    assert res.returncode == 2, res.stderr
+    assert "no calibrated world 'mnist'; use one of caltech101" in res.stderr
+    assert "--world" in res.stderr
+    assert ", or none" in res.stderr
+    assert not (tmp_path / "demo").exists()

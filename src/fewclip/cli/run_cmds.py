@@ -53,7 +53,7 @@ BENCH_FILES = (
     ".paper_vs_ours.md*",
     ".accuracy_vs_shots*",
 )
-DEMO_FILES = (*BENCH_FILES, "data", "store", "tiny-backbone-*")
+DEMO_FILES = (*BENCH_FILES, "data", "store", "tiny-backbone-*", "world-*")
 
 
 @contextlib.contextmanager
@@ -129,6 +129,11 @@ def demo(
         40, min=0, help="Steps of toy CLIP training for the tiny backbone (0: random weights)."
     ),
     fast: bool = typer.Option(False, "--fast", help="Shots 1,4,16, one seed, four methods."),
+    world: str = typer.Option(
+        "dtd",
+        help="Calibrated synthetic feature world for the feature-level part (one of the 11 "
+        "benchmarks, e.g. eurosat), or none to skip it.",
+    ),
     paper_schedules: bool = typer.Option(
         False, help="Train with the papers' full schedules (slower; see DEMO_PARAMS)."
     ),
@@ -141,6 +146,11 @@ def demo(
     CLIP-like backbone, extracts features with augmented views into a feature store, runs every
     registered method at each shot count and seed, prints a table and writes results.jsonl,
     results.md and accuracy_vs_shots.png/.svg to --out.
+
+    Then a feature-level part runs the same methods (those that need no text encoder) on a
+    synthetic feature world calibrated to CLIP RN50 on --world (default dtd: its zero-shot and
+    16-shot Tip-Adapter accuracies are the published ones), with the first seed, and prints its
+    table beside the published numbers; written to OUT/world-NAME.
 
     The default backbone is a TOY: fewclip-tiny-vit (random init) + --warmup-steps of toy
     training on generated shapes, saved in OUT/tiny-backbone-warmupN (reuse it with
@@ -167,6 +177,9 @@ def demo(
         method_list += [m for m in registry.available() if m not in method_list]
     else:
         method_list = str_list(methods)
+    from fewclip.cli.demo_world import WORLD_PARAMS, check_world, run_world
+
+    world_name = check_world(world)
     if max(shot_list) + min(max(shot_list), 4) > 24:
         raise CLIError("--shots: the demo dataset has 24 training images per class (max 20 shots)")
     _claim_out(out, "demo")
@@ -212,10 +225,23 @@ def demo(
         rows = run_bench(config, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet)
     summary = _report(rows, method_list, out, as_json)  # -q still prints the table
     plots = _plot(summary, out / "accuracy_vs_shots", quiet)
+    world_args: dict[str, Any] = {
+        "methods": method_list,
+        "shots": shot_list,
+        "seed": seed_list[0],
+        "views": views,
+        "params": {} if paper_schedules else {**DEMO_PARAMS, **WORLD_PARAMS},
+        "out": out / f"world-{world_name}",
+    }
     if as_json:
         from fewclip.bench import summary_json
 
-        emit_json(summary_json(summary))
+        payload = summary_json(summary)
+        if world_name is not None:
+            with _resumable(world_args["out"]):
+                world_summary = run_world(world_name, **world_args, quiet=True, printed=False)
+            payload["world"] = {"name": world_name, **summary_json(world_summary)}
+        emit_json(payload)
         return
     where = out.resolve()
     echo(
@@ -240,6 +266,9 @@ def demo(
             "(weights from the Hugging Face cache, or --pretrained /path/to/RN50.pt)."
         )
         echo("\n".join(lines), quiet=quiet)
+    if world_name is not None:
+        with _resumable(world_args["out"]):
+            run_world(world_name, **world_args, quiet=quiet)
 
 
 def _demo_backbone(
