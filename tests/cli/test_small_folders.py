@@ -171,3 +171,34 @@ def test_coop_fits_and_predicts_through_the_installed_command(
     )
     assert pred.returncode == 0, pred.stderr
     assert len(pred.stdout.strip().splitlines()) == 1 + 3 * 4  # header + every test image
+
+
+#: CoOp's successors through the CLI: (method, the -p settings that keep the fit short)
+PROMPT_LEARNERS = [
+    ("kgcoop", ["epochs=3", "weight=2.0"]),
+]
+
+
+@pytest.mark.parametrize(("method", "params"), PROMPT_LEARNERS, ids=[m for m, _ in PROMPT_LEARNERS])
+def test_prompt_learners_fit_and_predict_through_the_installed_command(
+    opt_data: Path, tmp_path: Path, method: str, params: list[str]
+) -> None:
+    """The tiny backbone's text tower reaches the method through `fewclip fit`, the record
+    keeps the parameters asked for, and `fewclip predict` scores every test image."""
+    adapter, store = tmp_path / method, tmp_path / "store"
+    flags = [x for p in params for x in ("-p", p)]
+    res = run_fewclip(
+        "fit", "-m", method, "-d", opt_data, "-k", "2", "-b", TINY_BACKBONE, "--views", "1",
+        *flags, "-o", adapter, "--json", store=store,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["method"] == method
+    for p in params:
+        key, value = p.split("=")
+        assert str(record["params"][key]) == value
+    pred = run_fewclip(
+        "predict", adapter, opt_data / "test", "--format", "csv", "--top-k", "1", store=store
+    )
+    assert pred.returncode == 0, pred.stderr
+    assert len(pred.stdout.strip().splitlines()) == 1 + 3 * 4  # header + every test image

@@ -25,6 +25,7 @@ PAGES = {
     "clap.md": ["zs-lp", "clap"],
     "clip-adapter.md": ["clip-adapter"],
     "coop.md": ["coop"],
+    "kgcoop.md": ["kgcoop"],
     "cross-modal-lp.md": ["cross-modal-lp"],
     "gda.md": ["gda"],
     "lp-pp.md": ["lp++"],

@@ -21,6 +21,7 @@ CASES: list[tuple[str, dict[str, Any], str, int]] = [
     ("lp++", {"epochs": 3}, "lp++", 3),
     ("taskres", {"epochs": 2}, "taskres", 2),
     ("coop", {"epochs": 2, "n_ctx": 2}, "coop", 2),
+    ("kgcoop", {"epochs": 2}, "kgcoop", 2),
 ]
 
 

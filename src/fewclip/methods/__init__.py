@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from fewclip.methods.coop import CoOp
     from fewclip.methods.cross_modal_lp import CrossModalLP
     from fewclip.methods.gda import GDA
+    from fewclip.methods.kgcoop import KgCoOp
     from fewclip.methods.linear_probe import LinearProbe
     from fewclip.methods.lp_pp import LPPlusPlus
     from fewclip.methods.proker import ProKeR
@@ -46,6 +47,7 @@ _CLASSES = {
     "CoOp": "coop",
     "CrossModalLP": "cross_modal_lp",
     "GDA": "gda",
+    "KgCoOp": "kgcoop",
     "LinearProbe": "linear_probe",
     "LPPlusPlus": "lp_pp",
     "ProKeR": "proker",
@@ -79,6 +81,7 @@ __all__ = [
     "CLIPAdapter",
     "CoOp",
     "CrossModalLP",
+    "KgCoOp",
     "LPPlusPlus",
     "LinearProbe",
     "Method",

@@ -99,6 +99,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "coop": "coop",
     "cross-modal-lp": "cross_modal_lp",
     "gda": "gda",
+    "kgcoop": "kgcoop",
     "linear-probe": "linear_probe",
     "lp++": "lp_pp",
     "proker": "proker",

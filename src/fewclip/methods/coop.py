@@ -25,6 +25,7 @@ docstring for the defaults and the deliberate differences).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -38,7 +39,7 @@ from fewclip.methods.base import Method, register
 from fewclip.task import Task
 from fewclip.text_tower import TextTower
 
-__all__ = ["CoOp", "PromptContext", "coop_epochs"]
+__all__ = ["CoOp", "PromptContext", "PromptRun", "coop_epochs", "handcrafted_features"]
 
 _POSITIONS = ("end", "middle", "front")
 
@@ -58,6 +59,12 @@ class PromptContext:
     Built once per task from the tower: the token embeddings of ``"X X … X name."`` (M ``X``
     placeholders, or the ``init`` phrase) give the SOS prefix, each class's suffix (name, ``.``,
     EOT, padding) and, for ``middle`` and ``front``, each name's token count.
+
+    With an ``init`` phrase of k words, M = k (CoOp, CoCoOp, KgCoOp) and ``init_vectors`` holds
+    the phrase's k token embeddings; with ``keep_n_ctx`` M stays ``n_ctx`` ≥ k, the prompt reads
+    ``"X … X phrase name."`` and ``init_vectors`` is zero in the first M − k slots and the
+    phrase's embeddings in the last k (ProGrad's start). As in the references, k counts
+    space-separated words, not tokenizer tokens.
     """
 
     def __init__(
@@ -68,12 +75,19 @@ class PromptContext:
         n_ctx: int,
         init: str,
         position: str,
+        keep_n_ctx: bool = False,
     ) -> None:
         names = [c.replace("_", " ") for c in classnames]
         phrase = init.replace("_", " ").strip()
-        if phrase:
-            n_ctx = len(phrase.split(" "))  # as the reference: words, not BPE tokens
-        prefix_text = phrase if phrase else " ".join(["X"] * n_ctx)
+        words = len(phrase.split(" ")) if phrase else 0
+        if phrase and keep_n_ctx and words > n_ctx:
+            raise InvalidValueError(
+                f"n_ctx: expected at least the {words} words of ctx_init {init!r}, found {n_ctx}"
+            )
+        if phrase and not keep_n_ctx:
+            n_ctx = words  # as the reference: words, not BPE tokens
+        pad = " ".join(["X"] * (n_ctx - words))
+        prefix_text = f"{pad} {phrase}".strip()
         tokens = tower.tokenize([f"{prefix_text} {name}." for name in names]).to(tower.device)
         with torch.no_grad():
             emb = tower.embed(tokens)
@@ -86,9 +100,16 @@ class PromptContext:
         if phrase:
             with torch.no_grad():
                 init_tokens = tower.tokenize([phrase]).to(tower.device)
-                self.init_vectors = tower.embed(init_tokens)[0, 1 : 1 + n_ctx].clone()
+                vectors = tower.embed(init_tokens)[0, 1 : 1 + words]
+                self.init_vectors = torch.cat(
+                    [vectors.new_zeros(n_ctx - words, vectors.shape[1]), vectors]
+                )
         name_tokens = tower.tokenize(names).to(tower.device)
         self.name_lens = (tower.eot_index(name_tokens) - 1).tolist()
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.prefix.shape[0])
 
     def assemble(self, ctx: Tensor) -> Tensor:
         """(C, L, W) prompt embeddings with the context ``ctx`` ((M, W) shared or (C, M, W))."""
@@ -112,6 +133,72 @@ class PromptContext:
                 parts = [pre, name, ctx[i : i + 1], post]
             rows.append(torch.cat(parts, dim=1))
         return torch.cat(rows)
+
+    def assemble_per_image(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """The prompts of B images with one context each (CoCoOp), class token at the end:
+        ``ctx`` (B, M, W) → ((B·C, L, W) embeddings, (B·C,) EOT positions), image-major (row
+        ``b·C + c`` is image b's prompt of class c)."""
+        if self.position != "end":
+            raise InvalidValueError(
+                f"class_token_position: per-image contexts support 'end' only, found "
+                f"{self.position!r}"
+            )
+        b, c = ctx.shape[0], self.n_classes
+        ctx = ctx.to(self.prefix.dtype)
+        parts = [
+            self.prefix.unsqueeze(0).expand(b, -1, -1, -1),
+            ctx.unsqueeze(1).expand(-1, c, -1, -1),
+            self.suffix.unsqueeze(0).expand(b, -1, -1, -1),
+        ]
+        emb = torch.cat(parts, dim=2)
+        return emb.reshape(b * c, *emb.shape[2:]), self.eot.repeat(b)
+
+
+@dataclass
+class PromptRun:
+    """What one fit of a prompt learner trains through: the frozen ``tower``, the ``prompts``
+    around the context, the trainable tensors ``params`` (the context first) and ``trim``."""
+
+    tower: TextTower
+    prompts: PromptContext
+    params: list[Tensor]
+    trim: bool = True
+
+    @property
+    def ctx(self) -> Tensor:
+        return self.params[0]
+
+    def text(self, ctx: Tensor | None = None) -> Tensor:
+        """(C, D) L2-normalised float32 text features of the C prompts with ``ctx`` (default:
+        the trained context)."""
+        ctx = self.ctx if ctx is None else ctx
+        out = self.tower.encode(self.prompts.assemble(ctx), self.prompts.eot, trim=self.trim)
+        return l2_normalize(out.float())
+
+
+def handcrafted_features(
+    tower: TextTower, classnames: list[str], template: str | None, text_weights: Tensor
+) -> Tensor:
+    """(C, D) L2-normalised float32 text features of the hand-written prompts: the tower's
+    features of ``template.format(name)`` for each class (``_`` read as a space, as the
+    references do), or, with ``template=None``, the task's zero-shot classifier
+    ``text_weights`` (built from the task's prompt set)."""
+    if template is None:
+        return l2_normalize(text_weights.float().to(tower.device))
+    texts = [template.format(c.replace("_", " ")) for c in classnames]
+    with torch.no_grad():
+        return l2_normalize(tower.encode_texts(texts).float())
+
+
+def check_template(template: str | None) -> None:
+    """``template`` is ``None`` or a string with one ``{}`` for the class name."""
+    if template is None:
+        return
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise InvalidValueError(
+            f"template: expected None or a text with one '{{}}' for the class name, found "
+            f"{template!r}"
+        )
 
 
 @register("coop")
@@ -218,22 +305,29 @@ class CoOp(Method):
         tower = task.text_tower
         assert tower is not None  # Method.fit checks needs_text_tower
         shots = int(torch.bincount(task.support.labels, minlength=task.n_classes).max())
-        self.epochs_ = coop_epochs(shots) if self.epochs == "auto" else int(self.epochs)
+        self.epochs_ = self._epochs_for(shots)
         self.scale_ = float(tower.logit_scale if self.scale is None else self.scale)
-        prompts = PromptContext(
+        prompts = self._prompt_context(tower, task.classnames)
+        run = PromptRun(tower, prompts, self._initial_params(prompts, tower, task), self.trim)
+        if self.epochs_ > 0:
+            self._train(task, run)
+        self._keep(run)
+
+    def _epochs_for(self, shots: int) -> int:
+        return coop_epochs(shots) if self.epochs == "auto" else int(self.epochs)
+
+    def _prompt_context(self, tower: TextTower, classnames: list[str]) -> PromptContext:
+        return PromptContext(
             tower,
-            task.classnames,
+            classnames,
             n_ctx=self.n_ctx,
             init=self.ctx_init,
             position=self.class_token_position,
         )
-        ctx = self._initial_context(prompts, tower, task.n_classes)
-        if self.epochs_ > 0:
-            self._train(task, tower, prompts, ctx)
-        self.ctx_ = ctx.detach().to(self._dtype)
-        with torch.no_grad():
-            text = tower.encode(prompts.assemble(ctx), prompts.eot, trim=self.trim)
-        self.text_features_ = self._to(l2_normalize(text.float()))
+
+    def _initial_params(self, prompts: PromptContext, tower: TextTower, task: Task) -> list[Tensor]:
+        """The trainable tensors, the context first (what ``PromptRun.params`` holds)."""
+        return [self._initial_context(prompts, tower, task.n_classes)]
 
     def _initial_context(self, prompts: PromptContext, tower: TextTower, n_classes: int) -> Tensor:
         shape = (
@@ -245,32 +339,55 @@ class CoOp(Method):
         g = torch.Generator().manual_seed(self.seed)
         return (0.02 * torch.randn(shape, generator=g)).to(tower.device)
 
-    def _train(self, task: Task, tower: TextTower, prompts: PromptContext, ctx: Tensor) -> None:
+    def _keep(self, run: PromptRun) -> None:
+        """The fitted state: the context and the text features of the learned prompts."""
+        self.ctx_ = run.ctx.detach().to(self._dtype)
+        with torch.no_grad():
+            self.text_features_ = self._to(run.text())
+
+    def _train(self, task: Task, run: PromptRun) -> None:
         """Dassl's loop: per epoch, the learning rate of the schedule, then shuffled batches of
-        one stored view per image; per batch, the C prompts through the tower and one SGD step
-        on the context (momentum and weight decay as ``torch.optim.SGD``)."""
-        ctx.requires_grad_(True)
+        one stored view per image; per batch, one :meth:`_step` (by default: the C prompts
+        through the tower, :meth:`_loss`, and one SGD step on ``run.params`` with momentum and
+        weight decay as ``torch.optim.SGD``)."""
+        tower = run.tower
+        self._begin_training(task, run)
+        for p in run.params:
+            p.requires_grad_(True)
         opt = torch.optim.SGD(
-            [ctx], lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            run.params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
         bank = task.support.view_bank()
         n_views, n = bank.shape[0], bank.shape[1]
         labels = task.support.labels.to(tower.device)
         g = torch.Generator().manual_seed(self.seed)
-        for epoch in tqdm(range(self.epochs_), desc="coop", disable=not self.progress):
-            for group in opt.param_groups:
-                group["lr"] = self._lr_at(epoch)
-            ep = dassl_epoch(n, n_views, self.batch_size, g)
-            images = l2_normalize(bank[ep.view_of[ep.order], ep.order].float()).to(tower.device)
-            targets = labels[ep.order.to(tower.device)]
-            for batch in ep.batches:
-                text = tower.encode(prompts.assemble(ctx), prompts.eot, trim=self.trim)
-                logits = self.scale_ * images[batch] @ l2_normalize(text.float()).T
-                loss = torch.nn.functional.cross_entropy(logits, targets[batch])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        ctx.requires_grad_(False)
+        try:
+            for epoch in tqdm(range(self.epochs_), desc=self.name, disable=not self.progress):
+                for group in opt.param_groups:
+                    group["lr"] = self._lr_at(epoch)
+                ep = dassl_epoch(n, n_views, self.batch_size, g)
+                images = l2_normalize(bank[ep.view_of[ep.order], ep.order].float()).to(tower.device)
+                targets = labels[ep.order.to(tower.device)]
+                for batch in ep.batches:
+                    self._step(opt, run, images[batch], targets[batch])
+        finally:
+            for p in run.params:
+                p.requires_grad_(False)
+
+    def _begin_training(self, task: Task, run: PromptRun) -> None:
+        """Called once before the first step (a regulariser's fixed targets are built here)."""
+
+    def _step(self, opt: torch.optim.Optimizer, run: PromptRun, x: Tensor, y: Tensor) -> None:
+        """One optimiser step on the batch of L2-normalised image features ``x`` (B, D)."""
+        loss = self._loss(run, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def _loss(self, run: PromptRun, x: Tensor, y: Tensor) -> Tensor:
+        """CoOp's loss: ``mean CE(s · x · tᵀ, y)`` with t the prompts' normalised features."""
+        logits = self.scale_ * x @ run.text().T
+        return torch.nn.functional.cross_entropy(logits, y)
 
     def _lr_at(self, epoch: int) -> float:
         return dassl_lr(
