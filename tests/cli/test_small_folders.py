@@ -176,6 +176,7 @@ def test_coop_fits_and_predicts_through_the_installed_command(
 #: CoOp's successors through the CLI: (method, the -p settings that keep the fit short)
 PROMPT_LEARNERS = [
     ("kgcoop", ["epochs=3", "weight=2.0"]),
+    ("prograd", ["epochs=3", "n_ctx=6", "lam=0.8"]),
 ]
 
 

@@ -124,7 +124,7 @@ def test_every_method_exports_to_onnx_equal_to_fewclip(backbone, images, tmp_pat
     got = _run_outside(RUN_ONNX, files, images, tmp_path)
     for path, logits in got.items():
         assert _rel_err(logits, expected[path]) <= RTOL, path
-    assert len(got) == len(methods.available()) == 17
+    assert len(got) == len(methods.available()) == 18
 
 
 def test_torchscript_runs_with_torch_alone(backbone, images, tmp_path):

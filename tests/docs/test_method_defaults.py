@@ -26,6 +26,7 @@ PAGES = {
     "clip-adapter.md": ["clip-adapter"],
     "coop.md": ["coop"],
     "kgcoop.md": ["kgcoop"],
+    "prograd.md": ["prograd"],
     "cross-modal-lp.md": ["cross-modal-lp"],
     "gda.md": ["gda"],
     "lp-pp.md": ["lp++"],

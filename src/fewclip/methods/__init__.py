@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from fewclip.methods.kgcoop import KgCoOp
     from fewclip.methods.linear_probe import LinearProbe
     from fewclip.methods.lp_pp import LPPlusPlus
+    from fewclip.methods.prograd import ProGrad
     from fewclip.methods.proker import ProKeR
     from fewclip.methods.taskres import TaskRes
     from fewclip.methods.tip_adapter import TipAdapter, TipAdapterF
@@ -50,6 +51,7 @@ _CLASSES = {
     "KgCoOp": "kgcoop",
     "LinearProbe": "linear_probe",
     "LPPlusPlus": "lp_pp",
+    "ProGrad": "prograd",
     "ProKeR": "proker",
     "TaskRes": "taskres",
     "TipAdapter": "tip_adapter",
@@ -86,6 +88,7 @@ __all__ = [
     "LinearProbe",
     "Method",
     "NotFittedError",
+    "ProGrad",
     "ProKeR",
     "TaskRes",
     "TipAdapter",

@@ -102,6 +102,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "kgcoop": "kgcoop",
     "linear-probe": "linear_probe",
     "lp++": "lp_pp",
+    "prograd": "prograd",
     "proker": "proker",
     "taskres": "taskres",
     "tip-adapter": "tip_adapter",
