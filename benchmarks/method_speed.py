@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    names = registry.available() if args.methods == "all" else args.methods.split(",")
+    if args.methods == "all":  # synthetic features have no text encoder for the prompt learners
+        names = [m for m in registry.available() if not registry.get(m).needs_text_tower]
+    else:
+        names = args.methods.split(",")
     if "tip-adapter" not in names:
         names = ["tip-adapter", *names]
     unknown = sorted(set(names) - set(registry.available()))

@@ -245,7 +245,8 @@ class Adapter:
         precision: str = "amp",
     ) -> Backbone:
         """Load the backbone the adapter was fitted with (or ``name``/``pretrained`` instead,
-        e.g. the same weights at another path) and check that its id matches."""
+        e.g. the same weights at another path) and check that its id matches. A method that
+        scores through the text tower (CoCoOp) gets the backbone's tower here."""
         import fewclip.backbones as fb
 
         rec = self.info["backbone"]
@@ -256,7 +257,21 @@ class Adapter:
             precision=precision,
         )
         self.check_backbone(bb)
+        self._attach_text_tower(bb)
         return bb
+
+    def _attach_text_tower(self, backbone: Backbone) -> None:
+        """Give the method the backbone's text tower when its scores need one
+        (``Method.predicts_with_text_tower``) and it has none yet."""
+        if not self.method.predicts_with_text_tower or self.method.can_score:
+            return
+        tower = text_tower_of(backbone)
+        if tower is None:
+            raise AdapterError(
+                f"{self.method.name} scores each image through the text encoder, and backbone "
+                f"{backbone.name!r} offers none (an open_clip backbone does)"
+            )
+        self.method.attach_text_tower(tower)
 
     def check_backbone(self, backbone: Backbone) -> None:
         """Raise :class:`BackboneMismatchError` unless ``backbone.id`` is the adapter's."""
@@ -289,6 +304,7 @@ class Adapter:
         if top_k < 1:
             raise InvalidValueError(f"top_k: expected a positive integer, found {top_k}")
         self.check_backbone(backbone)
+        self._attach_text_tower(backbone)
         images = list(images)
         res = extract(
             backbone,

@@ -70,3 +70,28 @@ def test_an_unknown_world_is_a_usage_error(tmp_path: Path) -> None:
     assert "--world" in res.stderr
     assert ", or none" in res.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_prompt_learners_run_as_bench_cells_with_the_backbone_s_text_tower(
+    tmp_path: Path,
+) -> None:
+    """The runner hands the tiny backbone's text tower to every cell (Prepared.text_tower):
+    CoCoOp, KgCoOp and ProGrad fit and are scored on the test split (CoCoOp through the tower
+    per image), each with its released schedule."""
+    out = tmp_path / "demo"
+    res = run_fewclip(
+        "demo", "--out", out, "--shots", "1", "--seeds", "1", "--methods",
+        "cocoop,kgcoop,prograd", "--warmup-steps", "0", "--views", "1",
+        store=tmp_path / "store",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in rows) == ["cocoop", "kgcoop", "prograd"]
+    epochs = {r["method"]: r["fitted"]["epochs_"] for r in rows}
+    assert epochs == {"cocoop": 10, "kgcoop": 100, "prograd": 50}  # ProGrad: 50 at 1 shot
+    for r in rows:
+        assert r["n_test"] == 200
+        assert 0 <= r["accuracy"] <= 100
+    # the feature-level part has no text encoder for them
+    assert "feature-level part skipped: every method asked for needs a text encoder" in res.stderr
+    assert not list(out.glob("world-*"))

@@ -177,6 +177,7 @@ def test_coop_fits_and_predicts_through_the_installed_command(
 PROMPT_LEARNERS = [
     ("kgcoop", ["epochs=3", "weight=2.0"]),
     ("prograd", ["epochs=3", "n_ctx=6", "lam=0.8"]),
+    ("cocoop", ["epochs=2", "batch_size=4", "prompt_batch=5"]),  # predict: the tower per image
 ]
 
 

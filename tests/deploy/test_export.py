@@ -111,12 +111,18 @@ def _rel_err(got, expected) -> float:
     return float(np.abs(got - expected).max() / np.abs(expected).max())
 
 
+#: The methods that can be exported: every one that declares no ``export_refusal``.
+EXPORTABLE = [n for n in methods.available() if not methods.get(n).export_refusal]
+REFUSED = [n for n in methods.available() if methods.get(n).export_refusal]
+
+
 def test_every_method_exports_to_onnx_equal_to_fewclip(backbone, images, tmp_path):
-    """Every registered method: the ONNX file, run by onnxruntime in a process without
-    fewclip on images preprocessed from the metadata, gives fewclip's logits."""
+    """Every registered method that declares no ``export_refusal``: the ONNX file, run by
+    onnxruntime in a process without fewclip on images preprocessed from the metadata, gives
+    fewclip's logits."""
     require_extra("onnxruntime", "export")
     expected, files = {}, []
-    for name in methods.available():
+    for name in EXPORTABLE:
         adapter = _adapter(name, backbone)
         path = export_adapter(adapter, tmp_path / f"{name}.onnx", backbone=backbone)
         files.append(path)
@@ -124,7 +130,17 @@ def test_every_method_exports_to_onnx_equal_to_fewclip(backbone, images, tmp_pat
     got = _run_outside(RUN_ONNX, files, images, tmp_path)
     for path, logits in got.items():
         assert _rel_err(logits, expected[path]) <= RTOL, path
-    assert len(got) == len(methods.available()) == 18
+    assert len(got) == len(EXPORTABLE) == 18
+    assert REFUSED == ["cocoop"]  # its scores run the text tower per image
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_a_method_that_declares_a_refusal_is_refused_with_its_reason(name, backbone, tmp_path):
+    adapter = _adapter(name, backbone)
+    with pytest.raises(ExportError) as e:
+        export_adapter(adapter, tmp_path / f"{name}.onnx", backbone=backbone)
+    assert str(e.value) == f"method {name!r} cannot be exported: {methods.get(name).export_refusal}"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_torchscript_runs_with_torch_alone(backbone, images, tmp_path):

@@ -25,6 +25,7 @@ PAGES = {
     "clap.md": ["zs-lp", "clap"],
     "clip-adapter.md": ["clip-adapter"],
     "coop.md": ["coop"],
+    "cocoop.md": ["cocoop"],
     "kgcoop.md": ["kgcoop"],
     "prograd.md": ["prograd"],
     "cross-modal-lp.md": ["cross-modal-lp"],

@@ -22,6 +22,7 @@ CASES: list[tuple[str, dict[str, Any], str, int]] = [
     ("taskres", {"epochs": 2}, "taskres", 2),
     ("coop", {"epochs": 2, "n_ctx": 2}, "coop", 2),
     ("kgcoop", {"epochs": 2}, "kgcoop", 2),
+    ("cocoop", {"epochs": 2, "batch_size": 8}, "cocoop", 2),
     ("prograd", {"epochs": 2, "n_ctx": 4}, "prograd", 2),
 ]
 

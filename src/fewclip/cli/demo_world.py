@@ -104,7 +104,8 @@ def run_world(
     leak-free ``fewshot-val`` protocol. Writes OUT/results.{jsonl,md,txt,summary.json},
     OUT/accuracy_vs_shots.{png,svg} (with matplotlib) and OUT/published.md; prints what the
     world is, its table and the published one (``quiet``: only what it is and its table;
-    ``printed=False``: nothing). Resumes like every grid."""
+    ``printed=False``: nothing). Resumes like every grid. ``None`` (and nothing run) when
+    every method needs a text encoder."""
     from fewclip import methods as registry
     from fewclip.bench import BenchConfig, format_tables, summarize, write_reports
     from fewclip.bench.runner import run_bench
@@ -112,6 +113,14 @@ def run_world(
 
     feature_methods = [m for m in methods if not registry.get(m).needs_text_tower]
     left_out = [m for m in methods if m not in feature_methods]
+    if not feature_methods:
+        echo(
+            f"\nfeature-level part skipped: every method asked for needs a text encoder "
+            f"({', '.join(left_out)}), which a synthetic world does not have",
+            quiet=quiet or not printed,
+            err=True,
+        )
+        return None
     config = BenchConfig(
         methods=tuple(feature_methods),
         datasets=(name,),

@@ -240,7 +240,8 @@ def demo(
         if world_name is not None:
             with _resumable(world_args["out"]):
                 world_summary = run_world(world_name, **world_args, quiet=True, printed=False)
-            payload["world"] = {"name": world_name, **summary_json(world_summary)}
+            if world_summary is not None:
+                payload["world"] = {"name": world_name, **summary_json(world_summary)}
         emit_json(payload)
         return
     where = out.resolve()

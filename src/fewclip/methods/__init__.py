@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from fewclip.methods.ape import APE, APET
     from fewclip.methods.clap import CLAP, ZSLP
     from fewclip.methods.clip_adapter import CLIPAdapter
+    from fewclip.methods.cocoop import CoCoOp
     from fewclip.methods.coop import CoOp
     from fewclip.methods.cross_modal_lp import CrossModalLP
     from fewclip.methods.gda import GDA
@@ -45,6 +46,7 @@ _CLASSES = {
     "CLAP": "clap",
     "ZSLP": "clap",
     "CLIPAdapter": "clip_adapter",
+    "CoCoOp": "cocoop",
     "CoOp": "coop",
     "CrossModalLP": "cross_modal_lp",
     "GDA": "gda",
@@ -81,6 +83,7 @@ __all__ = [
     "GDA",
     "ZSLP",
     "CLIPAdapter",
+    "CoCoOp",
     "CoOp",
     "CrossModalLP",
     "KgCoOp",

@@ -96,6 +96,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "ape-t": "ape",
     "clap": "clap",
     "clip-adapter": "clip_adapter",
+    "cocoop": "cocoop",
     "coop": "coop",
     "cross-modal-lp": "cross_modal_lp",
     "gda": "gda",
@@ -338,6 +339,11 @@ class Method(EstimatorParams):
     export_refusal: ClassVar[str | None] = None
     #: The method trains inside the text encoder and needs ``task.text_tower``.
     needs_text_tower: ClassVar[bool] = False
+    #: The method's scores run the text encoder on every query (CoCoOp: prompts conditioned on
+    #: the image), so predicting needs the tower too. A fit keeps the task's tower; a loaded
+    #: method scores only after :meth:`attach_text_tower` (``Adapter.load_backbone`` does it),
+    #: and such a method cannot be exported as a feature-level head (``export_refusal``).
+    predicts_with_text_tower: ClassVar[bool] = False
     _state_tensors: ClassVar[tuple[str, ...]] = ()
     _state_values: ClassVar[tuple[str, ...]] = ()
 
@@ -397,8 +403,30 @@ class Method(EstimatorParams):
             )
         return float((pred == y).float().mean()) if len(y) else 0.0
 
+    def attach_text_tower(self: M, tower: Any) -> M:
+        """Give a fitted or loaded method the text tower its scores need
+        (``predicts_with_text_tower``; ``backbone.text_tower()`` of the backbone it was fitted
+        with) and return ``self``. Methods that predict without one ignore it."""
+        if self.predicts_with_text_tower:
+            self._check_fitted()
+            self._attach_text_tower(tower)
+        return self
+
+    @property
+    def can_score(self) -> bool:
+        """Whether ``logits`` can run now: fitted, and holding a text tower if its scores need
+        one (a method loaded from disk that ``predicts_with_text_tower`` needs
+        :meth:`attach_text_tower` first)."""
+        if not hasattr(self, "classnames_"):
+            return False
+        return not self.predicts_with_text_tower or getattr(self, "_text_tower", None) is not None
+
     # -- for subclasses ---------------------------------------------------------------------
     def _fit(self, task: Task) -> None:
+        raise NotImplementedError
+
+    def _attach_text_tower(self, tower: Any) -> None:
+        """Keep ``tower`` for scoring (``predicts_with_text_tower`` methods implement it)."""
         raise NotImplementedError
 
     def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
@@ -602,7 +630,11 @@ def _read_state(path: Path, cfg: Mapping[str, Any]) -> dict[str, Tensor]:
 
 def _probe(method: Method, path: Path) -> None:
     """Score one query row: the loaded tensors must give one finite score per class name
-    (catches tensors cut or grown against the class names or the feature dimension)."""
+    (catches tensors cut or grown against the class names or the feature dimension). A
+    method that scores through the text tower has none yet: its ``_load_extra_state`` checks
+    the shapes instead."""
+    if not method.can_score:
+        return
     n, d = len(method.classnames_), method.n_features_in_
     try:
         out = method.logits(torch.ones(1, d))

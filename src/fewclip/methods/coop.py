@@ -39,7 +39,14 @@ from fewclip.methods.base import Method, register
 from fewclip.task import Task
 from fewclip.text_tower import TextTower
 
-__all__ = ["CoOp", "PromptContext", "PromptRun", "coop_epochs", "handcrafted_features"]
+__all__ = [
+    "CoOp",
+    "PromptContext",
+    "PromptRun",
+    "coop_epochs",
+    "handcrafted_features",
+    "initial_context",
+]
 
 _POSITIONS = ("end", "middle", "front")
 
@@ -176,6 +183,20 @@ class PromptRun:
         return l2_normalize(out.float())
 
 
+def initial_context(
+    prompts: PromptContext, tower: TextTower, *, seed: int, n_classes: int | None = None
+) -> Tensor:
+    """The float32 starting context on the tower's device: (M, W), or (C, M, W) class-specific
+    with ``n_classes``. The phrase's vectors (``prompts.init_vectors``) when there is one, else
+    N(0, 0.02²) drawn from a generator seeded with ``seed`` (``nn.init.normal_(std=0.02)``)."""
+    m, w = prompts.n_ctx, tower.width
+    shape = (m, w) if n_classes is None else (n_classes, m, w)
+    if prompts.init_vectors is not None:
+        return prompts.init_vectors.float().expand(shape).clone().to(tower.device)
+    g = torch.Generator().manual_seed(seed)
+    return (0.02 * torch.randn(shape, generator=g)).to(tower.device)
+
+
 def handcrafted_features(
     tower: TextTower, classnames: list[str], template: str | None, text_weights: Tensor
 ) -> Tensor:
@@ -240,10 +261,10 @@ class CoOp(Method):
     uses_validation = False
     needs_text_tower = True
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 2, "n_ctx": 4}
-    export_refusal = None
+    export_refusal: ClassVar[str | None] = None
 
-    _state_tensors = ("ctx_", "text_features_")
-    _state_values = ("scale_", "epochs_")
+    _state_tensors: ClassVar[tuple[str, ...]] = ("ctx_", "text_features_")
+    _state_values: ClassVar[tuple[str, ...]] = ("scale_", "epochs_")
 
     def __init__(
         self,
@@ -330,14 +351,9 @@ class CoOp(Method):
         return [self._initial_context(prompts, tower, task.n_classes)]
 
     def _initial_context(self, prompts: PromptContext, tower: TextTower, n_classes: int) -> Tensor:
-        shape = (
-            (n_classes, prompts.n_ctx, tower.width) if self.csc else (prompts.n_ctx, tower.width)
+        return initial_context(
+            prompts, tower, seed=self.seed, n_classes=n_classes if self.csc else None
         )
-        if prompts.init_vectors is not None:
-            init = prompts.init_vectors.float()
-            return (init.expand(shape) if self.csc else init).clone().to(tower.device)
-        g = torch.Generator().manual_seed(self.seed)
-        return (0.02 * torch.randn(shape, generator=g)).to(tower.device)
 
     def _keep(self, run: PromptRun) -> None:
         """The fitted state: the context and the text features of the learned prompts."""

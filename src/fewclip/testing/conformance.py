@@ -8,7 +8,8 @@ Each check fits the method on small generated feature tasks (feature world only:
 no backbone) with the method's ``quick_params`` and asserts one part of the contract:
 
 - ``fit`` returns ``self``; ``logits``/``predict``/``predict_proba``/``score`` agree;
-- logits computed in row blocks equal one block; save → load gives identical logits;
+- logits computed in row blocks equal one block; save → load gives identical logits (a method
+  that ``predicts_with_text_tower`` refuses to score until its tower is attached, then does);
 - float64, float32 and float16 fits give logits of that dtype, finite, and the same answers;
 - use before ``fit`` raises ``NotFittedError``; bad queries and a non-task raise
   ``FewclipError`` subclasses naming the input;
@@ -173,6 +174,16 @@ def check_traits(cls: type[Method], params: Mapping[str, Any]) -> None:
     if cls.training_free:
         trained = names & {"epochs", "iters"}
         assert not trained, f"{cls.__name__} declares training_free but takes {sorted(trained)}"
+    assert isinstance(cls.needs_text_tower, bool), "needs_text_tower: expected a bool"
+    assert isinstance(cls.predicts_with_text_tower, bool), "predicts_with_text_tower: a bool"
+    if cls.predicts_with_text_tower:
+        assert cls.needs_text_tower, (
+            f"{cls.__name__} predicts with the text tower but does not declare needs_text_tower"
+        )
+        assert cls.export_refusal, (
+            f"{cls.__name__} predicts with the text tower, which a feature-level export cannot "
+            "hold: declare export_refusal with the reason"
+        )
     chooses = cls.chooses_on_validation
     assert isinstance(chooses, frozenset), "chooses_on_validation: expected a frozenset"
     assert chooses <= {"search", "epoch"}, f"chooses_on_validation: unknown {sorted(chooses)}"
@@ -233,19 +244,31 @@ def check_blocked_logits(cls: type[Method], params: Mapping[str, Any]) -> None:
 
 def check_save_load(cls: type[Method], params: Mapping[str, Any]) -> None:
     """save → load (``methods.load`` and ``cls.load``) gives identical logits and params; an
-    existing folder is replaced only with ``overwrite=True``."""
+    existing folder is replaced only with ``overwrite=True``. A method that
+    ``predicts_with_text_tower`` loads without one: it refuses to score, with an error naming
+    ``attach_text_tower``, until the task's tower is attached."""
     task, x = make_task(), _queries()
     m = _create(cls, params).fit(task)
+    assert m.can_score, "a fitted method must be able to score"
+
+    def ready(loaded: Method) -> Method:
+        if cls.predicts_with_text_tower:
+            assert not loaded.can_score, "loaded without a tower, it cannot score yet"
+            _expect(FewclipError, "attach_text_tower", lambda: loaded.logits(x), "logits, no tower")
+            assert loaded.attach_text_tower(task.text_tower) is loaded
+        assert loaded.can_score
+        return loaded
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "m"
         m.save(folder)
         for loaded in (base.load(folder), cls.load(folder)):
             assert type(loaded) is cls
-            assert torch.equal(loaded.logits(x), m.logits(x)), "loaded logits differ"
+            assert torch.equal(ready(loaded).logits(x), m.logits(x)), "loaded logits differ"
             assert loaded.get_params() == m.get_params(), "loaded params differ"
         _expect(OutputFolderError, "--overwrite", lambda: m.save(folder), "save over a save")
         m.save(folder, overwrite=True)
-        assert torch.equal(base.load(folder).logits(x), m.logits(x))
+        assert torch.equal(ready(base.load(folder)).logits(x), m.logits(x))
         leftovers = [p.name for p in Path(tmp).iterdir() if p.name != "m"]
         assert not leftovers, f"save left {leftovers} beside the folder"
 
