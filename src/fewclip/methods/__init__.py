@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fewclip.methods.base import (
     BUILTIN_METHODS,
     Method,
+    NewClassesError,
     NotFittedError,
     available,
     check_params,
@@ -90,6 +91,7 @@ __all__ = [
     "LPPlusPlus",
     "LinearProbe",
     "Method",
+    "NewClassesError",
     "NotFittedError",
     "ProGrad",
     "ProKeR",

@@ -8,12 +8,13 @@ safetensors plus a JSON config, never pickle.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import inspect
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -37,12 +38,14 @@ from fewclip.errors import (
 from fewclip.functional import l2_normalize, pow2_rescale_rows
 from fewclip.outputs import write_folder
 from fewclip.task import Task, check_features
+from fewclip.text_tower import TextTower
 
 __all__ = [
     "BUILTIN_METHODS",
     "CONFIG_FILE",
     "STATE_FILE",
     "Method",
+    "NewClassesError",
     "NotFittedError",
     "available",
     "check_params",
@@ -73,6 +76,11 @@ P = TypeVar("P", bound="EstimatorParams")
 
 class NotFittedError(FewclipError, ValueError, AttributeError):
     """A method was used before ``fit`` (or ``load``)."""
+
+
+class NewClassesError(FewclipError, ValueError):
+    """A fitted method was asked to score classes it was not fitted on, and cannot: its
+    classifier holds fitted values for the training classes only (``Method.for_classes``)."""
 
 
 def register(name: str) -> Any:
@@ -344,6 +352,16 @@ class Method(EstimatorParams):
     #: method scores only after :meth:`attach_text_tower` (``Adapter.load_backbone`` does it),
     #: and such a method cannot be exported as a feature-level head (``export_refusal``).
     predicts_with_text_tower: ClassVar[bool] = False
+    #: Why a fitted method cannot score classes it was not fitted on (base-to-new and
+    #: cross-dataset evaluation), or ``None`` when it can, through :meth:`for_classes`. The
+    #: default refuses: a classifier learned row by row for the training classes (a cache's
+    #: one-hot labels, a linear head, per-class residuals or prototypes) has nothing to say
+    #: about another class. A method that builds its classifier from the class names' text
+    #: features alone (zero-shot CLIP, a learned prompt context, an image-side adapter) sets
+    #: ``None`` and implements ``_for_classes``.
+    new_class_refusal: ClassVar[str | None] = (
+        "its classifier is fitted row by row for the training classes; it has none for others"
+    )
     _state_tensors: ClassVar[tuple[str, ...]] = ()
     _state_values: ClassVar[tuple[str, ...]] = ()
 
@@ -420,6 +438,52 @@ class Method(EstimatorParams):
         if not hasattr(self, "classnames_"):
             return False
         return not self.predicts_with_text_tower or getattr(self, "_text_tower", None) is not None
+    def for_classes(
+        self: M,
+        classnames: Sequence[str],
+        text_weights: Tensor,
+        *,
+        text_tower: TextTower | None = None,
+    ) -> M:
+        """A copy of this fitted method that scores ``classnames`` instead of the classes it
+        was fitted on: the contract behind base-to-new and cross-dataset evaluation.
+
+        Everything learned or selected on the training classes is kept (adapter weights, a
+        prompt context, searched hyper-parameters); only the class-specific part is rebuilt
+        from the new classes' ``text_weights`` (C', D), raw or normalised as ``Task`` takes
+        them, and, for the prompt learners, their names through ``text_tower`` (the same
+        backbone's). Logits of the copy are (N, C') over the new classes; this method is
+        unchanged. Given the training classes again it scores as the method itself does.
+
+        Raises ``NewClassesError`` with the reason when the method cannot
+        (``new_class_refusal``, or a configuration such as class-specific contexts).
+        """
+        self._check_fitted()
+        if self.new_class_refusal is not None:
+            raise NewClassesError(
+                f"{self.name} cannot score classes it was not fitted on: {self.new_class_refusal}"
+            )
+        names = list(classnames)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise InvalidValueError(
+                f"classnames: expected a non-empty list of class names, found {classnames!r}"
+            )
+        w = check_features("text_weights", text_weights, dim=self.n_features_in_)
+        if w.shape[0] != len(names):
+            raise InvalidValueError(
+                f"text_weights: expected one row per class ({len(names)} classnames), found "
+                f"shape {tuple(w.shape)}"
+            )
+        if text_tower is not None and not isinstance(text_tower, TextTower):
+            raise InvalidTypeError(
+                "text_tower: expected a fewclip.text_tower.TextTower (backbone.text_tower()), "
+                f"found {type(text_tower).__name__}"
+            )
+        other = copy.copy(self)
+        other._for_classes(names, w, text_tower)
+        other.classnames_ = names
+        other.classes_ = list(range(len(names)))
+        return other
 
     # -- for subclasses ---------------------------------------------------------------------
     def _fit(self, task: Task) -> None:
@@ -428,6 +492,16 @@ class Method(EstimatorParams):
     def _attach_text_tower(self, tower: Any) -> None:
         """Keep ``tower`` for scoring (``predicts_with_text_tower`` methods implement it)."""
         raise NotImplementedError
+    def _for_classes(
+        self, classnames: list[str], text_weights: Tensor, text_tower: TextTower | None
+    ) -> None:
+        """Rebuild the class-specific fitted state of this copy (``for_classes``) for
+        ``classnames`` and their raw ``text_weights``, assigning new attributes (never changing
+        tensors in place: the original shares them). Methods with ``new_class_refusal = None``
+        implement it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} sets new_class_refusal = None but has no _for_classes"
+        )
 
     def _selection(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
         """What the last ``fit`` chose by a search on ``task.val``, for the conformance suite:

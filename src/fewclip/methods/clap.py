@@ -89,6 +89,7 @@ class ZSLP(DasslSchedule, Method):
 
     training_free = False
     uses_validation = False
+    new_class_refusal = "its class prototypes are trained for the training classes only"
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 5}
 
     _state_tensors: ClassVar[tuple[str, ...]] = ("prototypes_",)

@@ -20,6 +20,7 @@ from fewclip.functional import l2_normalize
 from fewclip.methods._training import DasslSchedule, check_ranges, dassl_epoch
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
+from fewclip.text_tower import TextTower
 
 __all__ = ["Adapter", "CLIPAdapter", "RatioNet"]
 
@@ -98,6 +99,8 @@ class CLIPAdapter(DasslSchedule, Method):
 
     training_free = False
     uses_validation = False
+    # the adapters act on any image feature and any class's text weights
+    new_class_refusal = None
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 3}
 
     _state_values = ("ratio_", "text_ratio_")
@@ -289,6 +292,16 @@ class CLIPAdapter(DasslSchedule, Method):
                 loss.backward()
                 optim.step()
         self.modules_.eval()
+
+    def _for_classes(
+        self, classnames: list[str], text_weights: Tensor, text_tower: TextTower | None
+    ) -> None:
+        """The trained adapters over the new classes' text weights (with ``learn_ratio`` the
+        ratio network reads them too, as it reads a task's)."""
+        self.text_weights_ = l2_normalize(self._to(text_weights))
+        with torch.no_grad():
+            r, rt = self._ratios()
+        self.ratio_, self.text_ratio_ = float(r), float(rt)
 
     # -- inference --------------------------------------------------------------------------
     def _query_logits(self, x: Tensor) -> Tensor:

@@ -260,6 +260,7 @@ class CoOp(Method):
     training_free = False
     uses_validation = False
     needs_text_tower = True
+    new_class_refusal = None  # the learned context re-assembled with new names (not csc)
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 2, "n_ctx": 4}
     export_refusal: ClassVar[str | None] = None
 
@@ -415,5 +416,34 @@ class CoOp(Method):
         )
 
     # -- prediction -------------------------------------------------------------------------
+    def _for_classes(
+        self, classnames: list[str], text_weights: Tensor, text_tower: TextTower | None
+    ) -> None:
+        """The learned context with the new names through the tower (CoOp's evaluation on new
+        classes: the prompts are rebuilt for the test classes' names)."""
+        from fewclip.methods.base import NewClassesError
+
+        if self.csc:
+            raise NewClassesError(
+                "coop with csc=True cannot score classes it was not fitted on: its "
+                "class-specific contexts exist for the training classes only"
+            )
+        if text_tower is None:
+            raise InvalidValueError(
+                "text_tower: coop builds the new classes' prompts through the text encoder; "
+                "pass text_tower=backbone.text_tower() (the backbone it was fitted with)"
+            )
+        prompts = PromptContext(
+            text_tower,
+            classnames,
+            n_ctx=self.n_ctx,
+            init=self.ctx_init,
+            position=self.class_token_position,
+        )
+        ctx = self.ctx_.to(device=text_tower.device, dtype=torch.float32)
+        with torch.no_grad():
+            text = text_tower.encode(prompts.assemble(ctx), prompts.eot, trim=self.trim)
+        self.text_features_ = self._to(l2_normalize(text.float()))
+
     def _logits(self, x: Tensor) -> Tensor:
         return self.scale_ * (x @ self.text_features_.to(x.dtype).T)

@@ -78,6 +78,7 @@ class CrossModalLP(Method):
 
     training_free = False
     uses_validation = True
+    new_class_refusal = "its linear head has one weight row per training class"
     chooses_on_validation = frozenset({"epoch"})
     quick_params: ClassVar[Mapping[str, Any]] = {"iters": 50, "eval_every": 10}
 

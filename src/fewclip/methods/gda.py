@@ -172,6 +172,7 @@ class GDA(Method):
 
     training_free = True
     uses_validation = True
+    new_class_refusal = "its class means are estimated from the training classes' images"
     chooses_on_validation = frozenset({"search"})
 
     _state_tensors = ("text_weights_", "coef_", "intercept_")

@@ -90,6 +90,7 @@ class LinearProbe(Method):
 
     training_free = False
     uses_validation = True
+    new_class_refusal = "its linear head has one weight row per training class"
     chooses_on_validation = frozenset({"search"})
     quick_params: ClassVar[Mapping[str, Any]] = {"Cs": (1.0, 10.0)}
 

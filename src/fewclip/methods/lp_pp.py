@@ -102,6 +102,7 @@ class LPPlusPlus(Method):
 
     training_free = False
     uses_validation = True
+    new_class_refusal = "its linear head has one weight row per training class"
     chooses_on_validation = frozenset({"epoch"})
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 20}
 

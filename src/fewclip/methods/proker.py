@@ -324,6 +324,7 @@ class ProKeR(Method):
 
     training_free = True
     uses_validation = True
+    new_class_refusal = "its kernel regression fits one coefficient column per training class"
     chooses_on_validation = frozenset({"search"})
     quick_params: ClassVar[Mapping[str, Any]] = {"betas": (1.0, 4.0), "lams": (0.03, 0.3)}
 

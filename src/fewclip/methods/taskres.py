@@ -61,6 +61,7 @@ class TaskRes(DasslSchedule, Method):
 
     training_free = False
     uses_validation = False
+    new_class_refusal = "its learned residual has one row per training class"
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 5}
 
     _state_tensors = ("text_weights_", "residual_")

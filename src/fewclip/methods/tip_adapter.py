@@ -90,6 +90,7 @@ class TipAdapter(Method):
 
     training_free = True
     uses_validation = True
+    new_class_refusal = "its cache's one-hot labels name the training classes only"
     chooses_on_validation = frozenset({"search"})
     quick_params: ClassVar[Mapping[str, Any]] = {"search_step": (10, 5)}
 

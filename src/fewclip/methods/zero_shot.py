@@ -7,6 +7,7 @@ from torch import Tensor
 from fewclip.functional import l2_normalize
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
+from fewclip.text_tower import TextTower
 
 __all__ = ["ZeroShot"]
 
@@ -26,6 +27,7 @@ class ZeroShot(Method):
 
     training_free = True
     uses_validation = False
+    new_class_refusal = None  # the classifier is the classes' text weights
 
     _state_tensors = ("text_weights_",)
 
@@ -36,6 +38,11 @@ class ZeroShot(Method):
 
     def _fit(self, task: Task) -> None:
         self.text_weights_ = l2_normalize(self._to(task.text_weights))
+
+    def _for_classes(
+        self, classnames: list[str], text_weights: Tensor, text_tower: TextTower | None
+    ) -> None:
+        self.text_weights_ = l2_normalize(self._to(text_weights))
 
     def _logits(self, x: Tensor) -> Tensor:
         return self.scale * (x @ self.text_weights_.T)

@@ -17,7 +17,10 @@ no backbone) with the method's ``quick_params`` and asserts one part of the cont
 - a second fit with the same seed gives identical logits;
 - legitimate small inputs work or raise a clear ``FewclipError``: one shot with no and with one
   augmented view, two classes, a thousand classes, a class with a single image, no validation;
-- a method that declares ``uses_validation = False`` fits the same with or without one.
+- a method that declares ``uses_validation = False`` fits the same with or without one;
+- a method that can score new classes (``new_class_refusal = None``) gives, through
+  ``for_classes``, the same scores for its own classes and finite (N, C') scores for others,
+  and leaves itself unchanged; any other refuses with ``NewClassesError`` giving its reason.
 
 A third-party method registered with ``fewclip.methods.register`` can run the same suite in its
 own tests: ``for name, check in method_checks(MyMethod): check()``.
@@ -44,7 +47,7 @@ from fewclip.errors import (
     UnknownParameterError,
 )
 from fewclip.methods import base
-from fewclip.methods.base import Method, NotFittedError
+from fewclip.methods.base import Method, NewClassesError, NotFittedError
 from fewclip.task import FeatureSet, Task
 from fewclip.testing.text_tower import ToyTextTower
 
@@ -478,6 +481,43 @@ def check_epoch_selection(cls: type[Method], params: Mapping[str, Any]) -> None:
         )
 
 
+def check_new_classes(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """``for_classes``: a method that declares it can score new classes
+    (``new_class_refusal = None``) scores its training classes again as it does itself, gives
+    finite (N, C') scores for three other classes, leaves itself unchanged and saves the copy;
+    one that cannot raises ``NewClassesError`` with its declared reason."""
+    refusal = cls.new_class_refusal
+    assert refusal is None or (isinstance(refusal, str) and refusal), (
+        "new_class_refusal: expected None or a non-empty reason"
+    )
+    task, x = make_task(), _queries()
+    other = make_task(3, seed=7)
+    m = _create(cls, params).fit(task)
+    before = m.logits(x)
+    if refusal is not None:
+        _expect(
+            NewClassesError,
+            refusal,
+            lambda: m.for_classes(other.classnames, other.text_weights, text_tower=task.text_tower),
+            "for_classes of a method that declares it cannot",
+        )
+        return
+    same = m.for_classes(task.classnames, task.text_weights, text_tower=task.text_tower)
+    assert type(same) is cls
+    torch.testing.assert_close(same.logits(x), before, rtol=1e-4, atol=1e-4)
+    new = m.for_classes(other.classnames, other.text_weights, text_tower=task.text_tower)
+    out = new.logits(x)
+    assert out.shape == (len(x), 3), f"for_classes: logits shape {tuple(out.shape)}"
+    assert torch.isfinite(out).all(), "for_classes: non-finite logits"
+    assert new.classnames_ == other.classnames, "for_classes: classnames_"
+    assert new.classes_ == [0, 1, 2], "for_classes: classes_"
+    assert torch.equal(m.logits(x), before), "for_classes changed the method it was called on"
+    assert m.classnames_ == task.classnames, "for_classes changed the method's classnames_"
+    with tempfile.TemporaryDirectory() as tmp:
+        new.save(Path(tmp) / "m")
+        assert torch.equal(base.load(Path(tmp) / "m").logits(x), out), "saved copy differs"
+
+
 _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_traits,
     check_fit_and_predict,
@@ -496,6 +536,7 @@ _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_validation_trait,
     check_selection,
     check_epoch_selection,
+    check_new_classes,
 )
 
 

@@ -1,0 +1,89 @@
+"""``Method.for_classes``: which methods can score classes they were not fitted on, and how the
+three that can do it (zero-shot, CLIP-Adapter, CoOp)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewclip import methods
+from fewclip.errors import InvalidTypeError, InvalidValueError
+from fewclip.functional import l2_normalize
+from fewclip.methods import NewClassesError, NotFittedError
+from fewclip.testing.conformance import make_task
+
+CAN = {"zero-shot", "clip-adapter", "coop"}
+
+
+def test_the_methods_that_can_score_new_classes() -> None:
+    """Zero-shot CLIP (text weights), CLIP-Adapter (an image-side adapter, any text weights)
+    and CoOp (a learned context, any class name) can; every cache, linear head, per-class
+    residual or prototype cannot, and says why."""
+    can = {m for m in methods.available() if methods.get(m).new_class_refusal is None}
+    assert can == CAN
+    for name in sorted(set(methods.available()) - CAN):
+        reason = methods.get(name).new_class_refusal
+        assert isinstance(reason, str)
+        assert "training class" in reason
+
+
+def test_zero_shot_on_new_classes_is_zero_shot_of_those_classes() -> None:
+    task, other = make_task(), make_task(3, seed=7)
+    x = torch.randn(6, task.dim, generator=torch.Generator().manual_seed(1))
+    new = methods.create("zero-shot").fit(task).for_classes(other.classnames, other.text_weights)
+    direct = methods.create("zero-shot").fit(other)
+    torch.testing.assert_close(new.logits(x), direct.logits(x))
+
+
+def test_clip_adapter_keeps_its_adapter() -> None:
+    task, other = make_task(), make_task(3, seed=7)
+    x = torch.randn(6, task.dim, generator=torch.Generator().manual_seed(1))
+    m = methods.create("clip-adapter", epochs=3).fit(task)
+    new = m.for_classes(other.classnames, other.text_weights)
+    assert new.modules_ is m.modules_  # the trained adapter, shared, not retrained
+    adapter = m.modules_["visual"]
+    with torch.no_grad():
+        f = m.ratio * adapter(x) + (1 - m.ratio) * x
+    want = 100.0 * l2_normalize(f) @ l2_normalize(other.text_weights).T
+    torch.testing.assert_close(new.logits(x), want, rtol=1e-5, atol=1e-4)
+
+
+def test_coop_builds_the_new_prompts_with_its_context() -> None:
+    task, other = make_task(), make_task(3, seed=7)
+    x = torch.randn(6, task.dim, generator=torch.Generator().manual_seed(1))
+    m = methods.create("coop", epochs=2, n_ctx=4).fit(task)
+    new = m.for_classes(other.classnames, other.text_weights, text_tower=task.text_tower)
+    # the same context, assembled with the new names: what a CoOp fitted with that context on
+    # the new classes would predict (0 epochs from the learned context)
+    from fewclip.methods.coop import PromptContext
+
+    tower = task.text_tower
+    assert tower is not None
+    prompts = PromptContext(tower, other.classnames, n_ctx=4, init="", position="end")
+    with torch.no_grad():
+        text = l2_normalize(tower.encode(prompts.assemble(m.ctx_), prompts.eot))
+    torch.testing.assert_close(new.logits(x), m.scale_ * l2_normalize(x) @ text.T)
+    with pytest.raises(InvalidValueError, match="text_tower"):
+        m.for_classes(other.classnames, other.text_weights)  # no tower: no prompts
+    csc = methods.create("coop", epochs=1, n_ctx=4, csc=True).fit(task)
+    with pytest.raises(NewClassesError, match="class-specific contexts"):
+        csc.for_classes(other.classnames, other.text_weights, text_tower=task.text_tower)
+
+
+def test_for_classes_checks_its_inputs() -> None:
+    task = make_task()
+    m = methods.create("zero-shot")
+    with pytest.raises(NotFittedError):
+        m.for_classes(["a"], torch.randn(1, task.dim))
+    m.fit(task)
+    with pytest.raises(InvalidValueError, match="one row per class"):
+        m.for_classes(["a", "b"], torch.randn(3, task.dim))
+    with pytest.raises(InvalidValueError, match="feature dimension"):
+        m.for_classes(["a"], torch.randn(1, task.dim + 1))
+    with pytest.raises(InvalidValueError, match="non-empty list"):
+        m.for_classes([], torch.randn(0, task.dim))
+    with pytest.raises(InvalidTypeError, match="TextTower"):
+        m.for_classes(["a"], torch.randn(1, task.dim), text_tower="tower")  # type: ignore[arg-type]
+    tip = methods.create("tip-adapter", search=False).fit(task)
+    with pytest.raises(NewClassesError, match="tip-adapter cannot score classes"):
+        tip.for_classes(["a"], torch.randn(1, task.dim))
