@@ -105,7 +105,10 @@ def dataset_prepare(
         if Path(dataset).expanduser().exists():
             meta["path"] = str(Path(dataset).expanduser().resolve())
         toy = bb.name.startswith("fewclip-tiny")
+        ids = ds.meta.get("imagenet_index")  # the ImageNet family: ImageNet-1k class ids
+        class_ids = [int(i) for i in ids] if ids and min(ids) >= 0 else None
         return Prepared(
+            class_ids=class_ids,
             text_tower=text_tower_of(bb),
             toy=toy,
             backbone_note=f"{bb.name}: tiny model with random, untrained weights" if toy else None,

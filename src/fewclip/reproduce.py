@@ -9,16 +9,30 @@ protocol the paper used (``oracle-test`` / ``full-val``) and read the ``fewshot-
 what a user without test labels gets.
 
 ``tip_yaml_to_overrides`` maps a Tip-Adapter ``configs/<dataset>.yaml`` to bench overrides.
+
+``GENERALISATION_PAPER`` holds the prompt-learning papers' generalisation numbers (ViT-B/16,
+16 shots), each with its source table and how far it was checked (``PaperResult``); the bench
+tables print them under ours (``generalisation_papers``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fewclip.errors import InvalidValueError
 
-__all__ = ["PAPER", "PAPER_PROTOCOL", "TIP_YAML_KEYS", "paper_number", "tip_yaml_to_overrides"]
+__all__ = [
+    "GENERALISATION_PAPER",
+    "PAPER",
+    "PAPER_PROTOCOL",
+    "TIP_YAML_KEYS",
+    "PaperResult",
+    "generalisation_papers",
+    "paper_number",
+    "tip_yaml_to_overrides",
+]
 
 _SHOTS = (16, 8, 4, 2, 1)
 
@@ -109,6 +123,169 @@ PAPER_PROTOCOL: dict[str, str] = {d: "full-val" for d in PAPER} | {"imagenet": "
 def paper_number(dataset: str, method: str, shots: int) -> float | None:
     """The paper's accuracy (%) for RN50, or ``None`` when the paper has none."""
     return PAPER.get(dataset, {}).get(method, {}).get(shots)
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """One published row of a generalisation table.
+
+    Attributes:
+        protocol: ``base-to-new``, ``cross-dataset`` or ``domain-generalisation``.
+        dataset: the table it belongs to: a dataset (base-to-new), the source (transfer), or
+            ``"average"`` (base-to-new's average over the 11 datasets).
+        method: the fewclip method it corresponds to (``zero-shot`` for "CLIP").
+        label: the paper's name for the row.
+        values: column → top-1 accuracy (%): ``base``/``new``/``H``, or dataset names and
+            ``average``.
+        shots, backbone: the setting (16 shots, ViT-B/16 for every row here).
+        key: short name of the source, shown beside the row (``CoCoOp T1``).
+        citation: the paper and table.
+        checked: how the numbers were checked, or ``None``: taken from the paper as recalled,
+            not compared with it here (printed with the source: check before citing).
+    """
+
+    protocol: str
+    dataset: str
+    method: str
+    label: str
+    values: Mapping[str, float]
+    key: str
+    citation: str
+    checked: str | None
+    shots: int = 16
+    backbone: str = "ViT-B/16"
+
+
+_COCOOP_T1 = (
+    "CoCoOp (Zhou et al., CVPR 2022), Table 1, average over 11 datasets; ViT-B/16, 16 shots"
+)
+_T1_CHECK = (
+    "the same three rows appear, citing CoCoOp, in the README tables of later prompt-learning "
+    "repositories (e.g. ProLIP, HiCroPL); the paper itself was not read here"
+)
+_COCOOP_T2 = (
+    "CoCoOp (Zhou et al., CVPR 2022), Table 2 (cross-dataset, source ImageNet); ViT-B/16, "
+    "16 shots; NOT checked against the paper here"
+)
+_COCOOP_T3 = (
+    "CoCoOp (Zhou et al., CVPR 2022), Table 3 (domain generalisation, CoOp's layout: source "
+    "ImageNet, targets -V2/-Sketch/-A/-R); ViT-B/16, 16 shots; NOT checked against the paper here"
+)
+_XD = (
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+    "average",
+)
+_DG = ("imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+
+def _cols(names: Sequence[str], text: str) -> dict[str, float]:
+    return dict(zip(names, (float(v) for v in text.split()), strict=True))
+
+
+#: Published generalisation numbers (see ``PaperResult``). Per-dataset base-to-new rows are not
+#: stored: they could not be checked here.
+GENERALISATION_PAPER: tuple[PaperResult, ...] = (
+    PaperResult(
+        "base-to-new",
+        "average",
+        "zero-shot",
+        "CLIP",
+        _cols(("base", "new", "H"), "69.34 74.22 71.70"),
+        "CoCoOp T1",
+        _COCOOP_T1,
+        _T1_CHECK,
+    ),
+    PaperResult(
+        "base-to-new",
+        "average",
+        "coop",
+        "CoOp",
+        _cols(("base", "new", "H"), "82.69 63.22 71.66"),
+        "CoCoOp T1",
+        _COCOOP_T1,
+        _T1_CHECK,
+    ),
+    PaperResult(
+        "base-to-new",
+        "average",
+        "cocoop",
+        "CoCoOp",
+        _cols(("base", "new", "H"), "80.47 71.69 75.83"),
+        "CoCoOp T1",
+        _COCOOP_T1,
+        _T1_CHECK,
+    ),
+    PaperResult(
+        "cross-dataset",
+        "imagenet",
+        "coop",
+        "CoOp",
+        _cols(_XD, "71.51 93.70 89.14 64.51 68.71 85.30 18.47 64.15 41.92 46.39 66.55 63.88"),
+        "CoCoOp T2, unchecked",
+        _COCOOP_T2,
+        None,
+    ),
+    PaperResult(
+        "cross-dataset",
+        "imagenet",
+        "cocoop",
+        "CoCoOp",
+        _cols(_XD, "71.02 94.43 90.14 65.32 71.88 86.06 22.94 67.36 45.73 45.37 68.21 65.74"),
+        "CoCoOp T2, unchecked",
+        _COCOOP_T2,
+        None,
+    ),
+    PaperResult(
+        "domain-generalisation",
+        "imagenet",
+        "zero-shot",
+        "CLIP",
+        _cols(_DG, "66.73 60.83 46.15 47.77 73.96"),
+        "CoCoOp T3, unchecked",
+        _COCOOP_T3,
+        None,
+    ),
+    PaperResult(
+        "domain-generalisation",
+        "imagenet",
+        "coop",
+        "CoOp",
+        _cols(_DG, "71.51 64.20 47.99 49.71 75.21"),
+        "CoCoOp T3, unchecked",
+        _COCOOP_T3,
+        None,
+    ),
+    PaperResult(
+        "domain-generalisation",
+        "imagenet",
+        "cocoop",
+        "CoCoOp",
+        _cols(_DG, "71.02 64.07 48.75 50.63 76.18"),
+        "CoCoOp T3, unchecked",
+        _COCOOP_T3,
+        None,
+    ),
+)
+
+
+def generalisation_papers(protocol: str, dataset: str, shots: int) -> list[PaperResult]:
+    """The published rows of ``protocol``'s table for ``dataset`` (or ``"average"``) at
+    ``shots``, in table order."""
+    return [
+        p
+        for p in GENERALISATION_PAPER
+        if p.protocol == protocol and p.dataset == dataset and p.shots == shots
+    ]
 
 
 #: Tip-Adapter ``configs/*.yaml`` keys → (bench key, how to apply).

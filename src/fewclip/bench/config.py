@@ -14,6 +14,8 @@ Configs come from a YAML file or a packaged preset (``load_config("tip-adapter")
     dataset_params.eurosat.tip-adapter-f.epochs=100
     protocol=oracle-test
     protocol_options.val_shots=2
+    protocol=base-to-new                       # a generalisation protocol (fewclip.generalisation)
+    protocol_options.targets=imagenet_sketch   # its targets (cross-dataset, domain-generalisation)
 
 Values are parsed as YAML (safe loader; ``1`` is an int, ``1.0`` and ``1e-3`` are floats,
 ``true`` a bool, ``null`` None); an item list is written ``a,b,c`` or ``[a, b, c]``.
@@ -62,6 +64,10 @@ DEFAULT_METHODS: tuple[str, ...] = (
 )
 
 _PROTOCOL_OPTIONS = ("val_shots", "repeat", "allow_fewer")
+#: Shots of a grid that gives none: the few-shot curve, or the papers' 16 shots for a
+#: generalisation protocol.
+DEFAULT_SHOTS: tuple[int, ...] = (1, 2, 4, 8, 16)
+GENERALISATION_SHOTS: tuple[int, ...] = (16,)
 
 
 class _Loader(yaml.SafeLoader):
@@ -232,13 +238,21 @@ class BenchConfig:
         datasets: dataset names, as the ``prepare`` callable of ``run_bench`` understands them
             (CoOp benchmark names for the CLI; ``fewclip.testing.PRESETS`` names for synthetic
             worlds).
-        shots: K images per class, ascending in tables.
+        shots: K images per class, ascending in tables (default: 1, 2, 4, 8, 16; 16 under a
+            generalisation protocol, as the papers).
         seeds: draw seeds (CoOp: 1, 2, 3); a method with a ``seed`` hyper-parameter also gets
             the cell's seed unless ``params`` sets it.
         backbones: backbone names, as ``prepare`` understands them.
-        protocol: one of ``fewclip.protocol.PROTOCOLS``.
+        protocol: one of ``fewclip.protocol.PROTOCOLS`` (what validates, on the classes of
+            the test), or one of ``fewclip.generalisation.GENERALISATION_PROTOCOLS``
+            (``base-to-new``, ``cross-dataset``, ``domain-generalisation``: fit on some classes
+            or one domain, test on others).
         protocol_options: extra ``fewclip.protocol.Protocol`` fields (``val_shots``,
-            ``repeat``, ``allow_fewer``).
+            ``repeat``, ``allow_fewer``); under a generalisation protocol also ``validation``
+            (the validation protocol it selects on; default and filled in: ``fewshot-val``;
+            never ``oracle-test``) and, for ``cross-dataset`` and ``domain-generalisation``,
+            ``targets`` (the datasets tested besides each source; filled in by default:
+            ``fewclip.generalisation.CROSS_DATASET_TARGETS`` / ``DOMAIN_TARGETS``).
         params: method name → hyper-parameters (constructor keyword arguments).
         dataset_params: dataset name → method name → hyper-parameters, merged over ``params``
             (Tip-Adapter's per-dataset search ranges, EuroSAT's 100 epochs).
@@ -252,7 +266,7 @@ class BenchConfig:
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     datasets: tuple[str, ...] = ("imagenet",)
-    shots: tuple[int, ...] = (1, 2, 4, 8, 16)
+    shots: tuple[int, ...] | None = None
     seeds: tuple[int, ...] = (1, 2, 3)
     backbones: tuple[str, ...] = ("RN50",)
     protocol: str = "fewshot-val"
@@ -264,6 +278,7 @@ class BenchConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        from fewclip.generalisation import GENERALISATION_PROTOCOLS
         from fewclip.protocol import PROTOCOLS, Protocol
 
         registered = _registered()
@@ -282,24 +297,25 @@ class BenchConfig:
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "datasets", _as_tuple("datasets", self.datasets, str))
         object.__setattr__(self, "backbones", _as_tuple("backbones", self.backbones, str))
-        shots = _as_tuple("shots", self.shots, int)
+        known = (*PROTOCOLS, *GENERALISATION_PROTOCOLS)
+        if self.protocol not in known:
+            raise ConfigError(
+                f"protocol: expected one of {', '.join(known)}, found {self.protocol!r}"
+            )
+        general = self.protocol in GENERALISATION_PROTOCOLS
+        shots = self.shots
+        if shots is None:
+            shots = GENERALISATION_SHOTS if general else DEFAULT_SHOTS
+        shots = _as_tuple("shots", shots, int)
         if min(shots) < 1:
             raise ConfigError(f"shots: expected positive integers, found {list(shots)}")
         object.__setattr__(self, "shots", tuple(sorted(shots)))
         object.__setattr__(self, "seeds", _as_tuple("seeds", self.seeds, int))
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(
-                f"protocol: expected one of {', '.join(PROTOCOLS)}, found {self.protocol!r}"
-            )
-        popts = _as_mapping("protocol_options", self.protocol_options)
-        bad = sorted(set(popts) - set(_PROTOCOL_OPTIONS))
-        if bad:
-            raise ConfigError(
-                f"protocol_options: unknown option(s) {', '.join(bad)}; valid: "
-                f"{', '.join(_PROTOCOL_OPTIONS)}"
-            )
+        popts = self._protocol_options(general)
+        validation = popts.get("validation", self.protocol)
+        rest = {k: v for k, v in popts.items() if k in _PROTOCOL_OPTIONS}
         try:
-            Protocol(self.protocol, **popts)
+            Protocol(validation, **rest)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"protocol_options: {e}") from None
         object.__setattr__(self, "protocol_options", popts)
@@ -323,6 +339,56 @@ class BenchConfig:
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"{key}: expected a non-empty string, found {v!r}")
         canonical_json(self.to_dict())  # JSON-able, finite
+
+    def _protocol_options(self, general: bool) -> dict[str, Any]:
+        """``protocol_options`` checked, with a generalisation protocol's defaults filled in
+        (``validation``; ``targets`` of a transfer protocol)."""
+        from fewclip.generalisation import (
+            CROSS_DATASET,
+            CROSS_DATASET_TARGETS,
+            DOMAIN_TARGETS,
+            TRANSFER_PROTOCOLS,
+            VALIDATION_PROTOCOLS,
+        )
+
+        popts = _as_mapping("protocol_options", self.protocol_options)
+        valid = list(_PROTOCOL_OPTIONS)
+        if general:
+            valid.append("validation")
+        if self.protocol in TRANSFER_PROTOCOLS:
+            valid.append("targets")
+        bad = sorted(set(popts) - set(valid))
+        if bad:
+            only = ""
+            if {"validation", "targets"} & set(bad):
+                only = (
+                    " (validation only under a generalisation protocol, targets under "
+                    f"{' and '.join(TRANSFER_PROTOCOLS)})"
+                )
+            raise ConfigError(
+                f"protocol_options: unknown option(s) {', '.join(bad)}; valid: "
+                f"{', '.join(valid)} under protocol {self.protocol!r}{only}"
+            )
+        if not general:
+            return popts
+        validation = popts.setdefault("validation", "fewshot-val")
+        if validation not in VALIDATION_PROTOCOLS:
+            raise ConfigError(
+                f"protocol_options.validation: expected one of {', '.join(VALIDATION_PROTOCOLS)} "
+                f"under {self.protocol}, found {validation!r} (the generalisation protocols "
+                "never select on test images)"
+            )
+        if self.protocol in TRANSFER_PROTOCOLS:
+            default = CROSS_DATASET_TARGETS if self.protocol == CROSS_DATASET else DOMAIN_TARGETS
+            targets = _as_tuple("protocol_options.targets", popts.get("targets", default), str)
+            sources = [t for t in targets if t in self.datasets]
+            if sources:
+                raise ConfigError(
+                    f"protocol_options.targets: {', '.join(sources)} is also a source dataset; "
+                    "the source's own test set is always reported, as the first column"
+                )
+            popts["targets"] = list(targets)
+        return popts
 
     @staticmethod
     def _check_params(where: str, method: str, p: Any, registered: Sequence[str]) -> dict[str, Any]:
@@ -349,7 +415,7 @@ class BenchConfig:
         return {
             "methods": list(self.methods),
             "datasets": list(self.datasets),
-            "shots": list(self.shots),
+            "shots": list(self.shots or ()),
             "seeds": list(self.seeds),
             "backbones": list(self.backbones),
             "protocol": self.protocol,
@@ -409,7 +475,7 @@ class BenchConfig:
         interrupted run has every method at the shot counts it reached."""
         for dataset in self.datasets:
             for backbone in self.backbones:
-                for shots in self.shots:
+                for shots in self.shots or ():
                     for seed in self.seeds:
                         for method in self.methods:
                             params = self.method_params(method, dataset)
@@ -432,7 +498,7 @@ class BenchConfig:
             len(self.datasets)
             * len(self.backbones)
             * len(self.methods)
-            * len(self.shots)
+            * len(self.shots or ())
             * len(self.seeds)
         )
 

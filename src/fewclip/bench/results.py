@@ -28,10 +28,14 @@ from typing import Any
 
 from fewclip._io import atomic_write
 from fewclip.errors import InvalidValueError, MissingFileError
+from fewclip.generalisation import BASE_TO_NEW, GENERALISATION_PROTOCOLS, harmonic_mean
 
 __all__ = [
     "LEAKY_MARK",
     "TOY_WARNING",
+    "GenCell",
+    "GenGroup",
+    "GenTable",
     "Group",
     "Stat",
     "Summary",
@@ -196,11 +200,73 @@ class Group:
         return any(t.leaky for t in self.tables.values())
 
 
+@dataclass(frozen=True)
+class GenCell:
+    """One cell of a generalisation table: a ``Stat`` (percent, over seeds), or ``None`` with
+    the ``reason`` the method has no number there (it cannot score new classes)."""
+
+    stat: Stat | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stat": None if self.stat is None else self.stat.to_dict(),
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class GenTable:
+    """A generalisation table: rows = methods, ``columns`` = ``base``, ``new``, ``H``
+    (base-to-new) or the source dataset, each target and ``average`` (cross-dataset, domain
+    generalisation); ``cells[method][column]``. ``dataset`` is the dataset or source, or
+    ``"average"`` for base-to-new's average over datasets (``datasets``: included;
+    ``excluded``: left out, missing some method)."""
+
+    title: str
+    dataset: str
+    shots: int
+    methods: list[str]
+    columns: list[str]
+    cells: dict[str, dict[str, GenCell]]
+    datasets: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "title": self.title,
+            "dataset": self.dataset,
+            "shots": self.shots,
+            "methods": list(self.methods),
+            "columns": list(self.columns),
+            "cells": {
+                m: {c: cell.to_dict() for c, cell in per.items()} for m, per in self.cells.items()
+            },
+        }
+        if self.dataset == "average":
+            out["datasets"] = list(self.datasets)
+            out["excluded"] = list(self.excluded)
+        return out
+
+
+@dataclass
+class GenGroup:
+    """All tables of one (backbone, generalisation protocol, validation protocol)."""
+
+    backbone: str
+    protocol: str
+    validation: str
+    tables: list[GenTable]
+    toy: bool = False
+    backbone_note: str | None = None
+
+
 @dataclass
 class Summary:
     groups: list[Group]
     n_rows: int
     duplicates: int = 0
+    generalisation: list[GenGroup] = field(default_factory=list)
 
 
 def _method_label(row: Mapping[str, Any], variants: Mapping[str, list[str]]) -> str:
@@ -270,8 +336,11 @@ def summarize(
         if not isinstance(r.get("accuracy"), (int, float)) or isinstance(r.get("accuracy"), bool):
             continue
         uniq.append(r)
+    general = [r for r in uniq if r.get("protocol") in GENERALISATION_PROTOCOLS]
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in uniq:
+        if r.get("protocol") in GENERALISATION_PROTOCOLS:
+            continue
         groups.setdefault((str(r.get("backbone")), str(r.get("protocol"))), []).append(r)
     out: list[Group] = []
     for (backbone, protocol), grows in groups.items():
@@ -311,7 +380,197 @@ def summarize(
                 backbone_note=notes[0] if notes else None,
             )
         )
-    return Summary(out, len(uniq), dups)
+    return Summary(out, len(uniq), dups, _summarize_generalisation(general, methods, datasets))
+
+
+# -- generalisation protocols -----------------------------------------------------------------
+def _seed_stat(values: list[tuple[int, float]]) -> Stat:
+    return _stat([(seed, acc, False) for seed, acc in values])
+
+
+def _summarize_generalisation(
+    rows: list[Mapping[str, Any]], preferred: Sequence[str], datasets: Sequence[str] | None
+) -> list[GenGroup]:
+    """The generalisation rows' tables, grouped by (backbone, protocol, validation)."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        key = (str(r.get("backbone")), str(r.get("protocol")), str(r.get("validation")))
+        groups.setdefault(key, []).append(r)
+    out: list[GenGroup] = []
+    for (backbone, protocol, validation), grows in groups.items():
+        variants: dict[str, list[str]] = {}
+        for r in grows:
+            vs = variants.setdefault(str(r.get("method")), [])
+            if _variant(r) not in vs:
+                vs.append(_variant(r))
+        order = list(datasets) if datasets is not None else []
+        order += [d for d in dict.fromkeys(str(r.get("dataset")) for r in grows) if d not in order]
+        shots = sorted({int(r["shots"]) for r in grows})
+        tables: list[GenTable] = []
+        for k in shots:
+            krows = [r for r in grows if int(r["shots"]) == k]
+            if protocol == BASE_TO_NEW:
+                per = [
+                    t
+                    for d in order
+                    if (t := _b2n_table(krows, d, k, backbone, variants, preferred)) is not None
+                ]
+                tables += per
+                if len(per) > 1:
+                    tables.append(_b2n_average(per, k, backbone, preferred))
+            else:
+                for d in order:
+                    t = _transfer_table(krows, d, k, backbone, protocol, variants, preferred)
+                    if t is not None:
+                        tables.append(t)
+        notes = [str(r["backbone_note"]) for r in grows if r.get("backbone_note")]
+        out.append(
+            GenGroup(
+                backbone,
+                protocol,
+                validation,
+                tables,
+                toy=any(r.get("toy") is True for r in grows),
+                backbone_note=notes[0] if notes else None,
+            )
+        )
+    return out
+
+
+def _b2n_table(
+    rows: list[Mapping[str, Any]],
+    dataset: str,
+    shots: int,
+    backbone: str,
+    variants: Mapping[str, list[str]],
+    preferred: Sequence[str],
+) -> GenTable | None:
+    """One dataset's base / new / H table; H is the harmonic mean of the mean base and new
+    accuracies (the papers' per-dataset H)."""
+    values: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    reasons: dict[str, str] = {}
+    for r in rows:
+        if str(r.get("dataset")) != dataset:
+            continue
+        label = _method_label(r, variants)
+        splits = r.get("splits") or {}
+        per = values.setdefault(label, {"base": [], "new": []})
+        for split in ("base", "new"):
+            acc = (splits.get(split) or {}).get("accuracy")
+            if isinstance(acc, (int, float)) and not isinstance(acc, bool):
+                per[split].append((int(r["seed"]), float(acc)))
+        if r.get("not_applicable"):
+            reasons[label] = str(r["not_applicable"])
+    if not values:
+        return None
+    methods = _order(values, preferred)
+    cells: dict[str, dict[str, GenCell]] = {}
+    for m in methods:
+        base = _seed_stat(values[m]["base"]) if values[m]["base"] else None
+        new = _seed_stat(values[m]["new"]) if values[m]["new"] else None
+        why = reasons.get(m)
+        cells[m] = {
+            "base": GenCell(base),
+            "new": GenCell(new, why if new is None else None),
+            "H": _harmonic_cell(base, new, why),
+        }
+    title = f"{dataset} — {backbone} — base-to-new — {shots}-shot"
+    return GenTable(title, dataset, shots, methods, ["base", "new", "H"], cells)
+
+
+def _harmonic_cell(base: Stat | None, new: Stat | None, why: str | None) -> GenCell:
+    if base is None or new is None:
+        return GenCell(None, why)
+    h = harmonic_mean(base.mean, new.mean)
+    assert h is not None
+    seeds = tuple(sorted(set(base.seeds) & set(new.seeds)))
+    return GenCell(Stat(h, None, len(seeds), seeds))
+
+
+def _b2n_average(
+    tables: list[GenTable], shots: int, backbone: str, preferred: Sequence[str]
+) -> GenTable:
+    """The average over datasets (CoCoOp's Table 1 (a)): base and new averaged over the
+    datasets that have every method's base result; H of the averages."""
+    methods = _order({m for t in tables for m in t.methods}, preferred)
+    included = [
+        t
+        for t in tables
+        if all(t.cells.get(m, {}).get("base", GenCell(None)).stat for m in methods)
+    ]
+    cells: dict[str, dict[str, GenCell]] = {}
+    for m in methods:
+        row: dict[str, GenCell] = {}
+        for split in ("base", "new"):
+            got = [t.cells[m][split] for t in included]
+            stats = [c.stat for c in got]
+            if included and all(s is not None for s in stats):
+                means = [s.mean for s in stats if s is not None]
+                row[split] = GenCell(Stat(statistics.fmean(means), None, len(means), ()))
+            else:
+                reason = next((c.reason for c in got if c.reason), None)
+                row[split] = GenCell(None, reason)
+        row["H"] = _harmonic_cell(row["base"].stat, row["new"].stat, row["new"].reason)
+        cells[m] = row
+    n = len(included)
+    return GenTable(
+        f"average over {n} dataset(s) — {backbone} — base-to-new — {shots}-shot",
+        "average",
+        shots,
+        methods if included else [],
+        ["base", "new", "H"],
+        cells if included else {},
+        datasets=[t.dataset for t in included],
+        excluded=[t.dataset for t in tables if t not in included],
+    )
+
+
+def _transfer_table(
+    rows: list[Mapping[str, Any]],
+    source: str,
+    shots: int,
+    backbone: str,
+    protocol: str,
+    variants: Mapping[str, list[str]],
+    preferred: Sequence[str],
+) -> GenTable | None:
+    """One source's table: its own test set, each target and the average over targets (mean
+    ± std over seeds of each seed's average)."""
+    mine = [r for r in rows if str(r.get("dataset")) == source]
+    if not mine:
+        return None
+    targets = list(dict.fromkeys(t for r in mine for t in (r.get("targets") or {})))
+    columns = [source, *targets, "average"]
+    values: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    reasons: dict[str, dict[str, str]] = {}
+    for r in mine:
+        label = _method_label(r, variants)
+        per = values.setdefault(label, {c: [] for c in columns})
+        seed = int(r["seed"])
+        per[source].append((seed, float(r["accuracy"])))
+        for t, entry in (r.get("targets") or {}).items():
+            acc = entry.get("accuracy")
+            if isinstance(acc, (int, float)) and not isinstance(acc, bool):
+                per[t].append((seed, float(acc)))
+            elif entry.get("reason"):
+                reasons.setdefault(label, {})[t] = str(entry["reason"])
+        avg = r.get("target_average")
+        if isinstance(avg, (int, float)) and not isinstance(avg, bool):
+            per["average"].append((seed, float(avg)))
+    methods = _order(values, preferred)
+    cells: dict[str, dict[str, GenCell]] = {}
+    for m in methods:
+        why = reasons.get(m, {})
+        some = next(iter(why.values()), None)
+        cells[m] = {
+            c: GenCell(
+                _seed_stat(values[m][c]) if values[m][c] else None,
+                None if values[m][c] else why.get(c, some if c == "average" else None),
+            )
+            for c in columns
+        }
+    title = f"{source} → targets — {backbone} — {protocol} — {shots}-shot"
+    return GenTable(title, source, shots, methods, columns, cells)
 
 
 def _average(
@@ -378,10 +637,16 @@ def _render(table: Table, fmt: str, digits: int) -> str:
         [m, *[_fmt(table.cells.get(m, {}).get(k), digits) for k in table.shots]]
         for m in table.methods
     ]
+    return _grid(header, body, fmt)
+
+
+def _grid(header: list[str], body: list[list[str]], fmt: str) -> str:
+    """Rows under a header as a markdown table or aligned terminal text (first column left,
+    the others right)."""
     if fmt == "markdown":
         lines = [
             "| " + " | ".join(header) + " |",
-            "|" + "|".join(["---", *["---:"] * len(table.shots)]) + "|",
+            "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
         ]
         lines += ["| " + " | ".join(r) + " |" for r in body]
         return "\n".join(lines)
@@ -397,6 +662,103 @@ def _render(table: Table, fmt: str, digits: int) -> str:
     return "\n".join([out[0], rule, *out[1:]])
 
 
+class _Notes:
+    """Numbered footnotes ``[1]``, ``[2]`` … for the reasons a cell has no number."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+
+    def mark(self, reason: str) -> str:
+        return self.reasons.setdefault(reason, f"[{len(self.reasons) + 1}]")
+
+    def lines(self) -> list[str]:
+        return [f"{m} n/a: {r}." for r, m in self.reasons.items()]
+
+
+def _gen_fmt(cell: GenCell | None, digits: int, notes: _Notes) -> str:
+    if cell is None or cell.stat is None:
+        if cell is not None and cell.reason:
+            return f"n/a {notes.mark(cell.reason)}"
+        return "–"
+    return _fmt(cell.stat, digits)
+
+
+def _render_gen(
+    table: GenTable, fmt: str, digits: int, notes: _Notes, papers: Sequence[Any]
+) -> str:
+    header = ["method", *table.columns]
+    body = [
+        [m, *[_gen_fmt(table.cells.get(m, {}).get(c), digits, notes) for c in table.columns]]
+        for m in table.methods
+    ]
+    for p in papers:
+        body.append(
+            [
+                f"{p.label} ({p.key})",
+                *[f"{p.values[c]:.{digits}f}" if c in p.values else "–" for c in table.columns],
+            ]
+        )
+    return _grid(header, body, fmt)
+
+
+def _backbone_key(name: str) -> str:
+    """``"ViT-B/16"``, ``"ViT-B-16-quickgelu"`` → ``"vitb16"``: to match the papers' backbone."""
+    key = "".join(ch for ch in name.lower() if ch.isalnum())
+    return key.replace("quickgelu", "").replace("openai", "")
+
+
+def _papers(protocol: str, backbone: str, table: GenTable) -> list[Any]:
+    """The published rows for ``table``: same protocol, dataset (an average only over the
+    papers' 11 datasets), shots and backbone; none otherwise."""
+    from fewclip.generalisation import CROSS_DATASET_TARGETS
+    from fewclip.reproduce import generalisation_papers
+
+    if table.dataset == "average" and set(table.datasets) != {"imagenet", *CROSS_DATASET_TARGETS}:
+        return []
+    found = generalisation_papers(protocol, table.dataset, table.shots)
+    return [p for p in found if _backbone_key(p.backbone) == _backbone_key(backbone)]
+
+
+def _format_generalisation(g: GenGroup, fmt: str, digits: int) -> list[str]:
+    """The parts of one generalisation group: header, tables (with the papers' rows where
+    published numbers exist), footnotes."""
+    md = fmt == "markdown"
+    head = f"{g.backbone} — protocol {g.protocol} (validation {g.validation})" + (
+        " — TOY" if g.toy else ""
+    )
+    parts = [f"## {head}" if md else f"== {head} =="]
+    notes = _Notes()
+    sources: dict[str, str] = {}
+    for t in g.tables:
+        parts.append(f"### {t.title}" if md else t.title)
+        if t.dataset == "average":
+            if not t.datasets:
+                parts.append("No dataset has a base result for every method; no average.")
+                continue
+            note = f"Mean over datasets: {', '.join(t.datasets)}; H of the means."
+            if t.excluded:
+                note += f" Left out (missing some method): {', '.join(t.excluded)}."
+            parts.append(note)
+        papers = _papers(g.protocol, g.backbone, t)
+        for p in papers:
+            sources.setdefault(p.key, p.citation + (f" ({p.checked})" if p.checked else ""))
+        parts.append(_render_gen(t, fmt, digits, notes, papers))
+    if g.protocol == BASE_TO_NEW:
+        parts.append(
+            "base: base classes' test images, base classes only; new: new classes' test "
+            "images, new classes only (the method never saw them); H = 2·base·new/(base + new) "
+            "of the mean accuracies."
+        )
+    elif g.protocol == "domain-generalisation":
+        parts.append(
+            "Each target is scored with the source's classifier restricted to the target's "
+            "classes (ImageNet-A/-R: 200 of the 1000)."
+        )
+    parts += notes.lines()
+    parts += [f"({key}): {citation}" for key, citation in sources.items()]
+    return parts
+
+
 def format_table(table: Table, fmt: str = "text", *, digits: int = 2) -> str:
     """One table (a dataset's or the average) as terminal text or markdown, without title."""
     if fmt not in ("text", "markdown"):
@@ -404,7 +766,7 @@ def format_table(table: Table, fmt: str = "text", *, digits: int = 2) -> str:
     return _render(table, fmt, digits)
 
 
-def toy_warning(group: Group) -> str | None:
+def toy_warning(group: Group | GenGroup) -> str | None:
     """The one-line TOY BACKBONE warning of a toy group (``None`` for a real backbone)."""
     if not group.toy:
         return None
@@ -422,7 +784,8 @@ def format_tables(summary: Summary, fmt: str = "text", *, digits: int = 2) -> st
         raise InvalidValueError(f"fmt: expected 'text' or 'markdown', found {fmt!r}")
     md = fmt == "markdown"
     parts: list[str] = []
-    for line in dict.fromkeys(w for g in summary.groups if (w := toy_warning(g))):
+    every: list[Group | GenGroup] = [*summary.groups, *summary.generalisation]
+    for line in dict.fromkeys(w for g in every if (w := toy_warning(g))):
         parts.append(f"**{line}**" if md else line)
     for g in summary.groups:
         head = (
@@ -451,6 +814,8 @@ def format_tables(summary: Summary, fmt: str = "text", *, digits: int = 2) -> st
             parts.append(_render(t, fmt, digits))
         if g.leaky:
             parts.append(_LEAKY_NOTE)
+    for gg in summary.generalisation:
+        parts += _format_generalisation(gg, fmt, digits)
     parts.append(
         "Top-1 accuracy (%), mean ± sample std over seeds."
         + (f" {summary.duplicates} duplicate row(s) ignored." if summary.duplicates else "")
@@ -476,6 +841,17 @@ def summary_json(summary: Summary) -> dict[str, Any]:
                     "average": None if g.average is None else g.average.to_dict(),
                 }
                 for g in summary.groups
+            ],
+            "generalisation": [
+                {
+                    "backbone": g.backbone,
+                    "protocol": g.protocol,
+                    "validation": g.validation,
+                    "toy": g.toy,
+                    "backbone_note": g.backbone_note,
+                    "tables": [t.to_dict() for t in g.tables],
+                }
+                for g in summary.generalisation
             ],
         }
     )

@@ -76,6 +76,14 @@ class Prepared:
         text_tower: the backbone's text encoder below the tokenizer
             (``backbone.text_tower()``), which the prompt learners (CoOp) train through;
             ``None`` when there is none (their cells then fail with a clear error).
+        class_ids: a shared id of each class across datasets (the ImageNet family: ImageNet-1k
+            class ids), by which ``domain-generalisation`` maps a target's classes onto the
+            source's; ``None``: the target's ``class_index`` (or all classes in order) is the
+            map.
+        targets: under ``cross-dataset`` and ``domain-generalisation``, the target datasets'
+            ``Prepared`` by name (only their ``test`` split, class names, text weights and
+            ``class_index`` are read). ``run_bench`` fills it in from ``prepare``; a
+            ``prepare`` function leaves it empty.
     """
 
     source: FeatureSource
@@ -87,6 +95,8 @@ class Prepared:
     toy: bool = False
     backbone_note: str | None = None
     text_tower: TextTower | None = None
+    class_ids: Sequence[int] | None = None
+    targets: Mapping[str, Prepared] = field(default_factory=dict)
 
 
 PrepareFn = Callable[[str, str], Prepared]
@@ -307,9 +317,12 @@ def run_cell(
     """Run one cell and return its JSONL row (see ``run_bench`` for the schema).
 
     The method gets ``cell.params``, plus the cell's ``seed`` and the run's ``device`` when it
-    has such parameters and ``params`` does not set them.
+    has such parameters and ``params`` does not set them. Under a generalisation protocol
+    (:mod:`fewclip.generalisation`) the cell is run by :mod:`fewclip.bench.generalise`; its
+    targets come from ``prepared.targets``.
     """
     from fewclip import methods
+    from fewclip.generalisation import GENERALISATION_PROTOCOLS
 
     source: FeatureSource = prepared.source
     if cell.views is not None:
@@ -325,7 +338,55 @@ def run_cell(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rss = _PeakRSS()
-    t0 = time.perf_counter()
+    clock = _Clock(cuda)
+    if cell.protocol in GENERALISATION_PROTOCOLS:
+        from fewclip.bench.generalise import run_generalisation
+
+        out = run_generalisation(
+            cell, prepared, source, params, meta, clock, eval_rows=eval_rows, wrap=_ChunkedLogits
+        )
+    else:
+        out = _run_standard(cell, prepared, source, params, meta, clock, eval_rows)
+    return _row(cell, prepared, out, clock, rss, device, cuda)
+
+
+class _Clock:
+    """Marks of ``time.perf_counter`` at plan, fit and evaluation (CUDA synchronised)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.marks = [time.perf_counter()]
+
+    def mark(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.marks.append(time.perf_counter())
+
+
+@dataclass
+class CellOutcome:
+    """What a cell's protocol produced, before it becomes a row: the plan, the task and the
+    fitted model, the main result (the test split of the classes or dataset fitted on) and
+    the protocol's extra row fields."""
+
+    plan: Any
+    task: Any
+    model: Any
+    result: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_standard(
+    cell: Cell,
+    prepared: Prepared,
+    source: FeatureSource,
+    params: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    clock: _Clock,
+    eval_rows: int | None,
+) -> CellOutcome:
+    from fewclip import methods
+
     proto = Protocol(cell.protocol, **dict(cell.protocol_options))
     plan = proto.plan_source(
         source, shots=cell.shots, seed=cell.seed, classnames=list(prepared.classnames)
@@ -343,18 +404,28 @@ def run_cell(
         text_tower=prepared.text_tower,
     )
     model = methods.create(cell.method, **params)
-    t1 = time.perf_counter()
+    clock.mark()
     model.fit(task)
-    if cuda:
-        torch.cuda.synchronize()
-    t2 = time.perf_counter()
+    clock.mark()
     scored = model if eval_rows is None else _ChunkedLogits(model, eval_rows)
     result = evaluate(scored, source, plan, class_index=prepared.class_index, meta=meta)
-    if cuda:
-        torch.cuda.synchronize()
-    t3 = time.perf_counter()
+    clock.mark()
+    return CellOutcome(plan, task, model, result)
+
+
+def _row(
+    cell: Cell,
+    prepared: Prepared,
+    out: CellOutcome,
+    clock: _Clock,
+    rss: _PeakRSS,
+    device: str,
+    cuda: bool,
+) -> dict[str, Any]:
+    t0, t1, t2, t3 = clock.marks
+    plan, task, model, result = out.plan, out.task, out.model, out.result
     cell_dict = cell.to_dict()
-    return {
+    row = {
         "format": BENCH_FORMAT,
         "hash": cell.hash,
         "cell": cell_dict,
@@ -365,7 +436,7 @@ def run_cell(
         "backbone_note": prepared.backbone_note,
         "shots": cell.shots,
         "seed": cell.seed,
-        "protocol": result.protocol,
+        "protocol": cell.protocol,
         "leaky": result.leaky,
         "mark": result.mark,
         "accuracy": round(100.0 * result.accuracy, 6),
@@ -391,6 +462,9 @@ def run_cell(
         "cuda_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    for key, value in out.extra.items():  # the protocol's fields, after the main result's
+        row[key] = value
+    return row
 
 
 # -- the grid -----------------------------------------------------------------------------
@@ -474,7 +548,9 @@ def run_bench(
     cells: local jobs or Ray actors), ``plan_s``/``fit_s``/``eval_s``/``wall_s`` (seconds),
     ``peak_rss_mib`` with ``peak_rss_scope`` (``"cell"``: high-water mark of this cell;
     ``"process"``: of the whole process so far), ``cuda_peak_mib`` and ``timestamp`` (UTC,
-    ISO 8601).
+    ISO 8601). Under a generalisation protocol the row adds ``validation`` and the protocol's
+    per-split or per-target results (:mod:`fewclip.bench.generalise`), and ``accuracy`` is that
+    of the classes the method was fitted on.
     """
     if not isinstance(config, BenchConfig):
         raise InvalidTypeError(f"config: expected a BenchConfig, found {type(config).__name__}")
@@ -531,6 +607,7 @@ def run_bench(
             for (dataset, backbone), group in groups.items():
                 try:
                     prepared = _prepare(prepare, group[0], done.values(), quiet)
+                    prepared = _with_targets(prepare, prepared, group[0], quiet)
                 except Exception as e:
                     if on_error == "raise":
                         raise
@@ -738,6 +815,31 @@ def completed_rows(config: BenchConfig, out_jsonl: str | os.PathLike[str]) -> li
         if isinstance(h, str):
             by_hash.setdefault(h, row)
     return [by_hash[c.hash] for c in config.cells() if c.hash in by_hash]
+
+
+def _with_targets(prepare: PrepareFn, prepared: Prepared, cell: Cell, quiet: bool) -> Prepared:
+    """``prepared`` with the cell's transfer targets prepared (``Prepared.targets``): under
+    ``cross-dataset`` and ``domain-generalisation``, each of ``protocol_options.targets`` on
+    the cell's backbone, once per (source, backbone)."""
+    names = list(cell.protocol_options.get("targets", []) or [])
+    if not names:
+        return prepared
+    targets: dict[str, Prepared] = {}
+    for name in names:
+        _say(quiet, f"preparing target {name} / {cell.backbone}")
+        t = prepare(name, cell.backbone)
+        if not isinstance(t, Prepared):
+            raise BenchError(
+                f"prepare({name!r}, {cell.backbone!r}) returned {type(t).__name__}; "
+                "expected fewclip.bench.Prepared"
+            )
+        if len(t.classnames) != int(t.text_weights.shape[0]):
+            raise BenchError(
+                f"prepare({name!r}, {cell.backbone!r}): {len(t.classnames)} classnames but "
+                f"text_weights has shape {tuple(t.text_weights.shape)}"
+            )
+        targets[name] = t
+    return dataclasses.replace(prepared, targets=targets)
 
 
 def _prepare(prepare: PrepareFn, cell: Cell, rows: Any, quiet: bool) -> Prepared:

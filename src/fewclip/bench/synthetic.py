@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +32,13 @@ from fewclip.testing.synthetic import (
     SyntheticWorld,
 )
 
-__all__ = ["ZERO_SHOT_TARGETS", "SyntheticSource", "synthetic_prepare"]
+__all__ = [
+    "SYNTHETIC_VARIANTS",
+    "ZERO_SHOT_TARGETS",
+    "SyntheticSource",
+    "SyntheticVariant",
+    "synthetic_prepare",
+]
 
 #: Zero-shot RN50 accuracies of Tip-Adapter's ``exp.log`` (fraction), used to calibrate each
 #: synthetic world so that its numbers land in a familiar range.
@@ -160,6 +167,99 @@ class SyntheticSource:
         return self._cache[key]
 
 
+@dataclass(frozen=True)
+class SyntheticVariant:
+    """A test-only dataset of another synthetic dataset's classes in a shifted domain (a
+    stand-in for ImageNet-V2, -Sketch, -A, -R under ``domain-generalisation``).
+
+    Attributes:
+        of: the dataset whose world (class means, text weights) it shares.
+        test: its number of test images, spread evenly over its classes.
+        classes: keep this many of the world's classes, evenly spaced over the class ids (the
+            200 of ImageNet-A/-R); ``None``: all, in order. The prepared ``class_index`` maps
+            its classes to the world's.
+        shift: the domain shift: extra isotropic noise on each image, in units of the world's
+            within-class ``spread`` (0: the world's own test distribution).
+    """
+
+    of: str
+    test: int
+    classes: int | None = None
+    shift: float = 1.0
+
+    def class_ids(self, n_classes: int) -> list[int]:
+        """The world's class ids it keeps, ascending."""
+        if self.classes is None:
+            return list(range(n_classes))
+        if not 1 <= self.classes <= n_classes:
+            raise InvalidValueError(
+                f"classes: expected 1 to {n_classes} classes of {self.of!r}, found {self.classes}"
+            )
+        return sorted({(i * n_classes) // self.classes for i in range(self.classes)})
+
+
+#: ImageNet's four variants over the synthetic ImageNet world, with their real test sizes; the
+#: shifts are made up (larger for the harder domains).
+SYNTHETIC_VARIANTS: Mapping[str, SyntheticVariant] = {
+    "imagenet_v2": SyntheticVariant("imagenet", 10_000, None, 0.5),
+    "imagenet_sketch": SyntheticVariant("imagenet", 50_889, None, 2.0),
+    "imagenet_a": SyntheticVariant("imagenet", 7_500, 200, 3.0),
+    "imagenet_r": SyntheticVariant("imagenet", 30_000, 200, 1.5),
+}
+
+
+def _variant_prepared(
+    name: str,
+    variant: SyntheticVariant,
+    world: SyntheticWorld,
+    backbone: str,
+    seed: int,
+    tower_for: Callable[[SyntheticWorld], Any],
+) -> Prepared:
+    """A variant's ``Prepared``: a ``test`` split only, generated in blocks from a stream keyed
+    by (seed, name, backbone), over the classes it keeps (``class_index``: their ids in the
+    world, ``None`` when it keeps all)."""
+    from fewclip.protocol import InMemorySource
+
+    if variant.shift < 0 or variant.test < 1:
+        raise InvalidValueError(
+            f"{name}: expected a positive test size and a non-negative shift, found "
+            f"{variant.test} and {variant.shift}"
+        )
+    ids = variant.class_ids(world.n_classes)
+    labels = torch.repeat_interleave(torch.arange(len(ids)), _counts(variant.test, len(ids)))
+    digest = hashlib.sha256(f"{seed}/{name}/{backbone}/variant".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
+    parts = []
+    for block in labels.split(8192):
+        eps = torch.randn(len(block), world.dim, generator=g)
+        clean = world.clean(torch.as_tensor(ids)[block], eps)
+        clean += variant.shift * world.spread * torch.randn(len(block), world.dim, generator=g)
+        norms = world.feature_norm * (1 + 0.1 * torch.randn(len(block), 1, generator=g))
+        parts.append((clean * norms).to(world.dtype))
+    feats = torch.cat(parts)
+    every = variant.classes is None
+    return Prepared(
+        source=InMemorySource(test=FeatureSet(feats, labels)),  # type: ignore[arg-type]
+        classnames=[world.classnames[i] for i in ids],
+        text_weights=world.text_weights[ids],
+        class_index=None if every else ids,
+        text_tower=tower_for(world),
+        fingerprint="synthetic:"
+        + hashlib.sha256(repr((name, variant, backbone, seed, world.seed)).encode()).hexdigest()[
+            :16
+        ],
+        meta={
+            "synthetic": True,
+            "prompts": "synthetic",
+            "variant_of": variant.of,
+            "shift": variant.shift,
+            "classes": len(ids),
+            "sizes": {"test": variant.test},
+        },
+    )
+
+
 def synthetic_prepare(
     *,
     shapes: Mapping[str, DatasetShape] | None = None,
@@ -168,6 +268,8 @@ def synthetic_prepare(
     calibrate: bool = True,
     seed: int = 0,
     world_kwargs: Mapping[str, Any] | None = None,
+    text_tower: bool = False,
+    variants: Mapping[str, SyntheticVariant] | None = None,
 ) -> Callable[[str, str], Prepared]:
     """A ``prepare(dataset, backbone)`` for ``run_bench`` on synthetic worlds.
 
@@ -189,6 +291,14 @@ def synthetic_prepare(
             derived from (seed, dataset, backbone).
         world_kwargs: ``SyntheticWorld`` arguments (``sep``, ``spread``, ...); with a calibrated
             preset they override its knobs.
+        text_tower: give every dataset a toy text tower
+            (:class:`~fewclip.testing.text_tower.ToyTextTower`, seeded, of the features'
+            dimension), so that the prompt learners (CoOp) run on the toy path too. Its text
+            features are random functions of the class names ("class 0", ...): unrelated to
+            the world's text weights.
+        variants: test-only, domain-shifted datasets over another's world
+            (``SyntheticVariant``), for the domain-generalisation protocol; default
+            ``SYNTHETIC_VARIANTS``: ImageNet-V2, -Sketch, -A and -R over the ImageNet world.
 
     Synthetic features have no backbone: the backbone name only changes the seed of a world
     that is not a calibrated preset. The bench draws its rows from per-row streams
@@ -213,7 +323,11 @@ def synthetic_prepare(
             )
         return name
 
-    def prepare(dataset: str, backbone: str) -> Prepared:
+    def world_of(
+        dataset: str, backbone: str
+    ) -> tuple[SyntheticWorld, DatasetShape, str, int, dict[str, Any], bool]:
+        """The world of ``dataset`` on ``backbone`` (the same for the dataset and its
+        variants): (world, shape, preset name, world seed, knobs, calibrated preset?)."""
         shape = table[resolve(dataset)]
         digest = hashlib.sha256(f"{seed}/{dataset}/{backbone}".encode()).digest()
         wseed = int.from_bytes(digest[:4], "little")
@@ -238,6 +352,24 @@ def synthetic_prepare(
             target = ZERO_SHOT_TARGETS.get(name)
             if calibrate and target is not None:
                 world.calibrate(target, probe=10)
+        return world, shape, name, wseed, kwargs, preset
+
+    def tower_for(world: SyntheticWorld) -> Any:
+        if not text_tower:
+            return None
+        from fewclip.testing.text_tower import ToyTextTower
+
+        return ToyTextTower(world.dim, seed=seed)
+
+    shifted = dict(SYNTHETIC_VARIANTS if variants is None else variants)
+
+    def prepare(dataset: str, backbone: str) -> Prepared:
+        if dataset in shifted and dataset not in table:
+            return _variant_prepared(
+                dataset, shifted[dataset], world_of(shifted[dataset].of, backbone)[0],
+                backbone, seed, tower_for,
+            )  # fmt: skip
+        world, shape, name, wseed, kwargs, preset = world_of(dataset, backbone)
         source = SyntheticSource(
             world, {"train": shape.train, "val": shape.val, "test": shape.test}, n_views=n_views
         )
@@ -263,6 +395,7 @@ def synthetic_prepare(
             source=source,
             classnames=world.classnames,
             text_weights=world.text_weights,
+            text_tower=tower_for(world),
             fingerprint=fingerprint,
             meta={
                 "synthetic": True,

@@ -334,9 +334,12 @@ def _demo_backbone(
     return bb, note, folder
 
 
-def _load_bench_config(config: str | None, overrides: list[str]) -> Any:
+def _load_bench_config(
+    config: str | None, overrides: list[str], protocol: str | None = None
+) -> Any:
     """``load_config`` with the CLI's reading: a first argument of the form key=value is an
-    override (the defaults are the base), not the name of a config file."""
+    override (the defaults are the base), not the name of a config file; ``protocol`` (the
+    ``--protocol`` option) is the override ``protocol=...``, given once."""
     from fewclip.bench import load_config
 
     if config is not None and "=" in config and not Path(config).is_file():
@@ -345,6 +348,10 @@ def _load_bench_config(config: str | None, overrides: list[str]) -> Any:
     for ov in overrides:
         if "=" not in ov:
             raise CLIError(f"override {ov!r}: expected key=value (e.g. shots=1,2,4)")
+    if protocol is not None:
+        if any(ov.partition("=")[0].strip() == "protocol" for ov in overrides):
+            raise CLIError("--protocol and a protocol=... override: give the protocol once")
+        overrides = [*overrides, f"protocol={protocol}"]
     return load_config(config, overrides)
 
 
@@ -355,6 +362,15 @@ def bench(
     ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. shots=1,2,4."),
     out: Path = typer.Option(Path("fewclip-bench"), "--out", "-o", help="Output folder."),
+    protocol: str | None = typer.Option(
+        None,
+        "--protocol",
+        help=(
+            "Validation protocol (fewshot-val, coop-val, full-val, val-free, oracle-test) or "
+            "generalisation protocol (base-to-new, cross-dataset, domain-generalisation); "
+            "default: the config's. Same as the override protocol=..."
+        ),
+    ),
     root: Path | None = typer.Option(None, "--root", help=ROOT_HELP),
     store: Path | None = typer.Option(None, help=STORE_HELP),
     pretrained: str | None = typer.Option(None, help="Weights for every backbone."),
@@ -380,17 +396,26 @@ def bench(
     With --executor ray the cells run on Ray actors that read the features from the
     (shared) --store; only this process writes results.jsonl.
 
+    Generalisation protocols (16 shots unless shots= says otherwise): base-to-new reports
+    base, new and H per dataset; cross-dataset and domain-generalisation fit on each dataset
+    and test on protocol_options.targets (default: the other ten benchmarks; ImageNet-V2,
+    -Sketch, -A, -R). A method that cannot score new classes shows n/a with the reason.
+
     \b
     Examples:
       fewclip bench smoke --root ~/data --dry-run
       fewclip bench tip-adapter --root ~/data protocol=coop-val seeds=1,2,3
+      fewclip bench cocoop-base-to-new --root ~/data
+      fewclip bench --protocol base-to-new datasets=dtd,eurosat methods=zero-shot,coop \\
+        backbones=ViT-B/16 --root ~/data
+      fewclip bench coop-domain-generalisation --root ~/data
       fewclip bench tip-adapter --root /shared/data --store /shared/features \\
         --executor ray --ray-address auto
     """
     from fewclip.bench.runner import run_bench
     from fewclip.prepare import dataset_prepare
 
-    cfg = _load_bench_config(config, overrides or [])
+    cfg = _load_bench_config(config, overrides or [], protocol)
     runner = cli_executor(executor, ray_address, ray_workers, jobs)
     resolved = cfg.to_dict()
     if dry_run:
@@ -400,7 +425,8 @@ def bench(
             typer.echo(cfg.to_yaml(), nl=False)
             typer.echo(f"# {cfg.n_cells} cells")
         return
-    _claim_out(out, "bench", list(cfg.datasets))
+    targets = list(cfg.protocol_options.get("targets", []) or [])
+    _claim_out(out, "bench", [*cfg.datasets, *targets])
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
     prepare = dataset_prepare(
         root=root,
