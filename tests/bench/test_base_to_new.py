@@ -311,3 +311,13 @@ def test_preset_reproduces_cocoop_table_1_layout() -> None:
     assert cfg.backbones == ("ViT-B/16",)
     assert cfg.method_params("coop", "imagenet")["epochs"] == 50
     assert cfg.method_params("coop", "dtd") == {"ctx_init": "a photo of a", "epochs": 200}
+
+
+def test_parallel_cells_give_the_serial_rows(rows, prepare, tmp_path) -> None:
+    """Forked workers (``jobs=2``) run the same base-to-new cells to the same numbers."""
+    cfg = _config(methods=("zero-shot", "tip-adapter"), seeds=(1,))
+    par = run_bench(cfg, prepare, tmp_path / "r.jsonl", quiet=True, jobs=2)
+    serial = {(r["method"], r["seed"]): r for r in rows}
+    for r in par:
+        assert r["jobs"] == 2
+        assert r["splits"] == serial[(r["method"], r["seed"])]["splits"]

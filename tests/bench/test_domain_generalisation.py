@@ -261,3 +261,12 @@ def test_imagenet_to_its_variants_through_the_readers(tmp_path) -> None:
     assert domain_index(source, a_target, "imagenet_a") == [
         wnids["imagenet"].index(w) for w in wnids["a"]
     ]
+
+
+def test_targets_reach_forked_workers(run, prepare, tmp_path) -> None:
+    rows, _ = run
+    cfg = _config(methods=("zero-shot", "tip-adapter"), seeds=(1,))
+    par = run_bench(cfg, prepare, tmp_path / "r.jsonl", quiet=True, jobs=2)
+    serial = {(r["method"], r["seed"]): r for r in rows}
+    for r in par:
+        assert r["targets"] == serial[(r["method"], r["seed"])]["targets"]
