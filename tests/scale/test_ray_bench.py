@@ -109,3 +109,33 @@ def test_jobs_and_a_ray_executor_are_not_given_together(tmp_path):
             tiny_config(), CountingPrepare(), tmp_path / "r.jsonl", jobs=2,
             executor=RayExecutor(workers=2),
         )  # fmt: skip
+
+
+def test_a_generalisation_grid_on_ray_gives_the_local_rows(ray_local, tmp_path):
+    """Base-to-new and domain-generalisation cells on Ray actors: the targets travel with the
+    prepared source, and every split's and target's number is the local one."""
+    from tests.bench.conftest import SHAPES
+
+    from fewclip.bench import BenchConfig
+    from fewclip.bench.synthetic import SyntheticVariant, synthetic_prepare
+
+    prepare = synthetic_prepare(
+        shapes=SHAPES, calibrate=False, n_views=3,
+        variants={"alpha_sub": SyntheticVariant("alpha", 30, 3, 1.0)},
+    )  # fmt: skip
+    for protocol, options, key in (
+        ("base-to-new", {}, "splits"),
+        ("domain-generalisation", {"targets": ["alpha_sub"]}, "targets"),
+    ):
+        cfg = BenchConfig(
+            methods=("zero-shot", "tip-adapter"), datasets=("alpha",), shots=(2,), seeds=(1,),
+            backbones=("toy",), protocol=protocol, protocol_options=options,
+            params={"tip-adapter": {"search_step": [10, 5]}},
+        )  # fmt: skip
+        local = run_bench(cfg, prepare, tmp_path / f"{protocol}-local.jsonl", quiet=True)
+        on_ray = run_bench(
+            cfg, prepare, tmp_path / f"{protocol}.jsonl", quiet=True,
+            executor=RayExecutor(workers=2),
+        )  # fmt: skip
+        assert [r[key] for r in on_ray] == [r[key] for r in local]
+        assert {r["executor"] for r in on_ray} == {"ray"}
