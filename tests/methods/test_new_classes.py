@@ -1,5 +1,5 @@
 """``Method.for_classes``: which methods can score classes they were not fitted on, and how the
-three that can do it (zero-shot, CLIP-Adapter, CoOp)."""
+methods that can do it (zero-shot, CLIP-Adapter and the prompt learners)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from fewclip.functional import l2_normalize
 from fewclip.methods import NewClassesError, NotFittedError
 from fewclip.testing.conformance import make_task
 
-CAN = {"zero-shot", "clip-adapter", "coop"}
+CAN = {"zero-shot", "clip-adapter", "coop", "cocoop", "kgcoop", "prograd"}
 
 
 def test_the_methods_that_can_score_new_classes() -> None:
     """Zero-shot CLIP (text weights), CLIP-Adapter (an image-side adapter, any text weights)
-    and CoOp (a learned context, any class name) can; every cache, linear head, per-class
-    residual or prototype cannot, and says why."""
+    and the prompt learners (a learned context, any class name) can; every cache, linear
+    head, per-class residual or prototype cannot, and says why."""
     can = {m for m in methods.available() if methods.get(m).new_class_refusal is None}
     assert can == CAN
     for name in sorted(set(methods.available()) - CAN):
@@ -68,6 +68,31 @@ def test_coop_builds_the_new_prompts_with_its_context() -> None:
     csc = methods.create("coop", epochs=1, n_ctx=4, csc=True).fit(task)
     with pytest.raises(NewClassesError, match="class-specific contexts"):
         csc.for_classes(other.classnames, other.text_weights, text_tower=task.text_tower)
+
+
+def test_cocoop_shifts_its_context_in_front_of_the_new_names() -> None:
+    """Each image's shifted context, assembled with the new names one image at a time
+    (CoOp's assembly, not CoCoOp's batched one), through the tower."""
+    from fewclip.methods.cocoop import meta_net
+    from fewclip.methods.coop import PromptContext
+
+    task, other = make_task(), make_task(3, seed=7)
+    tower = task.text_tower
+    assert tower is not None
+    x = l2_normalize(torch.randn(4, task.dim, generator=torch.Generator().manual_seed(1)))
+    m = methods.create("cocoop", epochs=1, ctx_init="", n_ctx=4).fit(task)
+    new = m.for_classes(other.classnames, other.text_weights, text_tower=tower)
+    prompts = PromptContext(tower, other.classnames, n_ctx=4, init="", position="end")
+    rows = []
+    with torch.no_grad():
+        for xi in x:
+            shift = meta_net(xi[None], m.meta_w1_, m.meta_b1_, m.meta_w2_, m.meta_b2_)
+            text = l2_normalize(tower.encode(prompts.assemble(m.ctx_ + shift), prompts.eot))
+            rows.append(m.scale_ * xi @ text.T)
+    torch.testing.assert_close(new.logits(x), torch.stack(rows), rtol=1e-5, atol=1e-4)
+    assert m.logits(x).shape == (4, len(task.classnames))  # the original is unchanged
+    again = m.for_classes(task.classnames, task.text_weights, text_tower=tower)
+    torch.testing.assert_close(again.logits(x), m.logits(x))
 
 
 def test_for_classes_checks_its_inputs() -> None:

@@ -220,6 +220,25 @@ class CoCoOp(CoOp):
             )
         self._text_tower, self._prompts = tower, prompts
 
+    def _for_classes(
+        self, classnames: list[str], text_weights: Tensor, text_tower: TextTower | None
+    ) -> None:
+        """The learned context and meta-net with the new names' prompts (CoCoOp's evaluation on
+        new classes): each image still shifts the context, now in front of the new names."""
+        if text_tower is None:
+            text_tower = getattr(self, "_text_tower", None)
+        if text_tower is None:
+            raise InvalidValueError(
+                "text_tower: cocoop builds the new classes' prompts through the text encoder; "
+                "pass text_tower=backbone.text_tower() (the backbone it was fitted with)"
+            )
+        keep = self.classnames_
+        try:
+            self.classnames_ = classnames
+            self._attach_text_tower(text_tower)
+        finally:
+            self.classnames_ = keep
+
     def _load_extra_state(self, tensors: dict[str, Tensor]) -> None:
         """No tower yet (``attach_text_tower``); the loaded shapes are checked here instead of
         by a probe query."""

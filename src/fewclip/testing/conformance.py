@@ -515,7 +515,8 @@ def check_new_classes(cls: type[Method], params: Mapping[str, Any]) -> None:
     assert m.classnames_ == task.classnames, "for_classes changed the method's classnames_"
     with tempfile.TemporaryDirectory() as tmp:
         new.save(Path(tmp) / "m")
-        assert torch.equal(base.load(Path(tmp) / "m").logits(x), out), "saved copy differs"
+        loaded = base.load(Path(tmp) / "m").attach_text_tower(task.text_tower)
+        assert torch.equal(loaded.logits(x), out), "saved copy differs"
 
 
 _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
