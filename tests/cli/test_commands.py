@@ -236,7 +236,7 @@ def test_fit_predict_evaluate(
 def test_demo_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "fewclip.cli", "demo", "--out", str(out), "--fast"]
-    cmd += ["--warmup-steps", "0", "--views", "2"]
+    cmd += ["--warmup-steps", "0", "--views", "2", "--world", "none"]  # world: test_demo_honest
     res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(tmp_path))
     assert res.returncode == 0, res.stderr
     assert "RANDOM weights" in res.stderr
