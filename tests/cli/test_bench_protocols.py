@@ -63,3 +63,30 @@ def test_base_to_new_from_the_command_line(opt_data: Path, tmp_path: Path) -> No
     twice = run_fewclip(*args, "protocol=val-free", "--dry-run", store=store)
     assert twice.returncode != 0
     assert "give the protocol once" in twice.stderr
+
+
+def test_the_prompt_learners_on_base_to_new_from_the_command_line(
+    opt_data: Path, tmp_path: Path
+) -> None:
+    """CoOp, CoCoOp, KgCoOp and ProGrad train on the base classes through the tiny backbone's
+    text tower and score the new class from its name: every one has base, new and H."""
+    out, store = tmp_path / "out", tmp_path / "store"
+    learners = ["coop", "cocoop", "kgcoop", "prograd"]
+    res = run_fewclip(
+        "bench", f"datasets={opt_data}", "methods=" + ",".join(learners), "shots=2", "seeds=1",
+        f"backbones={TINY_BACKBONE}", "views=1", "--protocol", "base-to-new",
+        *(f"params.{m}.epochs=1" for m in learners), "-o", out, "-q", store=store,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = _rows(out)
+    assert sorted(r["method"] for r in rows) == sorted(learners)
+    for r in rows:
+        assert r["splits"]["base"]["classes"] == [0, 1]
+        assert r["splits"]["new"]["classes"] == [2]
+        assert r["splits"]["new"]["n"] == 4
+        assert 0 <= r["splits"]["new"]["accuracy"] <= 100
+        assert r["harmonic"] is not None
+        assert r["fitted"]["epochs_"] == 1
+    lines = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.split()}
+    for m in learners:
+        assert "n/a" not in lines[m]
