@@ -163,6 +163,14 @@ _T1_CHECK = (
     "the same three rows appear, citing CoCoOp, in the README tables of later prompt-learning "
     "repositories (e.g. ProLIP, HiCroPL); the paper itself was not read here"
 )
+_KGCOOP_T1 = (
+    "KgCoOp (Yao et al., CVPR 2023), base-to-new table, average over 11 datasets; ViT-B/16, "
+    "16 shots"
+)
+_KGCOOP_CHECK = (
+    "the same row appears, citing KgCoOp, in the README tables of later prompt-learning "
+    "repositories (e.g. HiCroPL); the paper itself was not read here"
+)
 _COCOOP_T2 = (
     "CoCoOp (Zhou et al., CVPR 2022), Table 2 (cross-dataset, source ImageNet); ViT-B/16, "
     "16 shots; NOT checked against the paper here"
@@ -224,6 +232,16 @@ GENERALISATION_PAPER: tuple[PaperResult, ...] = (
         "CoCoOp T1",
         _COCOOP_T1,
         _T1_CHECK,
+    ),
+    PaperResult(
+        "base-to-new",
+        "average",
+        "kgcoop",
+        "KgCoOp",
+        _cols(("base", "new", "H"), "80.73 73.60 77.00"),
+        "KgCoOp T1",
+        _KGCOOP_T1,
+        _KGCOOP_CHECK,
     ),
     PaperResult(
         "cross-dataset",

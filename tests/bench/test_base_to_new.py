@@ -276,6 +276,8 @@ def test_the_average_table_and_the_papers_rows() -> None:
     assert "69.34" in text
     assert "82.69" in text
     assert "(CoCoOp T1): CoCoOp (Zhou et al., CVPR 2022), Table 1" in text
+    assert "KgCoOp (KgCoOp T1)" in text
+    assert "80.73" in text
     # not over 10 datasets, not with another backbone
     assert "CoCoOp T1" not in format_tables(summarize(rows[1:11] + rows[12:]))
     other = [{**r, "backbone": "RN50", "hash": r["hash"] + "rn"} for r in rows]
