@@ -438,6 +438,7 @@ class Method(EstimatorParams):
         if not hasattr(self, "classnames_"):
             return False
         return not self.predicts_with_text_tower or getattr(self, "_text_tower", None) is not None
+
     def for_classes(
         self: M,
         classnames: Sequence[str],
@@ -492,6 +493,7 @@ class Method(EstimatorParams):
     def _attach_text_tower(self, tower: Any) -> None:
         """Keep ``tower`` for scoring (``predicts_with_text_tower`` methods implement it)."""
         raise NotImplementedError
+
     def _for_classes(
         self, classnames: list[str], text_weights: Tensor, text_tower: TextTower | None
     ) -> None:
