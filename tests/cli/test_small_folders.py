@@ -204,3 +204,35 @@ def test_prompt_learners_fit_and_predict_through_the_installed_command(
     )
     assert pred.returncode == 0, pred.stderr
     assert len(pred.stdout.strip().splitlines()) == 1 + 3 * 4  # header + every test image
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("coop", ["epochs=3", "n_ctx=4"]), ("cocoop", ["epochs=1", "batch_size=4"])],
+    ids=["coop", "cocoop"],
+)
+def test_prompt_learners_through_a_local_hf_clip(
+    opt_data: Path, tmp_path: Path, method: str, params: list[str]
+) -> None:
+    """A transformers CLIP folder named with -b hf:PATH opens its text tower to the prompt
+    learners: CoOp fits and predicts; CoCoOp's predict attaches the tower of the reloaded
+    model."""
+    pytest.importorskip("transformers")
+    from fewclip.backbones.tiny import write_tiny_hf
+
+    model = write_tiny_hf(tmp_path / "clip-hf")
+    adapter, store = tmp_path / method, tmp_path / "store"
+    flags = [x for p in params for x in ("-p", p)]
+    res = run_fewclip(
+        "fit", "-m", method, "-d", opt_data, "-k", "2", "-b", f"hf:{model}", "--views", "1",
+        *flags, "-o", adapter, "--json", store=store,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["method"] == method
+    assert record["backbone"]["family"] == "hf"
+    pred = run_fewclip(
+        "predict", adapter, opt_data / "test", "--format", "csv", "--top-k", "1", store=store
+    )
+    assert pred.returncode == 0, pred.stderr
+    assert len(pred.stdout.strip().splitlines()) == 1 + 3 * 4  # header + every test image

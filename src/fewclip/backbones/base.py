@@ -286,7 +286,8 @@ class Backbone(ABC):
         (:mod:`fewclip.text_tower`); backbones without one raise :class:`BackboneError`."""
         raise BackboneError(
             f"{self.name}: this {self.family} backbone does not open its text encoder for "
-            "prompt learning (CoOp and its successors need an open_clip backbone)"
+            "prompt learning (CoOp and its successors need a CLIP model from open_clip or "
+            "transformers)"
         )
 
     @abstractmethod

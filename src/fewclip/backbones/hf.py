@@ -11,12 +11,17 @@ Works with transformers 4.x and 5.x:
 
 Preprocessing is read from ``preprocessor_config.json`` and reproduced with fewclip's transforms
 (CLIP: resize the short side + centre crop; SigLIP: squash resize).
+
+CLIP models also open their text encoder for prompt learning (:class:`HFTextTower`,
+``backbone.text_tower()``); SigLIP's text encoder is not causal and has none.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +42,9 @@ from fewclip.backbones.base import (
     state_dict_digest,
 )
 from fewclip.backbones.transforms import OPENAI_MEAN, OPENAI_STD, Augment, Preprocess
+from fewclip.text_tower import TextTower
 
-__all__ = ["HFBackbone", "load_hf", "local_hf_names"]
+__all__ = ["HFBackbone", "HFTextTower", "load_hf", "local_hf_names"]
 
 _SUPPORTED = ("clip", "siglip")
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -52,6 +58,84 @@ def _pooled(out: Any) -> Tensor:
     if isinstance(pooled, Tensor):
         return pooled
     raise BackboneError(f"transformers returned {type(out).__name__} without a pooler_output")
+
+
+class HFTextTower(TextTower):
+    """:class:`~fewclip.text_tower.TextTower` over a transformers ``CLIPModel``'s text parts:
+    ``text_model.embeddings`` (token and position embeddings), ``text_model.encoder`` run with
+    the causal mask, ``text_model.final_layer_norm`` and ``text_projection``.
+
+    The pooled position is the one ``CLIPModel.get_text_features`` pools: the first
+    ``eos_token_id`` of each prompt, or the largest token id for configs written before
+    transformers fixed ``eos_token_id`` (it is 2 there), as OpenAI CLIP does. Prompts are
+    tokenized by the model's tokenizer, padded to the context length. It shares the model's
+    (frozen) weights.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, context_length: int, logit_scale: float):
+        super().__init__()
+        config: Any = model.config
+        if str(config.model_type) != "clip" or not hasattr(model, "text_projection"):
+            raise BackboneError(
+                f"{type(model).__name__} ({config.model_type}): prompt learning needs a CLIP "
+                "text transformer (causal, pooled at the end-of-text token); "
+                f"{config.model_type} models do not have one"
+            )
+        attn = str(getattr(config, "_attn_implementation", None) or "eager")
+        if attn not in ("eager", "sdpa"):
+            raise BackboneError(
+                f"{type(model).__name__}: the text tower runs with an additive causal mask, "
+                f"which attn_implementation={attn!r} does not take; load the model with "
+                "attn_implementation='sdpa' or 'eager'"
+            )
+        text = model.text_model
+        self.token_embedding = text.embeddings.token_embedding
+        self.positional_embedding = text.embeddings.position_embedding.weight
+        self.encoder = text.encoder
+        self.ln_final = text.final_layer_norm
+        self.projection = model.text_projection
+        self.tokenizer = tokenizer
+        eos = getattr(text, "eos_token_id", None)
+        self.eos_id: int | None = None if eos is None else int(eos)
+        self.width = int(self.positional_embedding.shape[1])
+        self.context_length = int(context_length)
+        self.embed_dim = int(self.projection.out_features)
+        self.logit_scale = float(logit_scale)
+        # transformers 4.x takes the causal mask as causal_attention_mask, 5.x as attention_mask
+        self._legacy = "causal_attention_mask" in inspect.signature(self.encoder.forward).parameters
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        enc = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )
+        out: Tensor = enc["input_ids"]
+        return out
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        out: Tensor = self.token_embedding(tokens)
+        return out
+
+    def eot_index(self, tokens: Tensor) -> Tensor:
+        if self.eos_id in (None, 2):  # configs before transformers#24773: OpenAI's argmax
+            return tokens.argmax(dim=-1)
+        return tokens.eq(self.eos_id).int().argmax(dim=-1)
+
+    def _blocks(self, x: Tensor, mask: Tensor) -> Tensor:
+        mask4 = mask[None, None]  # (1, 1, L, L), broadcast over the batch and the heads
+        if self._legacy:
+            out = self.encoder(inputs_embeds=x, causal_attention_mask=mask4, return_dict=True)
+        else:
+            out = self.encoder(inputs_embeds=x, attention_mask=mask4)
+        hidden: Tensor = out.last_hidden_state
+        return hidden
+
+    def _project(self, pooled: Tensor) -> Tensor:
+        out: Tensor = self.projection(pooled)
+        return out
 
 
 class HFBackbone(Backbone):
@@ -121,6 +205,17 @@ class HFBackbone(Backbone):
         if self.model_type != "siglip" and "attention_mask" in enc:
             kwargs["attention_mask"] = enc["attention_mask"].to(self.device)
         return _pooled(self.model.get_text_features(**kwargs))
+
+    def text_tower(self) -> TextTower:
+        """The CLIP text encoder below the tokenizer (for prompt learning; see
+        :mod:`fewclip.text_tower`); SigLIP models raise :class:`BackboneError`."""
+        if self.model_type != "clip":
+            raise BackboneError(
+                f"{self.name}: this {self.model_type} model's text encoder is not causal and is "
+                "not pooled at an end-of-text token, so it cannot run CoOp and its successors "
+                "(they need a CLIP model: open_clip or transformers CLIP)"
+            )
+        return HFTextTower(self.model, self.tokenizer, self.context_length, self.logit_scale)
 
 
 def _config_record(config: Any) -> dict[str, Any]:
