@@ -16,6 +16,15 @@ SHAPES = {
 # A small Tip-Adapter grid keeps each cell in milliseconds.
 FAST = {"tip-adapter": {"search_step": [10, 5]}}
 
+# The four prompt learners, and settings that keep each of their cells short (toy text tower).
+PROMPT_LEARNERS = ("coop", "cocoop", "kgcoop", "prograd")
+PROMPT_QUICK = {
+    "coop": {"epochs": 2, "n_ctx": 4},
+    "cocoop": {"epochs": 1, "batch_size": 4},
+    "kgcoop": {"epochs": 2, "batch_size": 8},
+    "prograd": {"epochs": 2, "n_ctx": 4},
+}
+
 
 def tiny_config(**kw):
     base = {

@@ -22,7 +22,7 @@ from fewclip.bench.synthetic import synthetic_prepare
 from fewclip.functional import l2_normalize
 from fewclip.generalisation import harmonic_mean
 
-from .conftest import FAST, SHAPES
+from .conftest import FAST, PROMPT_LEARNERS, PROMPT_QUICK, SHAPES
 
 QUICK = {
     **FAST,
@@ -79,6 +79,40 @@ def test_rows_report_base_new_and_h(rows) -> None:
             assert r["not_applicable"] is None
             h = harmonic_mean(base["accuracy"], new["accuracy"])
             assert r["harmonic"] == pytest.approx(h, abs=1e-5)
+
+
+def test_the_four_prompt_learners_score_the_new_classes(prepare, tmp_path, monkeypatch) -> None:
+    """CoOp, CoCoOp, KgCoOp and ProGrad, fitted on the base half through the toy text tower,
+    score the new half through for_classes with the new classes' names, beside the adapters."""
+    from fewclip.methods.base import Method
+
+    asked: dict[str, list[str]] = {}
+    original = Method.for_classes
+
+    def for_classes(self, classnames, text_weights, **kw):
+        asked[self.name] = list(classnames)
+        return original(self, classnames, text_weights, **kw)
+
+    monkeypatch.setattr(Method, "for_classes", for_classes)
+    methods = ("zero-shot", "clip-adapter", "tip-adapter", *PROMPT_LEARNERS)
+    cfg = _config(methods=methods, seeds=(1,), params={**QUICK, **PROMPT_QUICK})
+    rows = run_bench(cfg, prepare, tmp_path / "r.jsonl", quiet=True)
+    assert [r["method"] for r in rows] == list(methods)
+    for r in rows:
+        if r["method"] == "tip-adapter":
+            assert r["splits"]["new"]["accuracy"] is None
+            continue
+        base, new = r["splits"]["base"], r["splits"]["new"]
+        assert r["not_applicable"] is None, r["method"]
+        assert (base["classes"], new["classes"]) == ([0, 1, 2], [3, 4])
+        assert (base["n"], new["n"]) == (36, 24)
+        assert 0.0 <= new["accuracy"] <= 100.0
+        assert r["harmonic"] == pytest.approx(harmonic_mean(base["accuracy"], new["accuracy"]))
+        assert asked[r["method"]] == ["class 3", "class 4"]
+    text = format_tables(summarize(rows, methods=cfg.methods))
+    for method in PROMPT_LEARNERS:
+        line = next(ln for ln in text.splitlines() if ln.startswith(method + " "))
+        assert "n/a" not in line
 
 
 def test_zero_shot_by_hand(rows, prepare) -> None:
@@ -313,6 +347,12 @@ def test_preset_reproduces_cocoop_table_1_layout() -> None:
     assert cfg.backbones == ("ViT-B/16",)
     assert cfg.method_params("coop", "imagenet")["epochs"] == 50
     assert cfg.method_params("coop", "dtd") == {"ctx_init": "a photo of a", "epochs": 200}
+    # the four prompt learners beside the adapters, all of which can run base-to-new
+    assert set(PROMPT_LEARNERS) <= set(cfg.methods)
+    assert {"zero-shot", "clip-adapter", "tip-adapter"} <= set(cfg.methods)
+    assert cfg.method_params("cocoop", "dtd") == {}  # the paper's config is the default
+    assert cfg.method_params("kgcoop", "dtd") == {}
+    assert cfg.method_params("prograd", "imagenet") == {"epochs": 50}
 
 
 def test_parallel_cells_give_the_serial_rows(rows, prepare, tmp_path) -> None:

@@ -18,7 +18,7 @@ from fewclip.functional import l2_normalize
 from fewclip.generalisation import CROSS_DATASET_TARGETS
 from fewclip.testing.synthetic import DatasetShape
 
-from .conftest import FAST, SHAPES
+from .conftest import FAST, PROMPT_LEARNERS, PROMPT_QUICK, SHAPES
 
 THREE = {**SHAPES, "gamma": DatasetShape("gamma", 3, 60, 0, 30, dim=24)}
 QUICK = {**FAST, "clip-adapter": {"epochs": 3}, "coop": {"epochs": 2, "n_ctx": 4}}
@@ -120,6 +120,20 @@ def test_config_targets() -> None:
     assert preset.datasets == ("imagenet",)
     assert preset.protocol_options["targets"] == list(CROSS_DATASET_TARGETS)
     assert preset.method_params("coop", "imagenet") == {"ctx_init": "a photo of a", "epochs": 50}
+    assert set(PROMPT_LEARNERS) <= set(preset.methods)
+    assert {"zero-shot", "clip-adapter", "tip-adapter"} <= set(preset.methods)
+
+
+def test_the_four_prompt_learners_score_every_target(prepare, tmp_path) -> None:
+    """Each prompt learner fitted on the source scores both targets with their own names."""
+    cfg = _config(methods=PROMPT_LEARNERS, seeds=(1,), params=PROMPT_QUICK)
+    rows = run_bench(cfg, prepare, tmp_path / "r.jsonl", quiet=True)
+    assert [r["method"] for r in rows] == list(PROMPT_LEARNERS)
+    for r in rows:
+        assert r["not_applicable"] is None, r["method"]
+        beta, gamma = r["targets"]["beta"], r["targets"]["gamma"]
+        assert (beta["n"], gamma["n"]) == (40, 30)
+        assert r["target_average"] == pytest.approx((beta["accuracy"] + gamma["accuracy"]) / 2)
 
 
 def test_the_papers_rows_under_an_imagenet_source() -> None:

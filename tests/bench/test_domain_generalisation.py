@@ -15,7 +15,7 @@ from fewclip.bench.synthetic import SyntheticVariant, synthetic_prepare
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
 
-from .conftest import FAST, SHAPES
+from .conftest import FAST, PROMPT_LEARNERS, PROMPT_QUICK, SHAPES
 
 VARIANTS = {
     "alpha_v2": SyntheticVariant("alpha", 40, None, 0.5),  # all 5 classes, mild shift
@@ -81,6 +81,21 @@ def test_every_method_applies_on_every_target(run) -> None:
         assert "class_subset" not in v2
         assert (a["n"], a["classes"], a["class_subset"]) == (30, 3, 3)
         assert r["n_test"] == 60  # the source's own test set
+        assert r["target_average"] == pytest.approx((v2["accuracy"] + a["accuracy"]) / 2)
+
+
+def test_the_four_prompt_learners_score_every_target(prepare, tmp_path) -> None:
+    rows = run_bench(
+        _config(methods=PROMPT_LEARNERS, seeds=(1,), params=PROMPT_QUICK),
+        prepare,
+        tmp_path / "r.jsonl",
+        quiet=True,
+    )
+    assert [r["method"] for r in rows] == list(PROMPT_LEARNERS)
+    for r in rows:
+        assert r["not_applicable"] is None, r["method"]
+        v2, a = r["targets"]["alpha_v2"], r["targets"]["alpha_a"]
+        assert (v2["n"], a["n"], a["class_subset"]) == (40, 30, 3)
         assert r["target_average"] == pytest.approx((v2["accuracy"] + a["accuracy"]) / 2)
 
 
@@ -167,6 +182,8 @@ def test_preset_reproduces_the_domain_generalisation_table() -> None:
     ]
     assert (cfg.shots, cfg.backbones) == ((16,), ("ViT-B/16",))
     assert "tip-adapter" in cfg.methods  # every method applies: the same classes
+    assert set(PROMPT_LEARNERS) <= set(cfg.methods)
+    assert cfg.method_params("prograd", "imagenet") == {"epochs": 50}
     assert load_config(None, ["protocol=domain-generalisation"]).protocol_options["targets"] == [
         "imagenet_v2",
         "imagenet_sketch",
