@@ -22,7 +22,7 @@ PROMPT_QUICK = {
     "coop": {"epochs": 2, "n_ctx": 4},
     "cocoop": {"epochs": 1, "batch_size": 4},
     "kgcoop": {"epochs": 2, "batch_size": 8},
-    "prograd": {"epochs": 2, "n_ctx": 4},
+    "prograd": {"epochs": 2, "n_ctx": 6},  # more vectors than the phrase has words
 }
 
 

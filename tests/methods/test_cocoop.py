@@ -32,10 +32,14 @@ def backbone() -> fb.Backbone:
     return fb.load("fewclip-tiny-vit")
 
 
-def _reference_logits(backbone, params, x):
-    """The reference's CustomCLIP.forward: per image, ctx + meta_net(x̂) for every class."""
+def _reference_logits(backbone, params, x, names=None):
+    """The reference's CustomCLIP.forward: per image, ctx + meta_net(x̂) for every class (the
+    task's, or ``names``)."""
     ctx, w1, b1, w2, b2 = params
-    tokens = prompt_tokens(backbone, "a photo of a")
+    if names is None:
+        tokens = prompt_tokens(backbone, "a photo of a")
+    else:
+        tokens = backbone.tokenize([f"a photo of a {n.replace('_', ' ')}." for n in names])
     x = F.normalize(x, dim=-1)
     rows = []
     for xi in x:
@@ -124,6 +128,30 @@ def test_scores_are_each_image_against_its_own_prompts(backbone):
     torch.testing.assert_close(m.logits(x), got, rtol=1e-5, atol=1e-5)
     m.set_params(prompt_batch=1)  # fewer prompts than classes: still one image a pass
     torch.testing.assert_close(m.logits(x), got, rtol=1e-5, atol=1e-5)
+
+
+def test_new_classes_are_scored_with_their_own_prompts(backbone, tmp_path):
+    """for_classes keeps the context and the meta-net and scores each image against the new
+    names' prompts, as the reference evaluates new classes (its prompt learner rebuilt with
+    the test classes' names)."""
+    task = make_task(backbone)
+    m = CoCoOp(epochs=2, batch_size=4).fit(task)
+    x = torch.randn(5, backbone.embed_dim, generator=torch.Generator().manual_seed(2))
+    before = m.logits(x)
+    names = ["yellow star", "purple_hexagon"]
+    weights = backbone.encode_texts([f"a photo of a {n}." for n in names])
+    new = m.for_classes(names, weights, text_tower=backbone.text_tower())
+    with torch.no_grad():
+        want = _reference_logits(backbone, [getattr(m, k) for k in NAMES], x, names)
+    got = new.logits(x)
+    assert got.shape == (5, 2)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(m.logits(x), before)  # the fitted method is unchanged
+    # without a tower argument, the tower it holds builds the prompts
+    torch.testing.assert_close(m.for_classes(names, weights).logits(x), got)
+    m.save(tmp_path / "cc")
+    with pytest.raises(InvalidValueError, match=r"text_tower=backbone.text_tower\(\)"):
+        methods.load(tmp_path / "cc").for_classes(names, weights)  # loaded: no tower yet
 
 
 def test_a_loaded_method_scores_once_its_tower_is_attached(backbone, tmp_path):

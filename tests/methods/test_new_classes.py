@@ -1,5 +1,6 @@
-"""``Method.for_classes``: which methods can score classes they were not fitted on, and how the
-methods that can do it (zero-shot, CLIP-Adapter and the prompt learners)."""
+"""``Method.for_classes``: which methods can score classes they were not fitted on, and how
+zero-shot, CLIP-Adapter and CoOp do it (CoCoOp: tests/methods/test_cocoop.py; KgCoOp and
+ProGrad keep CoOp's)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ CAN = {"zero-shot", "clip-adapter", "coop", "cocoop", "kgcoop", "prograd"}
 
 def test_the_methods_that_can_score_new_classes() -> None:
     """Zero-shot CLIP (text weights), CLIP-Adapter (an image-side adapter, any text weights)
-    and the prompt learners (a learned context, any class name) can; every cache, linear
+    and the four prompt learners (a learned context, any class name) can; every cache, linear
     head, per-class residual or prototype cannot, and says why."""
     can = {m for m in methods.available() if methods.get(m).new_class_refusal is None}
     assert can == CAN
@@ -68,6 +69,35 @@ def test_coop_builds_the_new_prompts_with_its_context() -> None:
     csc = methods.create("coop", epochs=1, n_ctx=4, csc=True).fit(task)
     with pytest.raises(NewClassesError, match="class-specific contexts"):
         csc.for_classes(other.classnames, other.text_weights, text_tower=task.text_tower)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("kgcoop", {}), ("prograd", {}), ("prograd", {"n_ctx": 8, "ctx_init": "a photo of"})],
+    ids=["kgcoop", "prograd", "prograd-8"],
+)
+def test_prompt_learners_rebuild_their_own_prompt_layout(name, params) -> None:
+    """KgCoOp and ProGrad at their default contexts (ProGrad's: 16 vectors ending in the
+    phrase's, not the phrase's word count) score their training classes again as themselves,
+    and new classes through the same layout with the new names."""
+    from fewclip.methods.coop import PromptContext
+
+    task, other = make_task(), make_task(3, seed=7)
+    x = torch.randn(6, task.dim, generator=torch.Generator().manual_seed(1))
+    m = methods.create(name, epochs=1, **params).fit(task)
+    same = m.for_classes(task.classnames, task.text_weights, text_tower=task.text_tower)
+    torch.testing.assert_close(same.logits(x), m.logits(x))
+    tower = task.text_tower
+    assert tower is not None
+    prompts = PromptContext(
+        tower, other.classnames, n_ctx=m.n_ctx, init=m.ctx_init, position="end",
+        keep_n_ctx=name == "prograd",
+    )  # fmt: skip
+    assert prompts.n_ctx == m.ctx_.shape[0]
+    with torch.no_grad():
+        text = l2_normalize(tower.encode(prompts.assemble(m.ctx_), prompts.eot))
+    new = m.for_classes(other.classnames, other.text_weights, text_tower=tower)
+    torch.testing.assert_close(new.logits(x), m.scale_ * l2_normalize(x) @ text.T)
 
 
 def test_cocoop_shifts_its_context_in_front_of_the_new_names() -> None:

@@ -199,6 +199,11 @@ class CoCoOp(CoOp):
 
     # -- the text tower ---------------------------------------------------------------------
     def _attach_text_tower(self, tower: Any) -> None:
+        self._text_tower, self._prompts = tower, self._prompts_for(tower, self.classnames_)
+
+    def _prompts_for(self, tower: Any, classnames: list[str]) -> PromptContext:
+        """The prompts of ``classnames`` around the fitted context, through ``tower`` (checked
+        against the fitted shapes)."""
         if not isinstance(tower, TextTower):
             raise InvalidTypeError(
                 f"tower: expected a fewclip.text_tower.TextTower (backbone.text_tower()), found "
@@ -211,33 +216,28 @@ class CoCoOp(CoOp):
                 f"{self.ctx_.shape[-1]} (a tower of another backbone?)"
             )
         prompts = PromptContext(
-            tower, self.classnames_, n_ctx=self.n_ctx, init=self.ctx_init, position="end"
+            tower, classnames, n_ctx=self.n_ctx, init=self.ctx_init, position="end"
         )
         if prompts.n_ctx != self.ctx_.shape[0]:
             raise InvalidValueError(
                 f"tower: its prompts hold {prompts.n_ctx} context vectors, the fitted context "
                 f"{self.ctx_.shape[0]}"
             )
-        self._text_tower, self._prompts = tower, prompts
+        return prompts
 
     def _for_classes(
         self, classnames: list[str], text_weights: Tensor, text_tower: TextTower | None
     ) -> None:
-        """The learned context and meta-net with the new names' prompts (CoCoOp's evaluation on
-        new classes): each image still shifts the context, now in front of the new names."""
-        if text_tower is None:
-            text_tower = getattr(self, "_text_tower", None)
-        if text_tower is None:
+        """The learned context and meta-net with the new names' prompts, through
+        ``text_tower`` (or the tower this method already holds): each image's C' prompts are
+        assembled and encoded when it is scored, as CoCoOp evaluates new classes."""
+        tower = text_tower if text_tower is not None else getattr(self, "_text_tower", None)
+        if tower is None:
             raise InvalidValueError(
-                "text_tower: cocoop builds the new classes' prompts through the text encoder; "
-                "pass text_tower=backbone.text_tower() (the backbone it was fitted with)"
+                f"text_tower: {self.name} builds the new classes' prompts through the text "
+                "encoder; pass text_tower=backbone.text_tower() (the backbone it was fitted with)"
             )
-        keep = self.classnames_
-        try:
-            self.classnames_ = classnames
-            self._attach_text_tower(text_tower)
-        finally:
-            self.classnames_ = keep
+        self._text_tower, self._prompts = tower, self._prompts_for(tower, classnames)
 
     def _load_extra_state(self, tensors: dict[str, Tensor]) -> None:
         """No tower yet (``attach_text_tower``); the loaded shapes are checked here instead of

@@ -433,13 +433,7 @@ class CoOp(Method):
                 "text_tower: coop builds the new classes' prompts through the text encoder; "
                 "pass text_tower=backbone.text_tower() (the backbone it was fitted with)"
             )
-        prompts = PromptContext(
-            text_tower,
-            classnames,
-            n_ctx=self.n_ctx,
-            init=self.ctx_init,
-            position=self.class_token_position,
-        )
+        prompts = self._prompt_context(text_tower, classnames)  # the fit's layout (ProGrad's)
         ctx = self.ctx_.to(device=text_tower.device, dtype=torch.float32)
         with torch.no_grad():
             text = text_tower.encode(prompts.assemble(ctx), prompts.eot, trim=self.trim)

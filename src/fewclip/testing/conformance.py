@@ -484,8 +484,9 @@ def check_epoch_selection(cls: type[Method], params: Mapping[str, Any]) -> None:
 def check_new_classes(cls: type[Method], params: Mapping[str, Any]) -> None:
     """``for_classes``: a method that declares it can score new classes
     (``new_class_refusal = None``) scores its training classes again as it does itself, gives
-    finite (N, C') scores for three other classes, leaves itself unchanged and saves the copy;
-    one that cannot raises ``NewClassesError`` with its declared reason."""
+    finite (N, C') scores for three other classes, leaves itself unchanged and saves the copy
+    (which, loaded, scores the new classes; with its tower attached where it predicts with
+    one); one that cannot raises ``NewClassesError`` with its declared reason."""
     refusal = cls.new_class_refusal
     assert refusal is None or (isinstance(refusal, str) and refusal), (
         "new_class_refusal: expected None or a non-empty reason"
@@ -515,7 +516,9 @@ def check_new_classes(cls: type[Method], params: Mapping[str, Any]) -> None:
     assert m.classnames_ == task.classnames, "for_classes changed the method's classnames_"
     with tempfile.TemporaryDirectory() as tmp:
         new.save(Path(tmp) / "m")
-        loaded = base.load(Path(tmp) / "m").attach_text_tower(task.text_tower)
+        loaded = base.load(Path(tmp) / "m")
+        if cls.predicts_with_text_tower:  # loads without its tower (check_save_load)
+            loaded.attach_text_tower(task.text_tower)
         assert torch.equal(loaded.logits(x), out), "saved copy differs"
 
 
