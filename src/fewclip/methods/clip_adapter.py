@@ -229,41 +229,69 @@ class CLIPAdapter(DasslSchedule, Method):
         assert isinstance(second, nn.Linear)
         work = torch.float32 if self._dtype == torch.float16 else self._dtype
         dev = self._device
-        weights = [first.weight.detach().to(work).clone(), second.weight.detach().to(work).clone()]
-        buffers = [torch.zeros_like(w) for w in weights]
-        w1, w2 = weights
+        hidden, dim = first.weight.shape
+        # W₁ and W₂ (and their gradients and momenta) live in one flat buffer each, so that
+        # every SGD stage is one elementwise pass over both (the same arithmetic per element)
+        size = hidden * dim
+
+        def pair() -> tuple[Tensor, Tensor, Tensor]:
+            flat = torch.zeros(2 * size, dtype=work, device=dev)
+            return flat, flat[:size].view(hidden, dim), flat[size:].view(dim, hidden)
+
+        weights, w1, w2 = pair()
+        w1.copy_(first.weight.detach())
+        w2.copy_(second.weight.detach())
+        grads, grad1, grad2 = pair()
+        buffers = torch.zeros_like(weights)
         text = self.text_weights_.to(work)
         bank = task.support.view_bank()
         n_views, n = bank.shape[0], bank.shape[1]
         targets = task.support.labels.to(dev)
+        # onehot(y) of every support image: subtracting it is the same arithmetic as
+        # decrementing the label entries (x − 0 = x elsewhere)
+        onehot = torch.eye(len(text), dtype=work, device=dev)[targets]
         rho, scale, wd, mom = float(self.ratio), float(self.scale), self.weight_decay, self.momentum
+        # every per-step tensor is preallocated (sliced for a shorter batch): fresh
+        # allocations and their page faults cost as much as these small products
+        bmax = min(self.batch_size, n)
+        h, dh = (torch.empty(bmax, hidden, dtype=work, device=dev) for _ in range(2))
+        a, f, u, du, da, tmp = (torch.empty(bmax, dim, dtype=work, device=dev) for _ in range(6))
+        z = torch.empty(bmax, len(text), dtype=work, device=dev)
+        norm, dot = (torch.empty(bmax, 1, dtype=work, device=dev) for _ in range(2))
+        a_on = torch.empty(bmax, dim, dtype=torch.bool, device=dev)
+        h_on = torch.empty(bmax, hidden, dtype=torch.bool, device=dev)
         g = torch.Generator().manual_seed(self.seed)
         for epoch in tqdm(range(self.epochs), desc="clip-adapter", disable=not self.progress):
             lr = self._lr_at(epoch)
             ep = dassl_epoch(n, n_views, self.batch_size, g)
             rows = bank[ep.view_of[ep.order], ep.order].to(device=dev, dtype=work)
-            labels = targets[ep.order.to(dev)]
+            hot = onehot[ep.order.to(dev)]
             for batch in ep.batches:
-                x, y = rows[batch], labels[batch]
+                x = rows[batch]
                 b = x.shape[0]
-                h = torch.relu(x @ w1.T)
-                a = torch.relu(h @ w2.T)
-                f = torch.add(a, x, alpha=(1 - rho) / rho).mul_(rho) if rho else x
-                norm = f.norm(dim=1, keepdim=True)
-                u = f / norm
-                dz = torch.softmax((u @ text.T).mul_(scale), dim=1)
-                dz[torch.arange(b, device=dev), y] -= 1.0
-                du = (dz @ text).mul_(scale / b)
-                da = (du - u * (u * du).sum(dim=1, keepdim=True)).div_(norm).mul_(rho)
-                da.mul_(a > 0)
-                grad2 = da.T @ h
-                dh = (da @ w2).mul_(h > 0)
-                grad1 = dh.T @ x
-                for w, grad, buf in ((w1, grad1, buffers[0]), (w2, grad2, buffers[1])):
-                    if wd:
-                        grad.add_(w, alpha=wd)
-                    buf.mul_(mom).add_(grad)
-                    w.add_(buf, alpha=-lr)
+                hb, ab, fb, ub, zb = h[:b], a[:b], f[:b], u[:b], z[:b]
+                torch.mm(x, w1.T, out=hb).relu_()
+                torch.mm(hb, w2.T, out=ab).relu_()
+                if rho:
+                    torch.add(ab, x, alpha=(1 - rho) / rho, out=fb).mul_(rho)
+                else:
+                    fb.copy_(x)
+                nb = torch.norm(fb, dim=1, keepdim=True, out=norm[:b])
+                torch.div(fb, nb, out=ub)
+                dz = torch.softmax(torch.mm(ub, text.T, out=zb).mul_(scale), dim=1)
+                dz.sub_(hot[batch])
+                dub, dab, tb = du[:b], da[:b], tmp[:b]
+                torch.mm(dz, text, out=dub).mul_(scale / b)
+                dotb = torch.sum(torch.mul(ub, dub, out=tb), dim=1, keepdim=True, out=dot[:b])
+                torch.sub(dub, torch.mul(ub, dotb, out=tb), out=dab).div_(nb).mul_(rho)
+                dab.mul_(torch.gt(ab, 0, out=a_on[:b]))
+                torch.mm(dab.T, hb, out=grad2)
+                dhb = torch.mm(dab, w2, out=dh[:b]).mul_(torch.gt(hb, 0, out=h_on[:b]))
+                torch.mm(dhb.T, x, out=grad1)
+                if wd:
+                    grads.add_(weights, alpha=wd)
+                buffers.mul_(mom).add_(grads)
+                weights.add_(buffers, alpha=-lr)
         with torch.no_grad():
             first.weight.copy_(w1)
             second.weight.copy_(w2)
