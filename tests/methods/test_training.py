@@ -12,9 +12,11 @@ import torch
 from fewclip import methods
 from fewclip.methods._training import (
     EndlessShuffle,
+    FusedAdamW,
     KeepBest,
     dassl_epoch,
     dassl_lr,
+    endless_shuffles,
     pooled_epoch,
     shuffled_epoch,
     warmup_cosine_lr,
@@ -197,6 +199,49 @@ def test_endless_shuffle_serves_whole_passes_across_batches() -> None:
     served = torch.cat([stream.take(k) for k in (3, 4, 3)]).tolist()  # 10 = two passes
     assert sorted(served[:5]) == list(range(5))
     assert sorted(served[5:]) == list(range(5))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "takes", "steps"),
+    [((7, 3), (2, 2), 30), ((50, 4), (16, 16), 40), ((5, 4), (4, 0), 9), ((3, 5), (7, 1), 11),
+     ((6, 6), (3, 3), 0), ((10,), (10,), 5), ((4, 9, 2), (3, 9, 5), 13)],
+)  # fmt: skip
+def test_endless_shuffles_serve_what_a_loop_of_streams_serves(
+    sizes: tuple[int, ...], takes: tuple[int, ...], steps: int
+) -> None:
+    """The whole schedule at once is what streams built in order on one generator serve, step
+    by step, each taking its count in turn; the generator ends in the same state."""
+    g = torch.Generator().manual_seed(3)
+    streams = [EndlessShuffle(n, g) for n in sizes]
+    served: list[list[torch.Tensor]] = [[] for _ in sizes]
+    for _ in range(steps):
+        for i, k in enumerate(takes):
+            if k:
+                served[i].append(streams[i].take(k))
+    g2 = torch.Generator().manual_seed(3)
+    at_once = endless_shuffles(sizes, takes, steps, g2)
+    for i, k in enumerate(takes):
+        expected = torch.stack(served[i]) if served[i] else torch.empty(steps, k, dtype=torch.long)
+        assert torch.equal(at_once[i], expected)
+    assert torch.equal(torch.randperm(50, generator=g), torch.randperm(50, generator=g2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_adamw_follows_torch_adamw_bit_for_bit(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    start = torch.randn(7, 13, dtype=dtype)
+    param = torch.nn.Parameter(start.clone())
+    optim = torch.optim.AdamW([param], lr=0.1, weight_decay=0.05, eps=1e-6, fused=True)
+    mine = start.clone()
+    fused = FusedAdamW(mine, weight_decay=0.05, eps=1e-6)
+    for i in range(25):
+        grad = torch.randn(7, 13, dtype=dtype)
+        optim.param_groups[0]["lr"] = 0.1 / (1 + i)
+        param.grad = grad.clone()
+        optim.step()
+        fused.step(grad, 0.1 / (1 + i))
+    assert torch.equal(param.detach(), mine)
+    assert not torch.equal(mine, start)
 
 
 def test_keep_best_ties() -> None:

@@ -11,7 +11,11 @@
   every image), as ZS-LP and CLAP's released code trains.
 - :func:`cosine_per_step`: the cosine schedule stepped per iteration down to 0 (Tip-Adapter-F,
   APE-T); :func:`warmup_cosine_lr`: a linear warm-up then cosine, per iteration (cross-modal
-  probe); :class:`EndlessShuffle`: shuffled passes served in batches of any size.
+  probe); :class:`EndlessShuffle`: shuffled passes served in batches of any size;
+  :func:`endless_shuffles`: what several of them, sharing one generator, serve over a whole
+  schedule, drawn at once.
+- :class:`FusedAdamW`: ``torch.optim.AdamW(fused=True)``'s update of one tensor without the
+  optimiser object's per-step bookkeeping (for schedules of thousands of small steps).
 - :class:`KeepBest`: the validation-selected snapshot (earliest or latest best epoch).
 - :func:`train_dtype`: the dtype a method trains in; :func:`check_ranges`: declarative
   hyper-parameter checks.
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.optim.adamw import adamw as _adamw
 
 from fewclip.errors import InvalidValueError
 
@@ -32,12 +37,14 @@ __all__ = [
     "DasslSchedule",
     "EndlessShuffle",
     "Epoch",
+    "FusedAdamW",
     "KeepBest",
     "PooledEpoch",
     "check_ranges",
     "cosine_per_step",
     "dassl_epoch",
     "dassl_lr",
+    "endless_shuffles",
     "pooled_epoch",
     "shuffled_epoch",
     "train_dtype",
@@ -150,6 +157,79 @@ class EndlessShuffle:
             need -= len(part)
             parts.append(part)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def endless_shuffles(
+    sizes: tuple[int, ...], takes: tuple[int, ...], steps: int, generator: torch.Generator
+) -> list[Tensor]:
+    """The items a training loop's :class:`EndlessShuffle` streams serve over ``steps`` steps,
+    computed at once: ``out[i][t]`` (``takes[i]`` indices) is what stream ``i`` serves at step
+    ``t``.
+
+    Replays, with the same ``generator`` draws in the same order, a loop that first builds one
+    stream per entry of ``sizes`` (in that order; each draws its first permutation), then at
+    every step takes ``takes[i]`` items from each stream ``i`` in turn (none when
+    ``takes[i]`` is 0). A stream needs its ``j``-th new permutation at the first step whose
+    take runs past ``j·n`` items, step ``⌊j·n / k⌋``; within a step the streams draw in order.
+    """
+    starts = [(-1, i, 0) for i in range(len(sizes))]  # (step, stream, pass) of each draw
+    for i, (n, k) in enumerate(zip(sizes, takes, strict=True)):
+        if n < 1:
+            raise InvalidValueError(f"sizes: expected positive stream sizes, found {sizes}")
+        total = k * steps
+        starts += [(j * n // k, i, j) for j in range(1, -(-total // n))] if k else []
+    passes: list[list[Tensor]] = [[] for _ in sizes]
+    for _, i, _ in sorted(starts):
+        passes[i].append(torch.randperm(sizes[i], generator=generator))
+    out = []
+    for i, k in enumerate(takes):
+        served = torch.cat(passes[i])[: k * steps]
+        out.append(served.view(steps, k))
+    return out
+
+
+class FusedAdamW:
+    """The update ``torch.optim.AdamW([param], fused=True)`` makes, for one parameter tensor.
+
+    ``step(grad, lr)`` advances the step count and runs the same fused kernel with the same
+    state (first and second moments at zero, a float32 step count), through torch's functional
+    ``torch.optim.adamw.adamw``, so ``param`` follows the optimiser's trajectory bit for bit;
+    what it leaves out is the optimiser object's per-step work (hooks, parameter groups, state
+    look-ups): about 40 µs a step on a CPU, as much as the update of a 100 × 1024 head.
+    """
+
+    def __init__(
+        self,
+        param: Tensor,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ):
+        self.param = param
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.count = torch.zeros((), dtype=torch.float32, device=param.device)
+
+    def step(self, grad: Tensor, lr: float) -> None:
+        """One update of ``param`` with gradient ``grad`` at learning rate ``lr``."""
+        _adamw(
+            [self.param],
+            [grad],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            [],
+            [self.count],
+            fused=True,
+            amsgrad=False,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            lr=lr,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            maximize=False,
+        )
 
 
 class KeepBest:

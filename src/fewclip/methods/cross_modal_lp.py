@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 from fewclip.errors import InvalidValueError
 from fewclip.functional import count_correct, l2_normalize
 from fewclip.methods._training import (
-    EndlessShuffle,
+    FusedAdamW,
     KeepBest,
     check_ranges,
+    endless_shuffles,
     train_dtype,
     warmup_cosine_lr,
 )
@@ -33,6 +34,9 @@ from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
 __all__ = ["CrossModalLP"]
+
+#: Training steps whose rows are gathered together (32-row batches: 4 MB of float32 rows).
+_BLOCK_STEPS = 32
 
 
 @register("cross-modal-lp")
@@ -214,26 +218,44 @@ class CrossModalLP(Method):
         n_text = int(batch_size * self.text_ratio)
         n_image = batch_size - n_text
         g = torch.Generator().manual_seed(self.seed)
-        image_stream = EndlessShuffle(images.shape[0], g)
-        text_stream = EndlessShuffle(texts.shape[0], g)
-        w = torch.nn.Parameter(init)
-        optim = torch.optim.AdamW([w], lr=self._lr_at(0, lr), weight_decay=weight_decay, fused=True)
+        # the two endless shuffles' draws for the whole schedule, at once
+        image_idx, text_idx = endless_shuffles(
+            (images.shape[0], texts.shape[0]), (n_image, n_text), self.iters, g
+        )
+        dt, dev, c = images.dtype, images.device, texts.shape[0]
+        # The gradient of mean CE(scale·x·Wᵀ, y) is computed by the kernels autograd runs, in
+        # its order: nll_loss's −1/B at the labels, log_softmax's backward, ×scale, then
+        # (∂L/∂z)ᵀ·x (as autograd, not xᵀ·(∂L/∂z): on tiny probabilities that product meets
+        # subnormal numbers and runs several times slower); no graph is recorded, and no loss
+        # value (it is never read).
+        w = init
+        optim = FusedAdamW(w, weight_decay=weight_decay)
+        grad = torch.empty_like(w)
+        x = images.new_empty(batch_size, images.shape[1])
+        z = images.new_empty(batch_size, c)
+        step = float(-(torch.ones((), dtype=dt) / batch_size))
         best = KeepBest(ties="first")
-        for it in tqdm(range(self.iters), desc="cross-modal-lp", disable=not self.progress):
-            for group in optim.param_groups:
-                group["lr"] = self._lr_at(it, lr)
-            ii = image_stream.take(n_image).to(images.device)
-            x, y = images[ii], image_labels[ii]
-            if n_text:
-                ti = text_stream.take(n_text).to(texts.device)
-                x, y = torch.cat([x, texts[ti]]), torch.cat([y, text_labels[ti]])
-            loss = torch.nn.functional.cross_entropy(self.scale * (x @ w.T), y)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            if val is not None and it % self.eval_every == 0:
-                with torch.no_grad():
+        bar = tqdm(total=self.iters, desc="cross-modal-lp", disable=not self.progress)
+        for start in range(0, self.iters, _BLOCK_STEPS):
+            stop = min(self.iters, start + _BLOCK_STEPS)
+            ii, ti = image_idx[start:stop].to(dev), text_idx[start:stop].to(dev)
+            ys = torch.cat([image_labels[ii], text_labels[ti]], dim=1)
+            nll = torch.zeros(stop - start, batch_size, c, dtype=dt, device=dev)
+            nll.scatter_(2, ys.unsqueeze(2), step)
+            for it in range(start, stop):
+                torch.index_select(images, 0, ii[it - start], out=x[:n_image])
+                if n_text:
+                    torch.index_select(texts, 0, ti[it - start], out=x[n_image:])
+                torch.mm(x, w.T, out=z).mul_(self.scale)
+                dz = torch._log_softmax_backward_data(
+                    nll[it - start], torch.log_softmax(z, dim=1), 1, dt
+                )
+                torch.mm(dz.mul_(self.scale).T, x, out=grad)
+                optim.step(grad, self._lr_at(it, lr))
+                if val is not None and it % self.eval_every == 0:
                     best.offer(_accuracy(val, w), it, w)
+            bar.update(stop - start)
+        bar.close()
         if val is None or self.iters == 0:
             best.keep(self.iters, w)
         head = best.state[0]
@@ -251,5 +273,4 @@ class CrossModalLP(Method):
 
 def _accuracy(val: tuple[Tensor, Tensor], w: Tensor) -> float:
     """Top-1 accuracy in [0, 1] of the head ``w`` on normalised validation features."""
-    with torch.no_grad():
-        return count_correct(val[0] @ w.T, val[1]) / len(val[1])
+    return count_correct(val[0] @ w.T, val[1]) / len(val[1])
