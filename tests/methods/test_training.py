@@ -181,6 +181,20 @@ def test_epoch_rows_are_each_images_drawn_view() -> None:
             assert torch.equal(row, bank[ep.view_of[i], i])
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_epoch_gather_is_every_batch_in_training_order(contiguous: bool) -> None:
+    """``Epoch.gather`` (a row copy on the flattened bank) holds, position by position, what
+    ``rows`` gives batch by batch; a non-contiguous bank takes the indexing path."""
+    bank = torch.randn(3, 7, 5)
+    if not contiguous:
+        bank = torch.randn(7, 3, 5).transpose(0, 1)
+    ep = shuffled_epoch(7, 3, 4, torch.Generator().manual_seed(1))
+    gathered = ep.gather(bank)
+    for batch in ep.batches:
+        assert torch.equal(gathered[batch], ep.rows(bank, batch)[1])
+    assert torch.equal(gathered, bank[ep.view_of[ep.order], ep.order])
+
+
 def test_warmup_cosine_lr_is_linear_then_cosine() -> None:
     lr, w, total = 1e-3, 50, 400
     got = [

@@ -48,6 +48,7 @@ __all__ = [
     "pooled_epoch",
     "shuffled_epoch",
     "train_dtype",
+    "view_rows",
     "warmup_cosine_lr",
 ]
 
@@ -85,7 +86,22 @@ class Epoch:
         """``(images, features)`` of one batch: the image indices and their stored views'
         raw features ``bank[view_of[i], i]`` from a (V, N, D) view bank."""
         idx = self.order[batch]
-        return idx, bank[self.view_of[idx], idx]
+        return idx, view_rows(bank, self.view_of[idx], idx)
+
+    def gather(self, bank: Tensor) -> Tensor:
+        """The features of every position of the epoch at once, in training order:
+        ``bank[view_of[order[p]], order[p]]`` for each position p (slice it with ``batches``)."""
+        return view_rows(bank, self.view_of[self.order], self.order)
+
+
+def view_rows(bank: Tensor, views: Tensor, images: Tensor) -> Tensor:
+    """``bank[views, images]`` from a (V, N, D) bank: the rows of a contiguous bank copied
+    whole (``index_select`` on the flattened bank; element-wise advanced indexing gathers
+    several times slower), the same values."""
+    if not bank.is_contiguous():
+        return bank[views.to(bank.device), images.to(bank.device)]
+    flat = views.to(bank.device) * bank.shape[1] + images.to(bank.device)
+    return bank.view(-1, bank.shape[2]).index_select(0, flat)
 
 
 def shuffled_epoch(

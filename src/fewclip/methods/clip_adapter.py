@@ -264,7 +264,7 @@ class CLIPAdapter(DasslSchedule, Method):
         for epoch in tqdm(range(self.epochs), desc="clip-adapter", disable=not self.progress):
             lr = self._lr_at(epoch)
             ep = dassl_epoch(n, n_views, self.batch_size, g)
-            rows = bank[ep.view_of[ep.order], ep.order].to(device=dev, dtype=work)
+            rows = ep.gather(bank).to(device=dev, dtype=work)
             hot = onehot[ep.order.to(dev)]
             for batch in ep.batches:
                 x = rows[batch]

@@ -129,17 +129,21 @@ class TaskRes(DasslSchedule, Method):
         )
         g = torch.Generator().manual_seed(self.seed)
         base = self.text_weights_.to(tdt)
+        # every stored view normalised once (a row's normalisation does not depend on the batch
+        # it comes in), then each epoch's rows gathered at once, in training order
+        unit = l2_normalize(bank.to(device=self._device, dtype=tdt))
         for epoch in tqdm(range(self.epochs), desc="taskres", disable=not self.progress):
             for group in optim.param_groups:
                 group["lr"] = self._lr_at(epoch)
             ep = dassl_epoch(n, n_views, self.batch_size, g)
+            rows = ep.gather(unit)
+            labels = targets[ep.order.to(self._device)]
             for batch in ep.batches:
-                idx = ep.order[batch]
-                x = l2_normalize(bank[ep.view_of[idx], idx].to(device=self._device, dtype=tdt))
+                x = rows[batch]
                 # x·normalise(t')ᵀ as (x·t'ᵀ)/‖t'‖: the (C, D) normalised matrix is never formed
                 w = torch.add(base, x_res, alpha=self.alpha_)
                 logits = self.scale * (x @ w.T) / w.norm(dim=1)
-                loss = torch.nn.functional.cross_entropy(logits, targets[idx])
+                loss = torch.nn.functional.cross_entropy(logits, labels[batch])
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 optim.step()
