@@ -159,9 +159,11 @@ class ZSLP(DasslSchedule, Method):
         bank = task.support.view_bank()
         n_views, n, d = bank.shape
         c, bs = text.shape[0], min(self.batch_size, n_views * n)
-        flat_bank = bank.reshape(n_views * n, d)
-        direct = flat_bank.dtype == text.dtype and flat_bank.device == text.device
-        targets = task.support.labels.to(self._device)
+        # every stored view normalised once (a row's normalisation does not depend on the batch
+        # it comes in), and the label of each flat row v·N + i
+        unit = bank.reshape(n_views * n, d).to(device=text.device, dtype=text.dtype, copy=True)
+        unit.div_(torch.linalg.vector_norm(unit, dim=1, keepdim=True))
+        row_labels = task.support.labels.to(self._device).repeat(n_views)
         w = text.clone()
         # every per-step tensor is preallocated: fresh large allocations are the bottleneck of
         # these small steps on a CPU (page faults in every thread)
@@ -179,20 +181,15 @@ class ZSLP(DasslSchedule, Method):
             lr = self._lr_at(epoch)
             ep = pooled_epoch(n, n_views, self.batch_size, g)
             for batch in ep.batches:
-                flat = ep.rows[batch].to(flat_bank.device)
-                idx = flat % n  # the image of each (view, image) row
-                b = len(idx)
+                flat = ep.rows[batch].to(unit.device)
+                b = len(flat)
                 xb, lb = x[:b], logits[:b]
-                if direct:
-                    torch.index_select(flat_bank, 0, flat, out=xb)
-                else:
-                    xb.copy_(flat_bank[flat])
-                xb.div_(torch.linalg.vector_norm(xb, dim=1, keepdim=True))
+                torch.index_select(unit, 0, flat, out=xb)
                 torch.linalg.vector_norm(w, dim=1, keepdim=True, out=norm)
                 torch.div(w, norm, out=w_hat)
                 torch.mm(xb, w_hat.T, out=lb)
                 _softmax_(lb.mul_(self.scale))
-                lb[rows[:b], targets[idx.to(self._device)]] -= 1.0
+                lb[rows[:b], row_labels[flat.to(self._device)]] -= 1.0
                 # fold scale/B and 1/‖w_k‖ into G's columns: grad = ∂/∂ŵ / ‖w‖ after the mm
                 lb.mul_(norm.T.reciprocal().mul_(self.scale / b))
                 torch.mm(lb.T, xb, out=grad)
