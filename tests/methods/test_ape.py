@@ -143,6 +143,19 @@ def test_ape_t_trains_residual_on_the_selected_channels(task64):
     assert last.best_epoch_ == 4
 
 
+def test_ape_t_affinity_table_gives_the_per_step_training(task64, monkeypatch):
+    """With more epochs than views, APE-T computes each stored view's cache affinity once
+    (products of batch_size rows, a shorter last batch on its own); the trained residual and
+    value weights are those of the per-step computation (the table disabled)."""
+    params = dict(epochs=5, batch_size=5, channels=3, search=False, dtype="float64")
+    table = methods.create("ape-t", **params).fit(task64)
+    monkeypatch.setattr("fewclip.methods.ape._TABLE_BYTES", 0)
+    per_step = methods.create("ape-t", **params).fit(task64)
+    assert torch.equal(table.residual_, per_step.residual_)
+    assert torch.equal(table.value_weights_, per_step.value_weights_)
+    assert torch.count_nonzero(table.residual_) > 0
+
+
 def _plain_ape_t(task, channels, epochs, lr, beta, alpha):
     """Full-batch APE-T on a one-view task (tests.methods._helpers.one_view_task), written from
     the paper's formula with autograd: t̃ = t + R and k̃_j = k_j + R_{y_j} on ``channels``,

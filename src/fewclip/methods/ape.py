@@ -57,11 +57,15 @@ from fewclip.methods._training import (
     cosine_per_step,
     shuffled_epoch,
     train_dtype,
+    view_rows,
 )
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
 __all__ = ["APE", "APET", "ape_criterion", "ape_zero_shot_kl"]
+
+#: Largest per-view tables (cache affinity and normalised rows) APE-T precomputes.
+_TABLE_BYTES = 512 * 2**20
 
 
 def ape_criterion(
@@ -483,14 +487,40 @@ class APET(APE):
         ch = self.channels_
         best = KeepBest(ties="first")
         val_base: Tensor | None = None
+        # The cache affinity of a stored view does not change during training: when the epochs
+        # draw more rows than there are stored views, and the table fits a budget, it is
+        # computed once for every view and each full step gathers its rows' entries. The table
+        # is computed in products of exactly ``batch_size`` rows (the last one overlapping), as
+        # the steps compute them, and a shorter last batch computes its own: a product's rows
+        # can round differently with another row count when it runs on several threads.
+        bs, rows_all = self.batch_size, n_views * n
+        table_bytes = rows_all * (n + bank.shape[2]) * keys.element_size()
+        tables = self.epochs > n_views and rows_all >= bs and table_bytes <= _TABLE_BYTES
+        if tables:
+            unit = l2_normalize(bank.to(dev, tdt)).view(rows_all, -1)
+            base_all = unit.new_empty(rows_all, n)
+            starts = [*range(0, rows_all - bs + 1, bs)] + ([rows_all - bs] if rows_all % bs else [])
+            with torch.no_grad():
+                for r0 in starts:
+                    base_all[r0 : r0 + bs] = tip_affinity(unit[r0 : r0 + bs], keys, beta=self.beta_)
         for epoch in tqdm(range(1, self.epochs + 1), desc="ape-t", disable=not self.progress):
-            ep = shuffled_epoch(n, n_views, self.batch_size, g)
+            ep = shuffled_epoch(n, n_views, bs, g)
             for batch in ep.batches:
-                idx, rows = ep.rows(bank, batch)
-                x = l2_normalize(rows.to(dev, tdt))
-                with torch.no_grad():
-                    base = tip_affinity(x, keys, beta=self.beta_)
-                    xt = x @ text.T
+                idx = ep.order[batch]
+                if tables:
+                    flat = (ep.view_of[idx] * n + idx).to(dev)
+                    x = unit.index_select(0, flat)
+                    with torch.no_grad():
+                        if len(idx) == bs:
+                            base = base_all.index_select(0, flat)
+                        else:
+                            base = tip_affinity(x, keys, beta=self.beta_)
+                        xt = x @ text.T
+                else:
+                    x = l2_normalize(view_rows(bank, ep.view_of[idx], idx).to(dev, tdt))
+                    with torch.no_grad():
+                        base = tip_affinity(x, keys, beta=self.beta_)
+                        xt = x @ text.T
                 xr = x[:, ch] @ res.T
                 logits = self.scale * (xt + xr) + self._cache_logits(base, xr, vw, c)
                 loss = torch.nn.functional.cross_entropy(logits, targets[idx])
