@@ -13,6 +13,7 @@ from fewclip import methods
 from fewclip.methods._training import (
     EndlessShuffle,
     FusedAdamW,
+    FusedSGD,
     KeepBest,
     dassl_epoch,
     dassl_lr,
@@ -255,6 +256,26 @@ def test_fused_adamw_follows_torch_adamw_bit_for_bit(dtype: torch.dtype) -> None
         optim.step()
         fused.step(grad, 0.1 / (1 + i))
     assert torch.equal(param.detach(), mine)
+    assert not torch.equal(mine, start)
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.9, 5e-4), (0.9, 0.0), (0.0, 1e-2)])
+def test_fused_sgd_follows_torch_sgd_bit_for_bit(momentum: float, weight_decay: float) -> None:
+    torch.manual_seed(0)
+    start = torch.randn(11, 5, dtype=torch.float64)
+    param = torch.nn.Parameter(start.clone())
+    optim = torch.optim.SGD(
+        [param], lr=0.1, momentum=momentum, weight_decay=weight_decay, fused=True
+    )
+    mine = start.clone()
+    fused = FusedSGD(mine, momentum=momentum, weight_decay=weight_decay)
+    for i in range(6):
+        grad = torch.randn(11, 5, dtype=torch.float64)
+        optim.param_groups[0]["lr"] = 0.1 / (1 + i)
+        param.grad = grad.clone()
+        optim.step()
+        fused.step(grad, 0.1 / (1 + i))
+    assert torch.equal(mine, param.detach())
     assert not torch.equal(mine, start)
 
 

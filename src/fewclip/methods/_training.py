@@ -14,8 +14,9 @@
   probe); :class:`EndlessShuffle`: shuffled passes served in batches of any size;
   :func:`endless_shuffles`: what several of them, sharing one generator, serve over a whole
   schedule, drawn at once.
-- :class:`FusedAdamW`: ``torch.optim.AdamW(fused=True)``'s update of one tensor without the
-  optimiser object's per-step bookkeeping (for schedules of thousands of small steps).
+- :class:`FusedAdamW`, :class:`FusedSGD`: ``torch.optim.AdamW(fused=True)``'s and
+  ``torch.optim.SGD(fused=True)``'s update of one tensor without the optimiser object's per-step
+  bookkeeping (for schedules of thousands of small steps).
 - :class:`KeepBest`: the validation-selected snapshot (earliest or latest best epoch).
 - :func:`train_dtype`: the dtype a method trains in; :func:`check_ranges`: declarative
   hyper-parameter checks.
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.optim.adamw import adamw as _adamw
+from torch.optim.sgd import sgd as _sgd
 
 from fewclip.errors import InvalidValueError
 
@@ -38,6 +40,7 @@ __all__ = [
     "EndlessShuffle",
     "Epoch",
     "FusedAdamW",
+    "FusedSGD",
     "KeepBest",
     "PooledEpoch",
     "check_ranges",
@@ -244,6 +247,39 @@ class FusedAdamW:
             lr=lr,
             weight_decay=self.weight_decay,
             eps=self.eps,
+            maximize=False,
+        )
+
+
+class FusedSGD:
+    """The update ``torch.optim.SGD([param], momentum=..., weight_decay=..., fused=True)``
+    makes, for one parameter tensor (no dampening, no Nesterov).
+
+    ``step(grad, lr)`` runs torch's fused kernel through the functional ``torch.optim.sgd.sgd``
+    with the same momentum buffer (created on the first step, as the optimiser does): one pass
+    over the parameter, its gradient and its buffer, where the unfused update makes four
+    (weight decay, momentum decay, momentum, parameter), without the optimiser object's
+    per-step work. Elementwise, so a flat ``param`` holding several weights updates each of
+    them as it would alone.
+    """
+
+    def __init__(self, param: Tensor, *, momentum: float, weight_decay: float):
+        self.param = param
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.buffers: list[Tensor | None] = [None]
+
+    def step(self, grad: Tensor, lr: float) -> None:
+        """One update of ``param`` with gradient ``grad`` at learning rate ``lr``."""
+        _sgd(
+            [self.param],
+            [grad],
+            self.buffers,
+            fused=True,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            lr=lr,
+            dampening=0.0,
+            nesterov=False,
             maximize=False,
         )
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import DasslSchedule, check_ranges, dassl_epoch
+from fewclip.methods._training import DasslSchedule, FusedSGD, check_ranges, dassl_epoch
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 from fewclip.text_tower import TextTower
@@ -230,8 +230,8 @@ class CLIPAdapter(DasslSchedule, Method):
         work = torch.float32 if self._dtype == torch.float16 else self._dtype
         dev = self._device
         hidden, dim = first.weight.shape
-        # W₁ and W₂ (and their gradients and momenta) live in one flat buffer each, so that
-        # every SGD stage is one elementwise pass over both (the same arithmetic per element)
+        # W₁ and W₂ (and their gradients) live in one flat buffer each, so that torch's fused
+        # SGD updates both in one elementwise pass (the same arithmetic per element)
         size = hidden * dim
 
         def pair() -> tuple[Tensor, Tensor, Tensor]:
@@ -242,7 +242,7 @@ class CLIPAdapter(DasslSchedule, Method):
         w1.copy_(first.weight.detach())
         w2.copy_(second.weight.detach())
         grads, grad1, grad2 = pair()
-        buffers = torch.zeros_like(weights)
+        optim = FusedSGD(weights, momentum=self.momentum, weight_decay=self.weight_decay)
         text = self.text_weights_.to(work)
         bank = task.support.view_bank()
         n_views, n = bank.shape[0], bank.shape[1]
@@ -250,7 +250,7 @@ class CLIPAdapter(DasslSchedule, Method):
         # onehot(y) of every support image: subtracting it is the same arithmetic as
         # decrementing the label entries (x − 0 = x elsewhere)
         onehot = torch.eye(len(text), dtype=work, device=dev)[targets]
-        rho, scale, wd, mom = float(self.ratio), float(self.scale), self.weight_decay, self.momentum
+        rho, scale = float(self.ratio), float(self.scale)
         # every per-step tensor is preallocated (sliced for a shorter batch): fresh
         # allocations and their page faults cost as much as these small products
         bmax = min(self.batch_size, n)
@@ -288,10 +288,7 @@ class CLIPAdapter(DasslSchedule, Method):
                 torch.mm(dab.T, hb, out=grad2)
                 dhb = torch.mm(dab, w2, out=dh[:b]).mul_(torch.gt(hb, 0, out=h_on[:b]))
                 torch.mm(dhb.T, x, out=grad1)
-                if wd:
-                    grads.add_(weights, alpha=wd)
-                buffers.mul_(mom).add_(grads)
-                weights.add_(buffers, alpha=-lr)
+                optim.step(grads, lr)
         with torch.no_grad():
             first.weight.copy_(w1)
             second.weight.copy_(w2)
