@@ -294,6 +294,20 @@ def test_pow2_rescale_rows_is_exact_and_bounds_each_row(dtype):
         assert bool((k == k[0]).all()), row
 
 
+def test_pow2_rescale_rows_is_ldexp_on_float32_rows_of_any_magnitude():
+    """The float32 fast path (a product with 2^−e) gives ldexp's numbers, rows of subnormal
+    numbers (ldexp's path) and of float32's largest numbers included."""
+    g = torch.Generator().manual_seed(0)
+    for low in (-37.0, -44.0):
+        mags = 10.0 ** torch.empty(500, 1).uniform_(low, 38.0, generator=g)
+        x = (torch.randn(500, 16, generator=g) * mags).float()
+        x[::7] = 0
+        x[1::11, 3] = 3.4e38
+        x[5::17, 2] = 1e-45
+        _, exponent = torch.frexp(x.abs().amax(dim=-1, keepdim=True))
+        assert torch.equal(F.pow2_rescale_rows(x), torch.ldexp(x, -exponent))
+
+
 def test_pow2_rescale_rows_rescues_extreme_float32_rows():
     x = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
     for s in (1e-30, 1e30):
