@@ -10,14 +10,18 @@ with the time of that work on the same machine, measured in the same run:
   rows, M²·C for a triangular solve with C right-hand sides) at the best float32 (or float64)
   GEMM throughput measured in the run, plus the elementwise passes at the measured throughput
   of an in-cache elementwise multiply (one element-operation per element of every array a pass
-  must read or write once: an exponential, a class-wise sum, an optimiser update per parameter
-  tensor it keeps).
+  must read or write once: an exponential, a class-wise sum; an optimiser update counts as 3
+  passes over its parameters for SGD with momentum, 4 for Adam and AdamW).
 - **shape floor**: the same products, each timed on its own at its real shape in a tight loop
   of bare ``torch.mm`` calls into preallocated outputs (so the per-call latency of small
   products is in), times how often the method needs it, plus the same factorisation and
-  elementwise terms. For a schedule of many small steps (CLIP-Adapter's 10,000 steps of 32
-  rows, the cross-modal probe's 12,800 steps of 32 rows) this is the latency floor: the same
-  number of bare matmul-and-backward steps of that size, with nothing around them.
+  elementwise terms, with each optimiser update timed instead as torch's fused kernel
+  (``torch.optim.SGD/Adam/AdamW(fused=True)``, one pass) over as many parameters: an update
+  streams parameters that do not fit a cache (CLIP-Adapter's 524,288), which the in-cache
+  elementwise rate would underestimate. For a schedule of many small steps (CLIP-Adapter's
+  10,000 steps of 32 rows, the cross-modal probe's 12,800 steps of 32 rows) this is the
+  latency floor: the same number of bare matmul-and-backward steps of that size and of bare
+  updates, with nothing around them.
 
 A method's floor is the larger of the two. What is counted is a lower bound: a product over a
 symmetric result is counted in full (torch has no rank-k update), the work that a
@@ -77,6 +81,8 @@ class Work:
     solve: Counter = field(default_factory=Counter)
     elem: float = 0.0
     steps: int = 0
+    #: optimiser updates ``(kind, parameters) → count`` (kind "sgd", "adam" or "adamw")
+    updates: Counter = field(default_factory=Counter)
 
     def __add__(self, other: Work) -> Work:
         return Work(
@@ -84,6 +90,7 @@ class Work:
             self.solve + other.solve,
             self.elem + other.elem,
             self.steps + other.steps,
+            self.updates + other.updates,
         )
 
     def __mul__(self, times: int) -> Work:
@@ -94,6 +101,7 @@ class Work:
             Counter({k: v * times for k, v in self.solve.items()}),
             self.elem * times,
             self.steps * times,
+            Counter({k: v * times for k, v in self.updates.items()}),
         )
 
     __rmul__ = __mul__
@@ -123,6 +131,18 @@ def cholesky(size: int, rhs: int, dtype: str = "float32") -> Work:
 
 def steps(count: int) -> Work:
     return Work(steps=count)
+
+
+#: Arrays an update reads or writes per parameter: SGD with momentum (parameter, gradient,
+#: buffer), Adam and AdamW (parameter, gradient, two moments).
+UPDATE_PASSES = {"sgd": 3, "adam": 4, "adamw": 4}
+
+
+def update(kind: str, params: int) -> Work:
+    """One optimiser step over ``params`` parameters: ``UPDATE_PASSES[kind]`` elementwise passes
+    in the FLOP floor; in the shape floor, the time of torch's fused kernel for that many
+    parameters (the update has to stream them whether or not they fit a cache)."""
+    return Work(updates=Counter({(kind, params): 1}))
 
 
 def _predict_queries(s: Shape) -> Work:
@@ -197,7 +217,7 @@ def floor_tip_adapter_f(m: Any, s: Shape, seen: dict) -> tuple[Work, Work]:
     step_mm = mm(b, s.d, s.n, full) + mm(last, s.d, s.n)
     step_mm = step_mm + mm(b, s.d, s.c, full) + mm(last, s.d, s.c)
     back = mm(s.n, b, s.d, full) + mm(s.n, last, s.d)
-    epoch = step_mm + back + ew(s.n * (2 * s.d + 4 * s.n)) + ew(4 * s.n * s.d * n_steps)
+    epoch = step_mm + back + ew(s.n * (2 * s.d + 4 * s.n)) + update("adamw", s.n * s.d) * n_steps
     epoch = epoch + steps(n_steps)
     val = Work()
     if s.nv:
@@ -234,7 +254,8 @@ def floor_clip_adapter(m: Any, s: Shape, seen: dict) -> tuple[Work, Work]:
         + mm(s.d, b, hidden)
         + mm(b, s.d, hidden)
         + mm(hidden, b, s.d)
-        + ew(8 * b * s.d + 3 * 2 * s.d * hidden)
+        + ew(8 * b * s.d)
+        + update("sgd", 2 * s.d * hidden)
         + steps(1)
     )
     fit = (step * n_steps + ew(s.n * s.d)) * int(m.epochs)
@@ -258,7 +279,8 @@ def floor_taskres(m: Any, s: Shape, seen: dict) -> tuple[Work, Work]:
     """
     n_steps, b = _dassl_batches(s.n, int(m.batch_size))
     e = int(m.epochs)
-    step = mm(b, s.d, s.c) + mm(s.c, b, s.d) + ew(9 * s.c * s.d) + steps(1)
+    step = mm(b, s.d, s.c) + mm(s.c, b, s.d) + ew(5 * s.c * s.d) + update("adam", s.c * s.d)
+    step = step + steps(1)
     fit = step * (n_steps * e) + ew(2 * s.d * _distinct_rows(s, n_steps * b * e))
     return fit, _predict_queries(s) + mm(s.nt, s.d, s.c)
 
@@ -279,7 +301,8 @@ def floor_zs_lp(m: Any, s: Shape, seen: dict) -> tuple[Work, Work]:
     """
     n_steps, b = _pooled_batches(s, int(m.batch_size))
     e = int(m.epochs)
-    step = mm(b, s.d, s.c) + mm(s.c, b, s.d) + ew(8 * s.c * s.d + 3 * b * s.c) + steps(1)
+    step = mm(b, s.d, s.c) + mm(s.c, b, s.d) + ew(5 * s.c * s.d + 3 * b * s.c)
+    step = step + update("sgd", s.c * s.d) + steps(1)
     fit = step * (n_steps * e) + ew(2 * s.d * _distinct_rows(s, n_steps * b * e))
     return fit, _predict_queries(s) + mm(s.nt, s.d, s.c)
 
@@ -308,7 +331,7 @@ def floor_cross_modal_lp(m: Any, s: Shape, seen: dict) -> tuple[Work, Work]:
     configs = 1
     if m.search and s.nv:
         configs = len(m.search_lr) * len(m.search_weight_decay) * len(m.search_batch_size)
-    step = mm(b, s.d, s.c) + mm(s.c, b, s.d) + ew(4 * s.c * s.d) + steps(1)
+    step = mm(b, s.d, s.c) + mm(s.c, b, s.d) + update("adamw", s.c * s.d) + steps(1)
     evals = math.ceil(iters / int(m.eval_every)) + 1 if s.nv else 0
     run = step * iters + mm(s.nv, s.d, s.c, evals)
     fit = run * configs + ew(2 * (1 + s.v) * s.n * s.d)
@@ -472,7 +495,7 @@ def floor_ape_t(m: Any, s: Shape, seen: dict) -> tuple[Work, Work]:
     fit = _cache_keys(s) + ew(4 * (s.n + s.c) * s.d)
     fit = fit + mm(distinct, s.d, s.n) + mm(distinct, s.d, s.c) + ew(distinct * (s.n + 2 * s.d))
     epoch = mm(s.n, q, s.c) + mm(s.c, s.n, q) + ew(3 * s.n * s.n)
-    epoch = epoch + ew(4 * (s.c * q + s.n) * n_steps) + steps(n_steps)
+    epoch = epoch + update("adamw", s.c * q + s.n) * n_steps + steps(n_steps)
     if s.nv:
         epoch = epoch + mm(s.nv, q, s.c) + ew(2 * s.nv * s.n)
         fit = fit + mm(s.nv, s.d, s.n) + mm(s.nv, s.d, s.c) + ew(s.nv * s.n + 2 * s.nv * s.d)
@@ -544,6 +567,7 @@ class Rates:
         self.gemm = {name: self.peak(name) for name in _DTYPES}
         self.elem = self.elementwise()
         self._shape: dict[tuple[int, int, int, str], float] = {}
+        self._update: dict[tuple[str, int], float] = {}
 
     def peak(self, dtype: str) -> float:
         return max(
@@ -593,16 +617,49 @@ class Rates:
             self._shape[key] = best
         return best
 
+    def update_time(self, kind: str, params: int) -> float:
+        """Seconds per step of ``torch.optim`` SGD (momentum 0.9, weight decay), Adam or AdamW
+        with ``fused=True`` over one float32 tensor of ``params`` parameters (the best of
+        three timings of a tight loop)."""
+        key = (kind, params)
+        if key not in self._update:
+            p = torch.nn.Parameter(torch.rand(params))
+            p.grad = torch.rand(params) * 1e-3
+            optim: torch.optim.Optimizer
+            if kind == "sgd":
+                optim = torch.optim.SGD([p], lr=1e-3, momentum=0.9, weight_decay=5e-4, fused=True)
+            elif kind == "adam":
+                optim = torch.optim.Adam([p], lr=1e-3, fused=True)
+            else:
+                optim = torch.optim.AdamW([p], lr=1e-3, fused=True)
+            for _ in range(3):
+                optim.step()
+            reps, best = max(3, min(500, int(2e8 / max(1, params)))), math.inf
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    optim.step()
+                best = min(best, (time.perf_counter() - t0) / reps)
+            self._update[key] = best
+        return self._update[key]
+
     def flop_floor(self, work: Work) -> float:
         """Seconds for ``work`` at the peak rates."""
         t = sum(
             2.0 * m * k * n * count / self.gemm[dt] for (m, k, n, dt), count in work.gemm.items()
         )
         t += sum(flops / self.gemm[dt] for dt, flops in work.solve.items())
-        return t + work.elem / self.elem
+        elem = work.elem + sum(
+            UPDATE_PASSES[kind] * params * count for (kind, params), count in work.updates.items()
+        )
+        return t + elem / self.elem
 
     def shape_floor(self, work: Work) -> float:
-        """Seconds for ``work`` with every product timed at its own shape."""
+        """Seconds for ``work`` with every product timed at its own shape and every optimiser
+        update timed at its own size."""
         t = sum(count * self.shape_time(m, k, n, dt) for (m, k, n, dt), count in work.gemm.items())
         t += sum(flops / self.gemm[dt] for dt, flops in work.solve.items())
+        t += sum(
+            count * self.update_time(kind, params) for (kind, params), count in work.updates.items()
+        )
         return t + work.elem / self.elem

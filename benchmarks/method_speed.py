@@ -25,15 +25,18 @@ measured right after the method in the same process and with the same threads:
 - ``FLOP floor``: the work's FLOPs at the best float32/float64 GEMM throughput of the moment
   (printed as ``GF/s``), plus its elementwise passes at the measured in-cache elementwise rate;
 - ``shape floor``: each product timed at its own shape in a tight loop of bare ``torch.mm``
-  calls, times how often the method needs it (for a schedule of small steps, e.g. batch 32,
-  this is the latency floor of the same number of bare matmul-and-backward steps).
+  calls, and each optimiser update as torch's fused kernel over as many parameters, times how
+  often the method needs it (for a schedule of small steps, e.g. batch 32, this is the latency
+  floor of the same number of bare matmul-and-backward steps and updates).
 
 ``floor`` is the larger of the two, ``ratio`` = time / floor (fit, predict and the whole cell),
-and ``bound`` names the floor's largest term. The machine is shared: each floor is measured
-right after its method, so that both see the same load, and ``--repeat N`` keeps the fastest
-of N fits and N scorings (the floors are each the best of three timings). Each method is
-first fitted once with its ``quick_params`` (untimed), so that no row pays the one-off costs
-of a first call.
+and ``bound`` names the shape floor's largest term (products, factorisations, elementwise
+passes or optimiser updates; "latency" for a schedule of at least 1,000 steps whose products
+and updates at their real sizes take over 1.5 times their FLOPs at the peak rate). The
+machine is shared: each floor is measured right after its method, so that both see the same
+load, and ``--repeat N`` keeps the fastest of N fits and N scorings (the floors are each the
+best of three timings). Each method is first fitted once with its ``quick_params``
+(untimed), so that no row pays the one-off costs of a first call.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from unittest import mock
 
 import torch
 
-from benchmarks._floors import FLOORS, Rates, Work, shape_of
+from benchmarks._floors import FLOORS, UPDATE_PASSES, Rates, Work, shape_of
 from benchmarks._util import peak_rss_gib, table
 from fewclip import methods as registry
 from fewclip.bench.config import load_config
@@ -100,11 +103,13 @@ def _bound(work: Work, rates: Rates) -> str:
         ),
         "solve": sum(f / rates.gemm[dt] for dt, f in work.solve.items()),
         "elementwise": work.elem / rates.elem,
+        "updates": sum(c * rates.update_time(k, p) for (k, p), c in work.updates.items()),
     }
     name = max(terms, key=lambda k: terms[k])
-    if name == "GEMM" and work.steps >= 1000:
+    if name in ("GEMM", "updates") and work.steps >= 1000:
         flop_t = sum(2.0 * m * k * n * c / rates.gemm[dt] for (m, k, n, dt), c in work.gemm.items())
-        if terms["GEMM"] > 1.5 * flop_t:
+        flop_t += sum(UPDATE_PASSES[k] * p * c for (k, p), c in work.updates.items()) / rates.elem
+        if terms["GEMM"] + terms["updates"] > 1.5 * flop_t:
             return f"latency ({work.steps:,} steps)"
     return name
 
