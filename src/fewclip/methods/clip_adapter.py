@@ -258,8 +258,10 @@ class CLIPAdapter(DasslSchedule, Method):
         a, f, u, du, da, tmp = (torch.empty(bmax, dim, dtype=work, device=dev) for _ in range(6))
         z = torch.empty(bmax, len(text), dtype=work, device=dev)
         norm, dot = (torch.empty(bmax, 1, dtype=work, device=dev) for _ in range(2))
-        a_on = torch.empty(bmax, dim, dtype=torch.bool, device=dev)
-        h_on = torch.empty(bmax, hidden, dtype=torch.bool, device=dev)
+        # the ReLU masks [a > 0] and [h > 0] as 1.0/0.0 in the working dtype: the products
+        # by them are those by the boolean masks, without converting a mask every step
+        a_on = torch.empty(bmax, dim, dtype=work, device=dev)
+        h_on = torch.empty(bmax, hidden, dtype=work, device=dev)
         g = torch.Generator().manual_seed(self.seed)
         for epoch in tqdm(range(self.epochs), desc="clip-adapter", disable=not self.progress):
             lr = self._lr_at(epoch)
