@@ -12,7 +12,7 @@ import torch
 from fewclip import methods
 from fewclip.methods._training import (
     EndlessShuffle,
-    FusedAdamW,
+    FusedAdam,
     FusedSGD,
     KeepBest,
     dassl_epoch,
@@ -242,13 +242,15 @@ def test_endless_shuffles_serve_what_a_loop_of_streams_serves(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_adamw_follows_torch_adamw_bit_for_bit(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_fused_adam_follows_torch_adam_bit_for_bit(dtype: torch.dtype, decoupled: bool) -> None:
     torch.manual_seed(0)
     start = torch.randn(7, 13, dtype=dtype)
     param = torch.nn.Parameter(start.clone())
-    optim = torch.optim.AdamW([param], lr=0.1, weight_decay=0.05, eps=1e-6, fused=True)
+    kind = torch.optim.AdamW if decoupled else torch.optim.Adam
+    optim = kind([param], lr=0.1, weight_decay=0.05, eps=1e-6, fused=True)
     mine = start.clone()
-    fused = FusedAdamW(mine, weight_decay=0.05, eps=1e-6)
+    fused = FusedAdam(mine, decoupled=decoupled, weight_decay=0.05, eps=1e-6)
     for i in range(25):
         grad = torch.randn(7, 13, dtype=dtype)
         optim.param_groups[0]["lr"] = 0.1 / (1 + i)

@@ -14,9 +14,9 @@
   probe); :class:`EndlessShuffle`: shuffled passes served in batches of any size;
   :func:`endless_shuffles`: what several of them, sharing one generator, serve over a whole
   schedule, drawn at once.
-- :class:`FusedAdamW`, :class:`FusedSGD`: ``torch.optim.AdamW(fused=True)``'s and
-  ``torch.optim.SGD(fused=True)``'s update of one tensor without the optimiser object's per-step
-  bookkeeping (for schedules of thousands of small steps).
+- :class:`FusedAdam`, :class:`FusedSGD`: ``torch.optim.Adam``'s, ``AdamW``'s and ``SGD``'s
+  fused update of one tensor without the optimiser object's per-step bookkeeping (for
+  schedules of thousands of small steps).
 - :class:`KeepBest`: the validation-selected snapshot (earliest or latest best epoch).
 - :func:`train_dtype`: the dtype a method trains in; :func:`check_ranges`: declarative
   hyper-parameter checks.
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam as _adam
 from torch.optim.adamw import adamw as _adamw
 from torch.optim.sgd import sgd as _sgd
 
@@ -39,7 +40,7 @@ __all__ = [
     "DasslSchedule",
     "EndlessShuffle",
     "Epoch",
-    "FusedAdamW",
+    "FusedAdam",
     "FusedSGD",
     "KeepBest",
     "PooledEpoch",
@@ -207,25 +208,29 @@ def endless_shuffles(
     return out
 
 
-class FusedAdamW:
-    """The update ``torch.optim.AdamW([param], fused=True)`` makes, for one parameter tensor.
+class FusedAdam:
+    """The update ``torch.optim.Adam([param], fused=True)`` (``decoupled=False``, weight decay
+    added to the gradient) or ``torch.optim.AdamW([param], fused=True)`` (``decoupled=True``)
+    makes, for one parameter tensor.
 
     ``step(grad, lr)`` advances the step count and runs the same fused kernel with the same
     state (first and second moments at zero, a float32 step count), through torch's functional
-    ``torch.optim.adamw.adamw``, so ``param`` follows the optimiser's trajectory bit for bit;
-    what it leaves out is the optimiser object's per-step work (hooks, parameter groups, state
-    look-ups): about 40 µs a step on a CPU, as much as the update of a 100 × 1024 head.
+    ``torch.optim.adam.adam`` / ``torch.optim.adamw.adamw``, so ``param`` follows the
+    optimiser's trajectory bit for bit; what it leaves out is the optimiser object's per-step
+    work (hooks, parameter groups, state look-ups): 40 to 100 µs a step on a CPU, as much as
+    the update of a 100 × 1024 head.
     """
 
     def __init__(
         self,
         param: Tensor,
         *,
+        decoupled: bool,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        weight_decay: float = 0.0,
     ):
-        self.param = param
+        self.param, self.decoupled = param, decoupled
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
         self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -233,7 +238,8 @@ class FusedAdamW:
 
     def step(self, grad: Tensor, lr: float) -> None:
         """One update of ``param`` with gradient ``grad`` at learning rate ``lr``."""
-        _adamw(
+        update = _adamw if self.decoupled else _adam
+        update(
             [self.param],
             [grad],
             [self.exp_avg],

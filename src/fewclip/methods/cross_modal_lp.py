@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from fewclip.errors import InvalidValueError
 from fewclip.functional import count_correct, l2_normalize
 from fewclip.methods._training import (
-    FusedAdamW,
+    FusedAdam,
     KeepBest,
     check_ranges,
     endless_shuffles,
@@ -229,7 +229,7 @@ class CrossModalLP(Method):
         # subnormal numbers and runs several times slower); no graph is recorded, and no loss
         # value (it is never read).
         w = init
-        optim = FusedAdamW(w, weight_decay=weight_decay)
+        optim = FusedAdam(w, decoupled=True, weight_decay=weight_decay)
         grad = torch.empty_like(w)
         x = images.new_empty(batch_size, images.shape[1])
         z = images.new_empty(batch_size, c)

@@ -21,11 +21,22 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import DasslSchedule, check_ranges, dassl_epoch, train_dtype
+from fewclip.methods._training import (
+    DasslSchedule,
+    FusedAdam,
+    check_ranges,
+    dassl_epoch,
+    train_dtype,
+)
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 
 __all__ = ["TaskRes"]
+
+
+def _nll_step(rows: int, dtype: torch.dtype) -> float:
+    """``−1/rows`` in ``dtype``: the gradient ``nll_loss`` (mean) gives a row's label entry."""
+    return float(-(torch.ones((), dtype=dtype) / rows))
 
 
 @register("taskres")
@@ -123,31 +134,45 @@ class TaskRes(DasslSchedule, Method):
         bank = task.support.view_bank()
         n_views, n = bank.shape[0], bank.shape[1]
         targets = task.support.labels.to(self._device)
-        x_res = torch.nn.Parameter(residual.clone())
-        optim = torch.optim.Adam(
-            [x_res], lr=self._lr_at(0), weight_decay=self.weight_decay, fused=True
-        )
+        x_res = residual.clone()
+        # torch.optim.Adam(fused=True)'s update, without the optimiser object's per-step work
+        optim = FusedAdam(x_res, decoupled=False, weight_decay=self.weight_decay)
         g = torch.Generator().manual_seed(self.seed)
         base = self.text_weights_.to(tdt)
         # every stored view normalised once (a row's normalisation does not depend on the batch
         # it comes in), then each epoch's rows gathered at once, in training order
         unit = l2_normalize(bank.to(device=self._device, dtype=tdt))
+        # The gradient of mean CE(scale·(x·t'ᵀ)/‖t'‖, y), t' = t + α·r, is computed by the
+        # kernels autograd runs, in its order, without recording a graph: nll_loss's −1/B at
+        # the labels, log_softmax's backward, then the quotient's (∂/∂num = g/‖t'‖,
+        # ∂/∂‖t'‖ = Σ_rows −g·((num/‖t'‖)/‖t'‖)), the product's (×scale, then gᵀ·x), the norm's
+        # (∂/∂t' += ∂/∂‖t'‖·t'/‖t'‖) and the sum's (×α). A zero row of t' makes the logits NaN
+        # with either computation.
+        alpha, scale = self.alpha_, self.scale
+        grad = torch.empty_like(x_res)
         for epoch in tqdm(range(self.epochs), desc="taskres", disable=not self.progress):
-            for group in optim.param_groups:
-                group["lr"] = self._lr_at(epoch)
+            lr = self._lr_at(epoch)
             ep = dassl_epoch(n, n_views, self.batch_size, g)
             rows = ep.gather(unit)
             labels = targets[ep.order.to(self._device)]
-            for batch in ep.batches:
-                x = rows[batch]
-                # x·normalise(t')ᵀ as (x·t'ᵀ)/‖t'‖: the (C, D) normalised matrix is never formed
-                w = torch.add(base, x_res, alpha=self.alpha_)
-                logits = self.scale * (x @ w.T) / w.norm(dim=1)
-                loss = torch.nn.functional.cross_entropy(logits, labels[batch])
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-        return x_res.detach()
+            with torch.no_grad():
+                for batch in ep.batches:
+                    x = rows[batch]
+                    b = x.shape[0]
+                    w = torch.add(base, x_res, alpha=alpha)
+                    num = torch.mm(x, w.T).mul_(scale)
+                    norm = w.norm(dim=1)
+                    logits = num / norm
+                    nll = torch.zeros_like(logits)
+                    nll.scatter_(1, labels[batch].unsqueeze(1), _nll_step(b, tdt))
+                    dz = torch._log_softmax_backward_data(
+                        nll, torch.log_softmax(logits, dim=1), 1, tdt
+                    )
+                    d_norm = (-dz * ((num / norm) / norm)).sum(0)
+                    d_w = torch.mm((dz / norm).mul_(scale).T, x)
+                    d_w += d_norm.unsqueeze(1) * (w / norm.unsqueeze(1))
+                    optim.step(torch.mul(d_w, alpha, out=grad), lr)
+        return x_res
 
     def _logits(self, x: Tensor) -> Tensor:
         return self.scale * (x @ self._classifier(self.residual_).to(x.dtype).T)
