@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['pred']:.2f}",
             f"{r['pred_floor']:.3f}",
             f"{_ratio(r['pred'], r['pred_floor']):.1f}",
-            f"**{_ratio(cell, floor):.1f}**" if _ratio(cell, floor) > 2 else f"{cell / floor:.1f}",
+            f"**{_ratio(cell, floor):.2f}**" if _ratio(cell, floor) > 2 else f"{cell / floor:.2f}",
             f"{r['gflop']:.0f}",
             f"{r['flop_floor']:.2f}",
             f"{r['shape_floor']:.2f}",
