@@ -60,9 +60,10 @@ def pow2_rescale_rows(x: Tensor) -> Tensor:
     if x.numel() == 0:
         return x
     _, exponent = torch.frexp(x.abs().amax(dim=-1, keepdim=True))
-    if x.dtype == torch.float32 and int(exponent.min()) > -126:
+    if x.dtype == torch.float32 and not torch.jit.is_tracing() and int(exponent.min()) > -126:
         # the numbers ldexp gives (x·2^−e, exact), about 10× faster on a CPU; ldexp handles the
-        # rows of subnormal numbers, whose factor 2^−e is beyond float32's range
+        # rows of subnormal numbers, whose factor 2^−e is beyond float32's range (and traced
+        # graphs, which would freeze this data-dependent choice)
         return x * torch.pow(2.0, -exponent)
     return torch.ldexp(x, -exponent)
 
