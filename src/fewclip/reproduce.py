@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fewclip.errors import InvalidValueError
+from fewclip.generalisation import CROSS_DATASET_TARGETS, DOMAIN_TARGETS
 
 __all__ = [
     "GENERALISATION_PAPER",
@@ -179,21 +180,8 @@ _COCOOP_T3 = (
     "CoCoOp (Zhou et al., CVPR 2022), Table 3 (domain generalisation, CoOp's layout: source "
     "ImageNet, targets -V2/-Sketch/-A/-R); ViT-B/16, 16 shots; NOT checked against the paper here"
 )
-_XD = (
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-    "average",
-)
-_DG = ("imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+_XD = ("imagenet", *CROSS_DATASET_TARGETS, "average")
+_DG = ("imagenet", *DOMAIN_TARGETS)
 
 
 def _cols(names: Sequence[str], text: str) -> dict[str, float]:
