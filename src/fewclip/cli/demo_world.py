@@ -107,9 +107,10 @@ def run_world(
     ``printed=False``: nothing). Resumes like every grid. ``None`` (and nothing run) when
     every method needs a text encoder."""
     from fewclip import methods as registry
-    from fewclip.bench import BenchConfig, format_tables, summarize, write_reports
+    from fewclip.bench import BenchConfig, format_tables
     from fewclip.bench.runner import run_bench
     from fewclip.bench.synthetic import synthetic_prepare
+    from fewclip.cli.run_cmds import _plot, _report
 
     feature_methods = [m for m in methods if not registry.get(m).needs_text_tower]
     left_out = [m for m in methods if m not in feature_methods]
@@ -151,14 +152,8 @@ def run_world(
         err=True,
     )
     rows = run_bench(config, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet)
-    summary = summarize(rows, methods=feature_methods)
-    write_reports(summary, out)
-    try:
-        from fewclip.bench.plots import plot_summary
-
-        plot_summary(summary, out / "accuracy_vs_shots")
-    except ImportError as e:
-        echo(f"note: no plot ({e})", quiet=quiet or not printed, err=True)
+    summary = _report(rows, feature_methods, out, True)  # printed below, with what it is
+    _plot(summary, out / "accuracy_vs_shots", quiet or not printed)
     published = published_table(name, feature_methods, shots)
     head = f"Published on the real {name} images (CLIP RN50; Tip-Adapter's paper and exp.log):"
     atomic_write_text(
