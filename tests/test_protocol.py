@@ -292,6 +292,30 @@ def test_evaluate_class_subset(world: SyntheticWorld) -> None:
         evaluate(Fixed(), InMemorySource(test=FeatureSet(fs.features, fs.labels + 9)), plan)
 
 
+def test_evaluate_refuses_logits_for_other_classes() -> None:
+    # a model fitted on 10 classes, scored on a split of 4 whose labels all lie in 0..3: without
+    # n_classes the argmax would range over 10 columns and the accuracy would look plausible
+    class TenClasses:
+        def logits(self, x: Tensor) -> Tensor:
+            out = torch.zeros(len(x), 10)
+            out[:, 8] = 1.0
+            return out
+
+    src = InMemorySource(test=FeatureSet(torch.randn(3, D), torch.tensor([0, 1, 3])))
+    plan = SplitPlan("val-free", 1, 1, SplitRef("train", (0,)), None, False)
+    assert evaluate(TenClasses(), src, plan).accuracy == 0.0  # the old, silent behaviour
+    with pytest.raises(ValueError, match="the split has 4 classes but the model scores 10"):
+        evaluate(TenClasses(), src, plan, n_classes=4)
+    with pytest.raises(ValueError, match="the split has 11 classes but the model scores 10"):
+        evaluate(TenClasses(), src, plan, n_classes=11)
+    assert evaluate(TenClasses(), src, plan, n_classes=10).n == 3
+    # a class subset is counted after class_index
+    sub = evaluate(TenClasses(), src, plan, class_index=[0, 1, 2, 3], n_classes=4)
+    assert sub.accuracy == pytest.approx(1 / 3)  # all-zero rows: argmax 0, one label is 0
+    with pytest.raises(ValueError, match="the split has 3 classes but the model scores 4"):
+        evaluate(TenClasses(), src, plan, class_index=[0, 1, 2, 3], n_classes=3)
+
+
 def test_plan_save_writes_split_json(tmp_path: Path, world: SyntheticWorld) -> None:
     names = tuple(world.classnames)
     y = [c for c in range(C) for _ in range(10)]

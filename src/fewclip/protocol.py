@@ -611,6 +611,7 @@ def evaluate(
     *,
     split: str = "test",
     class_index: Sequence[int] | None = None,
+    n_classes: int | None = None,
     meta: Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Top-1 accuracy of a fitted ``model`` on ``split`` of ``source``: the only reader of test
@@ -624,6 +625,10 @@ def evaluate(
             into the result.
         class_index: keep only these logit columns before the argmax (ImageNet-A/-R: the 200
             ImageNet-1k ids in ``Dataset.meta["imagenet_index"]``); labels index this subset.
+        n_classes: how many classes ``split`` has. When given, the scored logits (after
+            ``class_index``) must have exactly this many columns: a model fitted on other
+            classes (more, fewer, or another dataset's) is an error here instead of an accuracy
+            over the wrong columns. ``run`` and the benchmark always pass it.
         meta: extra JSON-able fields for the record (dataset, backbone, prompts, ...).
     """
     test = source.features(split, None, views=False)
@@ -641,6 +646,12 @@ def evaluate(
         logits = logits[
             :, torch.as_tensor(list(class_index), dtype=torch.long, device=logits.device)
         ]
+    if n_classes is not None and logits.shape[-1] != n_classes:
+        raise InvalidValueError(
+            f"{split}: the split has {n_classes} classes but the model scores "
+            f"{logits.shape[-1]} (was it fitted on other classes? Methods that can name new "
+            "classes build a model for them with for_classes; pass class_index for a subset)"
+        )
     pred = logits.argmax(dim=1).cpu()
     y = test.labels.cpu()
     if y.numel() and int(y.max()) >= logits.shape[1]:
@@ -696,4 +707,4 @@ def run(
             raise InvalidValueError("params: only with a method name (set them on the estimator)")
         model = method
     model.fit(task)
-    return evaluate(model, source, plan, meta=meta)
+    return evaluate(model, source, plan, n_classes=len(classnames), meta=meta)

@@ -115,6 +115,18 @@ def test_the_four_prompt_learners_score_the_new_classes(prepare, tmp_path, monke
         assert "n/a" not in line
 
 
+def test_a_model_still_scoring_the_base_classes_is_an_error(prepare, tmp_path, monkeypatch):
+    """The CoCoOp bug class: a for_classes that hands back the base model (3 columns) for the
+    2 new classes. The new split's labels (0, 1) fit inside 3 columns, so without the class
+    count the cell would report a plausible accuracy; it must fail and name the counts."""
+    from fewclip.methods import get
+
+    monkeypatch.setattr(get("clip-adapter"), "for_classes", lambda self, *a, **kw: self)
+    cfg = _config(methods=("clip-adapter",), seeds=(1,))
+    with pytest.raises(ValueError, match="the split has 2 classes but the model scores 3"):
+        run_bench(cfg, prepare, tmp_path / "r.jsonl", quiet=True)
+
+
 def test_zero_shot_by_hand(rows, prepare) -> None:
     """Zero-shot's base accuracy is the 3-way head of the base classes on their test images,
     its new accuracy the 2-way head of the new classes on theirs."""

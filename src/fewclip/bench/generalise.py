@@ -127,7 +127,7 @@ def run_generalisation(
         # split files are drawn before subsampling the classes)
         whole = proto.plan_source(source, shots=cell.shots, seed=cell.seed, classnames=names)
         plan, task, model = fit(subset_plan(whole, base_src), base_src, base)
-        result = evaluate(scored(model), base_src, plan, meta=meta)
+        result = evaluate(scored(model), base_src, plan, n_classes=len(base), meta=meta)
         new_entry: dict[str, Any] = {"accuracy": None, "n": None, "classes": new}
         if refusal is None:
             try:
@@ -139,7 +139,13 @@ def run_generalisation(
             except NewClassesError as e:
                 refusal = str(e)
             else:
-                res_new = evaluate(scored(other), ClassSubsetSource(source, new), plan, meta=meta)
+                res_new = evaluate(
+                    scored(other),
+                    ClassSubsetSource(source, new),
+                    plan,
+                    n_classes=len(new),
+                    meta=meta,
+                )
                 new_entry.update(accuracy=_pct(res_new), n=res_new.n)
         else:
             refusal = f"{cell.method} cannot score classes it was not fitted on: {refusal}"
@@ -161,7 +167,14 @@ def run_generalisation(
     # cross-dataset and domain generalisation: fit on the whole source
     whole = proto.plan_source(source, shots=cell.shots, seed=cell.seed, classnames=names)
     plan, task, model = fit(whole, source, None)
-    result = evaluate(scored(model), source, plan, class_index=prepared.class_index, meta=meta)
+    result = evaluate(
+        scored(model),
+        source,
+        plan,
+        class_index=prepared.class_index,
+        n_classes=len(names if prepared.class_index is None else prepared.class_index),
+        meta=meta,
+    )
     domain = cell.protocol == DOMAIN_GENERALISATION
     if not domain and refusal is not None:
         refusal = f"{cell.method} cannot score classes it was not fitted on: {refusal}"
@@ -185,7 +198,14 @@ def run_generalisation(
             # the same classes in another domain: the fitted classifier, restricted to the
             # target's classes (ImageNet-A/-R: 200 of ImageNet's 1000 columns)
             index = domain_index(prepared, target, name)
-            r = evaluate(scored(model), target.source, plan, class_index=index, meta=tmeta)
+            r = evaluate(
+                scored(model),
+                target.source,
+                plan,
+                class_index=index,
+                n_classes=len(target.classnames),
+                meta=tmeta,
+            )
             entry.update(accuracy=_pct(r), n=r.n)
             if index is not None:
                 entry["class_subset"] = len(index)
@@ -199,7 +219,13 @@ def run_generalisation(
             except NewClassesError as e:
                 refusal = str(e)
             else:
-                r = evaluate(scored(other), target.source, plan, meta=tmeta)
+                r = evaluate(
+                    scored(other),
+                    target.source,
+                    plan,
+                    n_classes=len(target.classnames),
+                    meta=tmeta,
+                )
                 entry.update(accuracy=_pct(r), n=r.n)
         if entry["accuracy"] is None and refusal is not None:
             entry["reason"] = refusal

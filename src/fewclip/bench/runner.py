@@ -408,7 +408,15 @@ def _run_standard(
     model.fit(task)
     clock.mark()
     scored = model if eval_rows is None else _ChunkedLogits(model, eval_rows)
-    result = evaluate(scored, source, plan, class_index=prepared.class_index, meta=meta)
+    names = prepared.classnames if prepared.class_index is None else prepared.class_index
+    result = evaluate(
+        scored,
+        source,
+        plan,
+        class_index=prepared.class_index,
+        n_classes=len(names),
+        meta=meta,
+    )
     clock.mark()
     return CellOutcome(plan, task, model, result)
 
