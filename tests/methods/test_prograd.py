@@ -112,7 +112,10 @@ def test_two_epochs_follow_the_warm_up_and_momentum(backbone):
     assert conflict0
     assert conflict1
     m = ProGrad(epochs=2).fit(task)
-    torch.testing.assert_close(m.ctx_, c2, rtol=1e-4, atol=1e-7)
+    # two float32 passes through the tower: the fit and the reference differ by up to ~2e-7
+    # depending on the CPU's kernels; the smallest entry of the two-epoch step is 2e-5 (the
+    # median 1e-2), so 1e-6 still tells a 5 % change of any entry's step
+    torch.testing.assert_close(m.ctx_, c2, rtol=1e-4, atol=1e-6)
 
 
 def test_without_a_conflict_the_step_is_the_cross_entropy_s(backbone):
