@@ -15,11 +15,13 @@ from fewclip.methods.base import (
     available,
     check_params,
     create,
+    fit_seeds,
     get,
     load,
     register,
     resolve,
     run_params,
+    seeds_batchable,
 )
 
 if TYPE_CHECKING:
@@ -103,9 +105,11 @@ __all__ = [
     "available",
     "check_params",
     "create",
+    "fit_seeds",
     "get",
     "load",
     "register",
     "resolve",
     "run_params",
+    "seeds_batchable",
 ]

@@ -18,6 +18,9 @@
   fused update of one tensor without the optimiser object's per-step bookkeeping (for
   schedules of thousands of small steps).
 - :class:`KeepBest`: the validation-selected snapshot (earliest or latest best epoch).
+- :class:`SeedEpochs`, :func:`seed_generators`: several seeds trained as one
+  batched model (``fewclip.methods.fit_seeds``): each seed's own epoch draws from its own
+  generator, their features stacked along a leading seed dimension (S, ...).
 - :func:`train_dtype`: the dtype a method trains in; :func:`check_ranges`: declarative
   hyper-parameter checks.
 """
@@ -44,12 +47,14 @@ __all__ = [
     "FusedSGD",
     "KeepBest",
     "PooledEpoch",
+    "SeedEpochs",
     "check_ranges",
     "cosine_per_step",
     "dassl_epoch",
     "dassl_lr",
     "endless_shuffles",
     "pooled_epoch",
+    "seed_generators",
     "shuffled_epoch",
     "train_dtype",
     "view_rows",
@@ -106,6 +111,39 @@ def view_rows(bank: Tensor, views: Tensor, images: Tensor) -> Tensor:
         return bank[views.to(bank.device), images.to(bank.device)]
     flat = views.to(bank.device) * bank.shape[1] + images.to(bank.device)
     return bank.view(-1, bank.shape[2]).index_select(0, flat)
+
+
+@dataclass(frozen=True)
+class SeedEpochs:
+    """One epoch of each of several seeds over support sets of one size: ``epochs[s]`` is seed
+    ``s``'s :class:`Epoch`, drawn from its own generator, so each seed sees the images, views
+    and order its solo run sees. The seeds share the batch slices (same size, same rule)."""
+
+    epochs: list[Epoch]
+
+    @property
+    def batches(self) -> list[slice]:
+        return self.epochs[0].batches
+
+    @property
+    def orders(self) -> Tensor:
+        """(S, N): the image at each position of each seed's epoch."""
+        return torch.stack([e.order for e in self.epochs])
+
+    def rows(self, banks: list[Tensor], batch: slice) -> tuple[list[Tensor], Tensor]:
+        """Each seed's :meth:`Epoch.rows` of one batch: ``(images of each seed, features
+        (S, B, D))``."""
+        parts = [e.rows(bank, batch) for e, bank in zip(self.epochs, banks, strict=True)]
+        return [idx for idx, _ in parts], torch.stack([rows for _, rows in parts])
+
+    def gather(self, banks: list[Tensor]) -> Tensor:
+        """(S, N, D): :meth:`Epoch.gather` of each seed's (V, N, D) bank, stacked."""
+        return torch.stack([e.gather(bank) for e, bank in zip(self.epochs, banks, strict=True)])
+
+
+def seed_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per seed, each seeded as a solo run seeds its own."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
 def shuffled_epoch(

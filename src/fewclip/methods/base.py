@@ -51,11 +51,13 @@ __all__ = [
     "check_params",
     "create",
     "describe_saved",
+    "fit_seeds",
     "get",
     "load",
     "register",
     "resolve",
     "run_params",
+    "seeds_batchable",
 ]
 
 CONFIG_FILE = "config.json"
@@ -185,6 +187,80 @@ def run_params(
     if device is not None and "device" in names:
         out.setdefault("device", device)
     return out
+
+
+#: Parameters that may differ between the copies :func:`fit_seeds` fits together.
+_SEED_PARAMS = frozenset({"seed", "progress"})
+
+
+def seeds_batchable(models: Sequence[Method], tasks: Sequence[Task]) -> bool:
+    """Whether :func:`fit_seeds` fits ``models[i]`` on ``tasks[i]`` as one batched model: at
+    least two copies of one class with ``batches_seeds``, their parameters equal except
+    ``seed`` (and ``progress``), tasks that agree in shape (classes, D, support size and
+    views, validation size or none), and the method's own conditions (``_seeds_batchable``).
+    """
+    models, tasks = list(models), list(tasks)
+    if len(models) != len(tasks):
+        raise InvalidValueError(
+            f"tasks: expected one task per model ({len(models)}), found {len(tasks)}"
+        )
+    for m in models:
+        if not isinstance(m, Method):
+            raise InvalidTypeError(f"models: expected fewclip methods, found {type(m).__name__}")
+    if len(models) < 2:
+        return False
+    cls = type(models[0])
+    return (
+        cls.batches_seeds
+        and all(type(m) is cls for m in models)
+        and _same_but_seed(models)
+        and all(isinstance(t, Task) for t in tasks)
+        and len({_task_shape(t) for t in tasks}) == 1
+        and cls._seeds_batchable(models, tasks)
+    )
+
+
+def fit_seeds(models: Sequence[Method], tasks: Sequence[Task]) -> int:
+    """Fit ``models[i]`` on ``tasks[i]`` for every ``i``; return how many were fitted together
+    (``len(models)``, or 1 when each was fitted on its own).
+
+    When :func:`seeds_batchable` says so, the copies are fitted as one batched model: stacked
+    parameters, each seed keeping its own initialisation and data-order random streams, its
+    own task and its own validation choices. Each model then ends as its own
+    ``fit(task)`` would leave it, within float tolerance: a batched product may sum in another
+    order than a single one (bit for bit on the CPUs we measured). Otherwise each model is
+    fitted on its own, in order.
+    """
+    models, tasks = list(models), list(tasks)
+    if not seeds_batchable(models, tasks):
+        for m, t in zip(models, tasks, strict=True):
+            m.fit(t)
+        return 1
+    for m, t in zip(models, tasks, strict=True):
+        m._begin_fit(t)
+    type(models[0])._fit_seeds(models, tasks)
+    return len(models)
+
+
+def _same_but_seed(models: Sequence[Method]) -> bool:
+    first = {k: v for k, v in models[0].get_params(deep=False).items() if k not in _SEED_PARAMS}
+    for m in models[1:]:
+        other = {k: v for k, v in m.get_params(deep=False).items() if k not in _SEED_PARAMS}
+        if first.keys() != other.keys() or any(_differs(first[k], other[k]) for k in first):
+            return False
+    return True
+
+
+def _task_shape(task: Task) -> tuple[Any, ...]:
+    s, v = task.support, task.val
+    return (
+        task.n_classes,
+        task.dim,
+        s.n,
+        s.n_views,
+        None if v is None else v.n,
+        task.text_tower is None,
+    )
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -362,12 +438,23 @@ class Method(EstimatorParams):
     new_class_refusal: ClassVar[str | None] = (
         "its classifier is fitted row by row for the training classes; it has none for others"
     )
+    #: Copies that differ only in ``seed``, fitted on tasks of one shape (the draws of one
+    #: grid cell at several seeds), train as one batched model (:func:`fit_seeds`): stacked
+    #: parameters, each seed with its own initialisation and data order, each result equal to
+    #: its own ``fit`` within float tolerance. Such a method implements ``_fit_seeds``.
+    batches_seeds: ClassVar[bool] = False
     _state_tensors: ClassVar[tuple[str, ...]] = ()
     _state_values: ClassVar[tuple[str, ...]] = ()
 
     # -- scikit-learn style API -------------------------------------------------------------
     def fit(self: M, task: Task) -> M:
         """Fit on ``task`` and return ``self``."""
+        self._begin_fit(task)
+        self._fit(task)
+        return self
+
+    def _begin_fit(self, task: Task) -> None:
+        """Check ``task`` and record what every fit records (class names and ids, D)."""
         if not isinstance(task, Task):
             raise InvalidTypeError(
                 f"task: expected a fewclip.Task, found {type(task).__name__}; build one with "
@@ -382,8 +469,20 @@ class Method(EstimatorParams):
         self.classnames_ = list(task.classnames)
         self.classes_ = list(range(task.n_classes))
         self.n_features_in_ = task.dim
-        self._fit(task)
-        return self
+
+    @classmethod
+    def _seeds_batchable(cls, models: Sequence[Method], tasks: Sequence[Task]) -> bool:
+        """Whether ``_fit_seeds`` can fit these unfitted copies together (called after the
+        generic checks of :func:`seeds_batchable`: one class, the same parameters but ``seed``,
+        tasks of one shape). A method adds its own conditions (a branch it batches, equal
+        cache labels)."""
+        return cls.batches_seeds
+
+    @classmethod
+    def _fit_seeds(cls, models: Sequence[Method], tasks: Sequence[Task]) -> None:
+        """Fit ``models[i]`` on ``tasks[i]`` as one batched model (``_begin_fit`` already ran
+        on each); every model ends as its own ``fit`` would leave it, within float tolerance."""
+        raise NotImplementedError(f"{cls.__name__} sets batches_seeds but has no _fit_seeds")
 
     def logits(self, x: Tensor) -> Tensor:
         """Class scores (N, C) for raw query features ``x`` (N, D).

@@ -8,7 +8,7 @@ logits ``scale·f'·W'ᵀ`` after normalising both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -17,7 +17,14 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import l2_normalize
-from fewclip.methods._training import DasslSchedule, FusedSGD, check_ranges, dassl_epoch
+from fewclip.methods._training import (
+    DasslSchedule,
+    FusedSGD,
+    SeedEpochs,
+    check_ranges,
+    dassl_epoch,
+    seed_generators,
+)
 from fewclip.methods.base import Method, register
 from fewclip.task import Task
 from fewclip.text_tower import TextTower
@@ -99,6 +106,7 @@ class CLIPAdapter(DasslSchedule, Method):
 
     training_free = False
     uses_validation = False
+    batches_seeds = True
     # the adapters act on any image feature and any class's text weights
     new_class_refusal = None
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 3}
@@ -207,93 +215,31 @@ class CLIPAdapter(DasslSchedule, Method):
             self._train_autograd(task)
 
     def _train_visual(self, task: Task) -> None:
-        """The default (visual branch, fixed ratio) with a hand-written backward pass.
+        """The default (visual branch, fixed ratio): :func:`_train_visual_seeds` of this one
+        seed."""
+        _train_visual_seeds([self], [task])
 
-        The same SGD trajectory as :meth:`_train_autograd` (same draws, batches, momentum and
-        weight decay), about 2.5× faster: one step is a few small matmuls, and autograd's
-        bookkeeping cost more than the arithmetic. With ``h = ReLU(x·W₁ᵀ)``, ``a = ReLU(h·W₂ᵀ)``,
-        ``f = ρa + (1 − ρ)x``, ``u = f/‖f‖``, ``z = s·u·Tᵀ`` and ``L = mean CE(z, y)``::
+    # -- several seeds as one batched model (fewclip.methods.fit_seeds) ---------------------
+    @classmethod
+    def _seeds_batchable(cls, models: Sequence[Method], tasks: Sequence[Task]) -> bool:
+        """The default visual branch with a fixed ratio (the hand-written trainer) batches;
+        the other branches train with autograd, one seed at a time."""
+        first = models[0]
+        assert isinstance(first, CLIPAdapter)
+        return first.branch == "visual" and not first.learn_ratio
 
-            ∂L/∂z = (softmax(z) − onehot(y))/B      ∂L/∂u = s·(∂L/∂z)·T
-            ∂L/∂f = (∂L/∂u − u·⟨u, ∂L/∂u⟩)/‖f‖      ∂L/∂a = ρ·∂L/∂f ⊙ [a > 0]
-            ∂L/∂W₂ = (∂L/∂a)ᵀ·h                     ∂L/∂h = (∂L/∂a)·W₂ ⊙ [h > 0]
-            ∂L/∂W₁ = (∂L/∂h)ᵀ·x
-
-        float16 trains in float32 (CPU half matmuls are slow and lose the small updates) and
-        stores the result in float16.
-        """
-        adapter = self.modules_["visual"]
-        assert isinstance(adapter, Adapter)
-        first, second = adapter.fc[0], adapter.fc[2]
-        assert isinstance(first, nn.Linear)
-        assert isinstance(second, nn.Linear)
-        work = torch.float32 if self._dtype == torch.float16 else self._dtype
-        dev = self._device
-        hidden, dim = first.weight.shape
-        # W₁ and W₂ (and their gradients) live in one flat buffer each, so that torch's fused
-        # SGD updates both in one elementwise pass (the same arithmetic per element)
-        size = hidden * dim
-
-        def pair() -> tuple[Tensor, Tensor, Tensor]:
-            flat = torch.zeros(2 * size, dtype=work, device=dev)
-            return flat, flat[:size].view(hidden, dim), flat[size:].view(dim, hidden)
-
-        weights, w1, w2 = pair()
-        w1.copy_(first.weight.detach())
-        w2.copy_(second.weight.detach())
-        grads, grad1, grad2 = pair()
-        optim = FusedSGD(weights, momentum=self.momentum, weight_decay=self.weight_decay)
-        text = self.text_weights_.to(work)
-        bank = task.support.view_bank()
-        n_views, n = bank.shape[0], bank.shape[1]
-        targets = task.support.labels.to(dev)
-        # onehot(y) of every support image: subtracting it is the same arithmetic as
-        # decrementing the label entries (x − 0 = x elsewhere)
-        onehot = torch.eye(len(text), dtype=work, device=dev)[targets]
-        rho, scale = float(self.ratio), float(self.scale)
-        # every per-step tensor is preallocated (sliced for a shorter batch): fresh
-        # allocations and their page faults cost as much as these small products
-        bmax = min(self.batch_size, n)
-        h, dh = (torch.empty(bmax, hidden, dtype=work, device=dev) for _ in range(2))
-        a, f, u, du, da, tmp = (torch.empty(bmax, dim, dtype=work, device=dev) for _ in range(6))
-        z = torch.empty(bmax, len(text), dtype=work, device=dev)
-        norm, dot = (torch.empty(bmax, 1, dtype=work, device=dev) for _ in range(2))
-        # the ReLU masks [a > 0] and [h > 0] as 1.0/0.0 in the working dtype: the products
-        # by them are those by the boolean masks, without converting a mask every step
-        a_on = torch.empty(bmax, dim, dtype=work, device=dev)
-        h_on = torch.empty(bmax, hidden, dtype=work, device=dev)
-        g = torch.Generator().manual_seed(self.seed)
-        for epoch in tqdm(range(self.epochs), desc="clip-adapter", disable=not self.progress):
-            lr = self._lr_at(epoch)
-            ep = dassl_epoch(n, n_views, self.batch_size, g)
-            rows = ep.gather(bank).to(device=dev, dtype=work)
-            hot = onehot[ep.order.to(dev)]
-            for batch in ep.batches:
-                x = rows[batch]
-                b = x.shape[0]
-                hb, ab, fb, ub, zb = h[:b], a[:b], f[:b], u[:b], z[:b]
-                torch.mm(x, w1.T, out=hb).relu_()
-                torch.mm(hb, w2.T, out=ab).relu_()
-                if rho:
-                    torch.add(ab, x, alpha=(1 - rho) / rho, out=fb).mul_(rho)
-                else:
-                    fb.copy_(x)
-                nb = torch.norm(fb, dim=1, keepdim=True, out=norm[:b])
-                torch.div(fb, nb, out=ub)
-                dz = torch.softmax(torch.mm(ub, text.T, out=zb).mul_(scale), dim=1)
-                dz.sub_(hot[batch])
-                dub, dab, tb = du[:b], da[:b], tmp[:b]
-                torch.mm(dz, text, out=dub).mul_(scale / b)
-                dotb = torch.sum(torch.mul(ub, dub, out=tb), dim=1, keepdim=True, out=dot[:b])
-                torch.sub(dub, torch.mul(ub, dotb, out=tb), out=dab).div_(nb).mul_(rho)
-                dab.mul_(torch.gt(ab, 0, out=a_on[:b]))
-                torch.mm(dab.T, hb, out=grad2)
-                dhb = torch.mm(dab, w2, out=dh[:b]).mul_(torch.gt(hb, 0, out=h_on[:b]))
-                torch.mm(dhb.T, x, out=grad1)
-                optim.step(grads, lr)
-        with torch.no_grad():
-            first.weight.copy_(w1)
-            second.weight.copy_(w2)
+    @classmethod
+    def _fit_seeds(cls, models: Sequence[Method], tasks: Sequence[Task]) -> None:
+        adapters = [m for m in models if isinstance(m, CLIPAdapter)]
+        assert len(adapters) == len(models)
+        for m, task in zip(adapters, tasks, strict=True):
+            m._validate()
+            m.text_weights_ = l2_normalize(m._to(task.text_weights))
+            m._build(task.dim)
+        if adapters[0].epochs > 0:
+            _train_visual_seeds(adapters, tasks)
+        for m in adapters:
+            m.ratio_, m.text_ratio_ = float(m.ratio), float(m.text_ratio)
 
     def _train_autograd(self, task: Task) -> None:
         bank = task.support.view_bank()
@@ -347,3 +293,117 @@ class CLIPAdapter(DasslSchedule, Method):
         self._build(self.n_features_in_)
         modules = {k[len("modules.") :]: v for k, v in tensors.items() if k.startswith("modules.")}
         self.modules_.load_state_dict(modules)
+
+
+def _train_visual_seeds(models: Sequence[CLIPAdapter], tasks: Sequence[Task]) -> None:
+    """Train the visual adapters of S seeds (the same hyper-parameters, support sets of one
+    size) as one batched model, with a hand-written backward pass.
+
+    The same SGD trajectory per seed as :meth:`CLIPAdapter._train_autograd` (same draws,
+    batches, momentum and weight decay), about 2.5× faster: one step is a few small matmuls,
+    and autograd's bookkeeping cost more than the arithmetic. With ``h = ReLU(x·W₁ᵀ)``,
+    ``a = ReLU(h·W₂ᵀ)``, ``f = ρa + (1 − ρ)x``, ``u = f/‖f‖``, ``z = s·u·Tᵀ`` and
+    ``L = mean CE(z, y)``::
+
+        ∂L/∂z = (softmax(z) − onehot(y))/B      ∂L/∂u = s·(∂L/∂z)·T
+        ∂L/∂f = (∂L/∂u − u·⟨u, ∂L/∂u⟩)/‖f‖      ∂L/∂a = ρ·∂L/∂f ⊙ [a > 0]
+        ∂L/∂W₂ = (∂L/∂a)ᵀ·h                     ∂L/∂h = (∂L/∂a)·W₂ ⊙ [h > 0]
+        ∂L/∂W₁ = (∂L/∂h)ᵀ·x
+
+    Every tensor carries a leading seed dimension S (batched matmuls); seed ``s`` draws its
+    epochs from its own generator seeded with its ``seed``, starts from its own initial
+    weights and reads its own task, so with S = 1 this is the solo fit, and each seed of a
+    batch equals its solo fit up to the summation order of the batched products (bit for bit
+    at the grid's sizes on the CPUs we measured; tiny matrices may differ in the last bits).
+    float16 trains in float32 (CPU half matmuls are slow and lose the small updates) and
+    stores the result in float16.
+    """
+    first_model = models[0]
+    adapters = [m.modules_["visual"] for m in models]
+    firsts, seconds = [], []
+    for adapter in adapters:
+        assert isinstance(adapter, Adapter)
+        first, second = adapter.fc[0], adapter.fc[2]
+        assert isinstance(first, nn.Linear)
+        assert isinstance(second, nn.Linear)
+        firsts.append(first)
+        seconds.append(second)
+    work = torch.float32 if first_model._dtype == torch.float16 else first_model._dtype
+    dev = first_model._device
+    n_seeds = len(models)
+    hidden, dim = firsts[0].weight.shape
+    # every seed's W₁ and W₂ (and their gradients) live in one flat buffer, so that torch's
+    # fused SGD updates them all in one elementwise pass (the same arithmetic per element)
+    size = n_seeds * hidden * dim
+
+    def pair() -> tuple[Tensor, Tensor, Tensor]:
+        flat = torch.zeros(2 * size, dtype=work, device=dev)
+        w1 = flat[:size].view(n_seeds, hidden, dim)
+        return flat, w1, flat[size:].view(n_seeds, dim, hidden)
+
+    weights, w1, w2 = pair()
+    for s in range(n_seeds):
+        w1[s].copy_(firsts[s].weight.detach())
+        w2[s].copy_(seconds[s].weight.detach())
+    grads, grad1, grad2 = pair()
+    optim = FusedSGD(weights, momentum=first_model.momentum, weight_decay=first_model.weight_decay)
+    text = torch.stack([m.text_weights_.to(work) for m in models])  # (S, C, D)
+    banks = [task.support.view_bank() for task in tasks]
+    n_views, n = banks[0].shape[0], banks[0].shape[1]
+    n_classes = text.shape[1]
+    # onehot(y) of every support image: subtracting it is the same arithmetic as
+    # decrementing the label entries (x − 0 = x elsewhere)
+    eye = torch.eye(n_classes, dtype=work, device=dev)
+    onehot = torch.stack([eye[task.support.labels.to(dev)] for task in tasks])  # (S, N, C)
+    rho, scale = float(first_model.ratio), float(first_model.scale)
+    batch_size = first_model.batch_size
+    # every per-step tensor is preallocated (a contiguous prefix for a shorter batch): fresh
+    # allocations and their page faults cost as much as these small products
+    bmax = min(batch_size, n)
+
+    def buffer(width: int) -> Callable[[int], Tensor]:
+        flat = torch.empty(n_seeds * bmax * width, dtype=work, device=dev)
+        return lambda b: flat[: n_seeds * b * width].view(n_seeds, b, width)
+
+    h, dh, h_on = (buffer(hidden) for _ in range(3))
+    a, f, u, du, da, tmp, a_on = (buffer(dim) for _ in range(7))
+    z = buffer(n_classes)
+    norm, dot = buffer(1), buffer(1)
+    # a_on, h_on: the ReLU masks [a > 0] and [h > 0] as 1.0/0.0 in the working dtype: the
+    # products by them are those by the boolean masks, without converting a mask every step
+    generators = seed_generators([m.seed for m in models])
+    for epoch in tqdm(
+        range(first_model.epochs), desc="clip-adapter", disable=not first_model.progress
+    ):
+        lr = first_model._lr_at(epoch)
+        ep = SeedEpochs([dassl_epoch(n, n_views, batch_size, g) for g in generators])
+        rows = ep.gather(banks).to(device=dev, dtype=work)  # (S, N, D)
+        orders = ep.orders.to(dev)
+        hot = torch.stack([onehot[s, orders[s]] for s in range(n_seeds)])
+        for batch in ep.batches:
+            x = rows[:, batch]
+            b = x.shape[1]
+            hb, ab, fb, ub, zb = h(b), a(b), f(b), u(b), z(b)
+            torch.bmm(x, w1.mT, out=hb).relu_()
+            torch.bmm(hb, w2.mT, out=ab).relu_()
+            if rho:
+                torch.add(ab, x, alpha=(1 - rho) / rho, out=fb).mul_(rho)
+            else:
+                fb.copy_(x)
+            nb = torch.norm(fb, dim=2, keepdim=True, out=norm(b))
+            torch.div(fb, nb, out=ub)
+            dz = torch.softmax(torch.bmm(ub, text.mT, out=zb).mul_(scale), dim=2)
+            dz.sub_(hot[:, batch])
+            dub, dab, tb = du(b), da(b), tmp(b)
+            torch.bmm(dz, text, out=dub).mul_(scale / b)
+            dotb = torch.sum(torch.mul(ub, dub, out=tb), dim=2, keepdim=True, out=dot(b))
+            torch.sub(dub, torch.mul(ub, dotb, out=tb), out=dab).div_(nb).mul_(rho)
+            dab.mul_(torch.gt(ab, 0, out=a_on(b)))
+            torch.bmm(dab.mT, hb, out=grad2)
+            dhb = torch.bmm(dab, w2, out=dh(b)).mul_(torch.gt(hb, 0, out=h_on(b)))
+            torch.bmm(dhb.mT, x, out=grad1)
+            optim.step(grads, lr)
+    with torch.no_grad():
+        for s in range(n_seeds):
+            firsts[s].weight.copy_(w1[s])
+            seconds[s].weight.copy_(w2[s])

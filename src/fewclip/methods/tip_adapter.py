@@ -22,15 +22,23 @@ from tqdm.auto import tqdm
 
 from fewclip.errors import InvalidValueError
 from fewclip.functional import (
+    affinity_from_similarity_,
     cache_keys,
+    class_sum,
     count_correct,
     l2_normalize,
     reference_grid,
     search_tip,
-    tip_cache_logits,
     tip_logits,
 )
-from fewclip.methods._training import KeepBest, check_ranges, cosine_per_step, shuffled_epoch
+from fewclip.methods._training import (
+    KeepBest,
+    SeedEpochs,
+    check_ranges,
+    cosine_per_step,
+    seed_generators,
+    shuffled_epoch,
+)
 from fewclip.methods.base import Method, register
 from fewclip.task import FeatureSet, Task
 
@@ -200,6 +208,7 @@ class TipAdapterF(TipAdapter):
 
     training_free = False
     uses_validation = True
+    batches_seeds = True
     chooses_on_validation = frozenset({"epoch"})
     quick_params: ClassVar[Mapping[str, Any]] = {"epochs": 2, "search_step": (10, 5)}
 
@@ -259,49 +268,33 @@ class TipAdapterF(TipAdapter):
         self._search(task.val)
 
     def _train(self, task: Task) -> None:
-        c = task.n_classes
-        bank = task.support.view_bank()  # (V, N, D) raw; normalised per batch
-        n_views, n = bank.shape[0], bank.shape[1]
-        targets = task.support.labels.to(self._device)
-        keys = torch.nn.Parameter(self.keys_.clone())
-        # the fused kernel updates the 16.4M ImageNet key parameters in one pass (7x faster per
-        # step on CPU than the multi-kernel update), and keeps float16 keys' optimiser arithmetic
-        # in float32: the default update's float16 second moment underflows to 0 for gradients
-        # under ~8e-3, turning each step into lr·m/eps (10x too large)
-        optim = torch.optim.AdamW(
-            [keys], lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
-        )
-        sched = cosine_per_step(
-            optim, epochs=self.epochs, steps_per_epoch=math.ceil(n / self.batch_size)
-        )
-        g = torch.Generator().manual_seed(self.seed)
-        val_x = val_y = None
-        if task.val is not None:
-            val_x = l2_normalize(self._to(task.val.features))
-            val_y = task.val.labels.to(self._device)
-        best = KeepBest(ties="first")
-        for epoch in tqdm(
-            range(1, self.epochs + 1), desc="tip-adapter-f", disable=not self.progress
-        ):
-            ep = shuffled_epoch(n, n_views, self.batch_size, g)
-            for batch in ep.batches:
-                idx, rows = ep.rows(bank, batch)
-                x = l2_normalize(self._to(rows))
-                logits = self.scale * (x @ self.text_weights_.T) + self.alpha_ * (
-                    tip_cache_logits(x, keys, self.key_labels_, c, beta=self.beta_)
-                )
-                loss = torch.nn.functional.cross_entropy(logits.float(), targets[idx])
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                sched.step()
-            if val_x is not None and val_y is not None:
-                with torch.no_grad():
-                    best.offer(self._accuracy(val_x, val_y, keys.detach()), epoch, keys)
-        if val_x is None:
-            best.keep(self.epochs, keys)
-        (self.keys_,), self.best_epoch_ = best.state, best.epoch
-        self._val_history = best.history
+        _train_keys_seeds([self], [task])
+
+    # -- several seeds as one batched model (fewclip.methods.fit_seeds) ---------------------
+    @classmethod
+    def _seeds_batchable(cls, models: Sequence[Method], tasks: Sequence[Task]) -> bool:
+        """Caches of one-key-per-image with the same sorted labels batch (the class-wise sum
+        of the cache term is then one reshape for every seed); prototype caches fit alone."""
+        first = models[0]
+        assert isinstance(first, TipAdapterF)
+        if first.prototypes is not None:
+            return False
+        labels = [torch.sort(t.support.labels).values for t in tasks]
+        return all(torch.equal(labels[0], other) for other in labels[1:])
+
+    @classmethod
+    def _fit_seeds(cls, models: Sequence[Method], tasks: Sequence[Task]) -> None:
+        tips = [m for m in models if isinstance(m, TipAdapterF)]
+        assert len(tips) == len(models)
+        for m, task in zip(tips, tasks, strict=True):
+            check_ranges(m, epochs="int>=0", batch_size="int>=1", lr="lr")
+            m._build_cache(task)
+            m.best_epoch_ = 0
+            m._val_history = []
+        if tips[0].epochs > 0:
+            _train_keys_seeds(tips, tasks)
+        for m, task in zip(tips, tasks, strict=True):
+            m._search(task.val)
 
     def _epoch_selection(self) -> tuple[list[tuple[int, float]], int, str, bool] | None:
         history = getattr(self, "_val_history", [])
@@ -318,3 +311,70 @@ class TipAdapterF(TipAdapter):
             scale=self.scale,
         )
         return count_correct(logits, y) / len(y)
+
+
+def _train_keys_seeds(models: Sequence[TipAdapterF], tasks: Sequence[Task]) -> None:
+    """Fine-tune the cache keys of S seeds (the same hyper-parameters, caches of one size with
+    the same labels) as one batched model: keys (S, K, D), batches (S, B, D), batched
+    products; each seed draws its epochs from its own generator, is scored on its own
+    validation set after each epoch and keeps its own best epoch. The loss is the sum of the
+    seeds' mean cross-entropies, so each seed's keys get its own gradient; fused AdamW and
+    the cosine schedule act elementwise with one step count, as in a solo run. With S = 1
+    this is the solo fit; each seed of a batch equals its solo fit up to the summation order
+    of the batched products."""
+    first = models[0]
+    c = tasks[0].n_classes
+    banks = [task.support.view_bank() for task in tasks]  # (V, N, D) raw; normalised per batch
+    n_views, n = banks[0].shape[0], banks[0].shape[1]
+    targets = [task.support.labels.to(first._device) for task in tasks]
+    keys = torch.nn.Parameter(torch.stack([m.keys_ for m in models]))  # (S, K, D)
+    key_labels = first.key_labels_
+    text = torch.stack([m.text_weights_ for m in models])  # (S, C, D)
+    # the fused kernel updates the 16.4M ImageNet key parameters in one pass (7x faster per
+    # step on CPU than the multi-kernel update), and keeps float16 keys' optimiser arithmetic
+    # in float32: the default update's float16 second moment underflows to 0 for gradients
+    # under ~8e-3, turning each step into lr·m/eps (10x too large)
+    optim = torch.optim.AdamW(
+        [keys], lr=first.lr, eps=first.eps, weight_decay=first.weight_decay, fused=True
+    )
+    sched = cosine_per_step(
+        optim, epochs=first.epochs, steps_per_epoch=math.ceil(n / first.batch_size)
+    )
+    generators = seed_generators([m.seed for m in models])
+    vals: list[tuple[Tensor, Tensor] | None] = []
+    for m, task in zip(models, tasks, strict=True):
+        v = task.val
+        if v is None:
+            vals.append(None)
+        else:
+            vals.append((l2_normalize(m._to(v.features)), v.labels.to(m._device)))
+    bests = [KeepBest(ties="first") for _ in models]
+    scale, alpha, beta = first.scale, first.alpha_, first.beta_
+    for epoch in tqdm(range(1, first.epochs + 1), desc="tip-adapter-f", disable=not first.progress):
+        ep = SeedEpochs([shuffled_epoch(n, n_views, first.batch_size, g) for g in generators])
+        for batch in ep.batches:
+            idx, rows = ep.rows(banks, batch)
+            x = l2_normalize(first._to(rows))
+            sim = torch.bmm(x, keys.mT)
+            logits = scale * torch.bmm(x, text.mT) + alpha * class_sum(
+                affinity_from_similarity_(sim, beta), key_labels, c
+            )
+            loss = sum(
+                torch.nn.functional.cross_entropy(logits[s].float(), targets[s][idx[s]])
+                for s in range(len(models))
+            )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            optim.step()
+            sched.step()
+        for s, (m, val) in enumerate(zip(models, vals, strict=True)):
+            if val is not None:
+                with torch.no_grad():
+                    score = m._accuracy(val[0], val[1], keys[s].detach())
+                bests[s].offer(score, epoch, keys[s])
+    for s, (m, val) in enumerate(zip(models, vals, strict=True)):
+        best = bests[s]
+        if val is None:
+            best.keep(m.epochs, keys[s])
+        (m.keys_,), m.best_epoch_ = best.state, best.epoch
+        m._val_history = best.history

@@ -15,6 +15,8 @@ no backbone) with the method's ``quick_params`` and asserts one part of the cont
   ``FewclipError`` subclasses naming the input;
 - ``get_params``/``set_params``/``clone`` follow scikit-learn's rules;
 - a second fit with the same seed gives identical logits;
+- ``fit_seeds`` of copies that differ only in seed gives each copy its own ``fit``'s logits
+  (and batches them when the method sets ``batches_seeds``);
 - legitimate small inputs work or raise a clear ``FewclipError``: one shot with no and with one
   augmented view, two classes, a thousand classes, a class with a single image, no validation;
 - a method that declares ``uses_validation = False`` fits the same with or without one;
@@ -522,6 +524,32 @@ def check_new_classes(cls: type[Method], params: Mapping[str, Any]) -> None:
         assert torch.equal(loaded.logits(x), out), "saved copy differs"
 
 
+def check_seed_batching(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """``fewclip.methods.fit_seeds`` of copies that differ only in seed, on tasks of one shape,
+    leaves each copy as its own ``fit`` does (the same logits within float tolerance, seed by
+    seed: a mix-up of seeds or tasks shows); a method with ``batches_seeds`` batches them."""
+    from fewclip.methods.base import fit_seeds
+
+    seeds, x = (3, 1, 2), _queries()
+    tasks = [make_task(seed=10 + s) for s in seeds]
+    seeded = "seed" in cls._get_param_names()
+
+    def create(seed: int) -> Method:
+        return _create(cls, params, **({"seed": seed} if seeded else {}))
+
+    solo = [create(s).fit(t).logits(x) for s, t in zip(seeds, tasks, strict=True)]
+    copies = [create(s) for s in seeds]
+    together = fit_seeds(copies, tasks)
+    if cls.batches_seeds:
+        assert together == len(seeds), (
+            f"{cls.__name__} sets batches_seeds, but fit_seeds fitted its quick copies one by one"
+        )
+    for s, copy_, ref in zip(seeds, copies, solo, strict=True):
+        torch.testing.assert_close(
+            copy_.logits(x), ref, rtol=1e-5, atol=1e-4, msg=f"seed {s}: batched != solo"
+        )
+
+
 _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_traits,
     check_fit_and_predict,
@@ -541,6 +569,7 @@ _CHECKS: tuple[Callable[[type[Method], Mapping[str, Any]], None], ...] = (
     check_selection,
     check_epoch_selection,
     check_new_classes,
+    check_seed_batching,
 )
 
 
