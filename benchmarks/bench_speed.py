@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_speed [--methods all] [--datasets imagenet,dtd] [--shots 1,16]
                                      [--seeds 1,2,3] [--threads 1] [--jobs 2]
+                                     [--no-batch-seeds]
                                      [--out /tmp/fewclip-bench-speed/results.jsonl]
 
 Grid (defaults): the 11 few-shot benchmarks with their real class counts and train/val/test
@@ -15,6 +16,10 @@ protocol fewshot-val. Features are synthetic: each dataset's calibrated preset
 Tip-Adapter accuracies are RN50's published ones, the rest is free; docs/benchmarks.md),
 generated lazily, only for the rows a plan asks for, so the grid measures the methods, the
 search and the protocol, not the image encoder.
+
+Cells that differ only in seed are fitted as one batched model where the method supports it
+(``run_bench(batch_seeds=True)``; ``--no-batch-seeds`` fits every cell alone); each row
+records ``seeds_batched`` and its share of the batched fit's time.
 
 ``--jobs N`` runs N cells at once, each in a worker process with one torch thread
 (``run_bench(jobs=N)``): on an N-core machine the whole grid in one command.
@@ -177,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
         help="cells run at once in worker processes with one torch thread each (e.g. the "
         "number of cores); --threads then applies to this process only",
     )
+    ap.add_argument(
+        "--no-batch-seeds",
+        action="store_true",
+        help="fit every cell alone (default: cells that differ only in seed are fitted as one "
+        "batched model where the method supports it, run_bench(batch_seeds=True))",
+    )
     args = ap.parse_args(argv)
     if args.jobs < 1:
         raise SystemExit(f"--jobs: expected a positive integer, found {args.jobs}")
@@ -234,7 +245,13 @@ def main(argv: list[str] | None = None) -> None:
         rows = completed_rows(config, args.out)
     else:
         rows = run_bench(
-            config, prepare, args.out, quiet=args.quiet, on_error="skip", jobs=args.jobs
+            config,
+            prepare,
+            args.out,
+            quiet=args.quiet,
+            on_error="skip",
+            jobs=args.jobs,
+            batch_seeds=not args.no_batch_seeds,
         )
     elapsed = time.perf_counter() - t0
 

@@ -28,8 +28,8 @@ ROW_KEYS = {
     "format", "hash", "cell", "method", "dataset", "backbone", "toy", "backbone_note", "shots",
     "seed", "protocol", "leaky", "mark", "accuracy", "n_test", "n_support", "n_val", "val_split",
     "prompts", "n_views", "params", "fitted", "dataset_fingerprint", "data", "versions",
-    "device", "threads", "executor", "jobs", "plan_s", "fit_s", "eval_s", "wall_s", "peak_rss_mib",
-    "peak_rss_scope", "cuda_peak_mib", "timestamp", "checksum",
+    "device", "threads", "executor", "jobs", "seeds_batched", "plan_s", "fit_s", "eval_s",
+    "wall_s", "peak_rss_mib", "peak_rss_scope", "cuda_peak_mib", "timestamp", "checksum",
 }  # fmt: skip
 
 

@@ -70,3 +70,31 @@ def test_keep_going_exit_code_does_not_depend_on_json(opt_data: Path, tmp_path: 
     assert res.returncode == 1, res.stderr  # a failed cell is not a success in JSON mode either
     assert "error: 1 cells failed" in res.stderr
     assert json.loads(res.stdout)["groups"]  # the summary is still printed, as valid JSON
+
+
+def test_batch_seeds_and_no_batch_seeds(opt_data: Path, tmp_path: Path) -> None:
+    """Two seeds of CLIP-Adapter: fitted as one batched model by default (and with
+    --batch-seeds), one by one with --no-batch-seeds; the rows agree but for the record."""
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(
+        f"methods: [clip-adapter]\ndatasets: [{opt_data}]\nshots: [2]\nseeds: [1, 2]\n"
+        f"backbones: [{TINY_BACKBONE}]\nviews: 2\nprotocol: val-free\n"
+        "params: {clip-adapter: {epochs: 3, batch_size: 2}}\n"
+    )
+    store = tmp_path / "store"
+    rows = {}
+    for name, flags in (("default", []), ("on", ["--batch-seeds"]), ("off", ["--no-batch-seeds"])):
+        out = tmp_path / name
+        res = run_fewclip("bench", cfg, "-o", out, "-q", *flags, store=store)
+        assert res.returncode == 0, res.stderr
+        rows[name] = _rows(out)
+    assert [r["seeds_batched"] for r in rows["default"]] == [2, 2]
+    assert [r["seeds_batched"] for r in rows["on"]] == [2, 2]
+    assert [r["seeds_batched"] for r in rows["off"]] == [1, 1]
+    for name in ("default", "on"):
+        for a, b in zip(rows[name], rows["off"], strict=True):
+            assert (a["hash"], a["accuracy"], a["fitted"]) == (
+                b["hash"],
+                b["accuracy"],
+                b["fitted"],
+            )

@@ -103,6 +103,20 @@ def test_a_second_driver_runs_only_the_missing_cells(ray_local, tmp_path, local_
     assert [_result(r) for r in rows] == [_result(r) for r in local_rows]
 
 
+def test_seed_batches_on_ray_give_the_rows_of_cells_run_alone(ray_local, tmp_path):
+    """CLIP-Adapter's seeds fitted as one batched model on an actor: each row is the row of
+    its cell run alone, locally, but for the record of the batching and the timings."""
+    cfg = tiny_config(
+        methods=("clip-adapter",), seeds=(1, 2, 3), params={"clip-adapter": {"epochs": 2}}
+    )
+    rows = run_bench(
+        cfg, CountingPrepare(), tmp_path / "r.jsonl", quiet=True, executor=RayExecutor(workers=2)
+    )
+    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds=False)
+    assert [_result(r) for r in rows] == [_result(r) for r in alone]
+    assert {r["seeds_batched"] for r in rows} == {3}
+
+
 def test_jobs_and_a_ray_executor_are_not_given_together(tmp_path):
     with pytest.raises(ValueError, match="jobs=2: the Ray executor runs cells on its workers"):
         run_bench(

@@ -48,7 +48,16 @@ from fewclip.protocol import FeatureSource, Protocol, build_task, evaluate
 from fewclip.task import FeatureSet
 from fewclip.text_tower import TextTower
 
-__all__ = ["BenchError", "Prepared", "completed_rows", "run_bench", "run_cell", "versions"]
+__all__ = [
+    "BenchError",
+    "Prepared",
+    "completed_rows",
+    "run_bench",
+    "run_cell",
+    "run_seed_batch",
+    "seed_batches",
+    "versions",
+]
 
 
 class BenchError(FewclipError, RuntimeError):
@@ -328,12 +337,7 @@ def run_cell(
     if cell.views is not None:
         source = _ViewLimit(source, cell.views, cell.dataset)  # type: ignore[assignment]
     params = methods.run_params(cell.method, cell.params, seed=cell.seed, device=device)
-    meta = {
-        "dataset": cell.dataset,
-        "backbone": cell.backbone,
-        "prompts": cell.prompts,
-        "fingerprint": prepared.fingerprint,
-    }
+    meta = _meta(cell, prepared)
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -348,6 +352,15 @@ def run_cell(
     else:
         out = _run_standard(cell, prepared, source, params, meta, clock, eval_rows)
     return _row(cell, prepared, out, clock, rss, device, cuda)
+
+
+def _meta(cell: Cell, prepared: Prepared) -> dict[str, Any]:
+    return {
+        "dataset": cell.dataset,
+        "backbone": cell.backbone,
+        "prompts": cell.prompts,
+        "fingerprint": prepared.fingerprint,
+    }
 
 
 class _Clock:
@@ -387,6 +400,22 @@ def _run_standard(
 ) -> CellOutcome:
     from fewclip import methods
 
+    plan, task = _plan_task(cell, prepared, source, meta)
+    model = methods.create(cell.method, **params)
+    clock.mark()
+    model.fit(task)
+    clock.mark()
+    result = _evaluate(model, prepared, source, plan, meta, eval_rows)
+    clock.mark()
+    return CellOutcome(plan, task, model, result)
+
+
+def _plan_task(
+    cell: Cell, prepared: Prepared, source: FeatureSource, meta: Mapping[str, Any]
+) -> tuple[Any, Any]:
+    """The cell's plan (its draw of support and validation images) and the task built on it."""
+    from fewclip import methods
+
     proto = Protocol(cell.protocol, **dict(cell.protocol_options))
     plan = proto.plan_source(
         source, shots=cell.shots, seed=cell.seed, classnames=list(prepared.classnames)
@@ -403,13 +432,20 @@ def _run_standard(
         meta=meta,
         text_tower=prepared.text_tower,
     )
-    model = methods.create(cell.method, **params)
-    clock.mark()
-    model.fit(task)
-    clock.mark()
+    return plan, task
+
+
+def _evaluate(
+    model: Any,
+    prepared: Prepared,
+    source: FeatureSource,
+    plan: Any,
+    meta: Mapping[str, Any],
+    eval_rows: int | None,
+) -> Any:
     scored = model if eval_rows is None else _ChunkedLogits(model, eval_rows)
     names = prepared.classnames if prepared.class_index is None else prepared.class_index
-    result = evaluate(
+    return evaluate(
         scored,
         source,
         plan,
@@ -417,8 +453,143 @@ def _run_standard(
         n_classes=len(names),
         meta=meta,
     )
-    clock.mark()
-    return CellOutcome(plan, task, model, result)
+
+
+# -- cells that differ only in seed -------------------------------------------------------
+def seed_batches(cells: Sequence[Cell], *, batch_seeds: bool = True) -> list[list[Cell]]:
+    """The units ``run_bench`` runs: cells that differ only in ``seed`` (same method, dataset,
+    backbone, shots, protocol, parameters, views and prompts) together, when ``batch_seeds``
+    and their method batches seeds (``Method.batches_seeds``; standard protocols only); every
+    other cell alone. Units come in the order of their first cell, cells within a unit in the
+    given order."""
+    from fewclip import methods
+    from fewclip.generalisation import GENERALISATION_PROTOCOLS
+
+    units: dict[str, list[Cell]] = {}
+    for cell in cells:
+        key = cell.hash
+        if batch_seeds and cell.protocol not in GENERALISATION_PROTOCOLS:
+            try:
+                batches = methods.get(cell.method).batches_seeds
+            except FewclipError:  # an unknown method fails in its own cell
+                batches = False
+            if batches:
+                key = canonical_json({**cell.to_dict(), "seed": None})
+        units.setdefault(key, []).append(cell)
+    return list(units.values())
+
+
+def _run_unit(
+    cells: Sequence[Cell], prepared: Prepared, device: str, eval_rows: int | None
+) -> list[tuple[Cell, dict[str, Any] | Exception]]:
+    """Each cell's row, or the exception it raised: one cell through :func:`run_cell`, a seed
+    batch through :func:`run_seed_batch`."""
+    if len(cells) == 1:
+        try:
+            return [(cells[0], run_cell(cells[0], prepared, device=device, eval_rows=eval_rows))]
+        except Exception as e:
+            return [(cells[0], e)]
+    return run_seed_batch(cells, prepared, device=device, eval_rows=eval_rows)
+
+
+def run_seed_batch(
+    cells: Sequence[Cell],
+    prepared: Prepared,
+    *,
+    device: str = "cpu",
+    eval_rows: int | None = 8192,
+) -> list[tuple[Cell, dict[str, Any] | Exception]]:
+    """Run cells that differ only in seed, fitting their methods as one batched model
+    (:func:`fewclip.methods.fit_seeds`), and return each cell's row or the exception it
+    raised, in the order of ``cells``.
+
+    Each cell is planned, its task built and its model evaluated as :func:`run_cell` does; the
+    rows equal :func:`run_cell`'s except the timings and memory: ``seeds_batched`` is the
+    number of seeds fitted together (1 when :func:`fewclip.methods.seeds_batchable` refuses
+    them, and each is then fitted and timed on its own), each row's ``fit_s`` is the batched
+    fit's time divided by that number, and ``peak_rss_mib`` is the whole batch's high-water
+    mark (``peak_rss_scope`` ``"seeds"``). A cell whose plan fails gets its exception and
+    the others go on; a batched fit that fails is every batched cell's exception.
+    """
+    from fewclip import methods
+
+    out: dict[int, dict[str, Any] | Exception] = {}
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rss = _PeakRSS()
+    ready: list[_Seed] = []
+    for i, cell in enumerate(cells):
+        source: FeatureSource = prepared.source
+        if cell.views is not None:
+            source = _ViewLimit(source, cell.views, cell.dataset)  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        try:
+            params = methods.run_params(cell.method, cell.params, seed=cell.seed, device=device)
+            meta = _meta(cell, prepared)
+            plan, task = _plan_task(cell, prepared, source, meta)
+            model = methods.create(cell.method, **params)
+        except Exception as e:
+            out[i] = e
+            continue
+        ready.append(_Seed(i, cell, source, meta, plan, task, model, time.perf_counter() - t0))
+    models, tasks = [r.model for r in ready], [r.task for r in ready]
+    together = methods.seeds_batchable(models, tasks)
+    if together:
+        t0 = _sync_time(cuda)
+        try:
+            methods.fit_seeds(models, tasks)
+        except Exception as e:
+            out.update((r.index, e) for r in ready)
+            ready = []
+        share = (_sync_time(cuda) - t0) / max(1, len(ready))
+        for r in ready:
+            r.fit_s = share
+    else:
+        for r in list(ready):
+            t0 = _sync_time(cuda)
+            try:
+                r.model.fit(r.task)
+            except Exception as e:
+                out[r.index] = e
+                ready.remove(r)
+                continue
+            r.fit_s = _sync_time(cuda) - t0
+    for r in ready:
+        t0 = _sync_time(cuda)
+        try:
+            result = _evaluate(r.model, prepared, r.source, r.plan, r.meta, eval_rows)
+        except Exception as e:
+            out[r.index] = e
+            continue
+        clock = _Clock(cuda)
+        fitted = r.plan_s + r.fit_s
+        clock.marks = [0.0, r.plan_s, fitted, fitted + _sync_time(cuda) - t0]
+        outcome = CellOutcome(r.plan, r.task, r.model, result)
+        seeds = len(models) if together else 1
+        out[r.index] = _row(r.cell, prepared, outcome, clock, rss, device, cuda, seeds=seeds)
+    return [(cell, out[i]) for i, cell in enumerate(cells)]
+
+
+@dataclass
+class _Seed:
+    """One cell of a seed batch between planning and its row."""
+
+    index: int
+    cell: Cell
+    source: FeatureSource
+    meta: dict[str, Any]
+    plan: Any
+    task: Any
+    model: Any
+    plan_s: float
+    fit_s: float = 0.0
+
+
+def _sync_time(cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def _row(
@@ -429,6 +600,8 @@ def _row(
     rss: _PeakRSS,
     device: str,
     cuda: bool,
+    *,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     t0, t1, t2, t3 = clock.marks
     plan, task, model, result = out.plan, out.task, out.model, out.result
@@ -461,12 +634,13 @@ def _row(
         "versions": versions(),
         "device": device,
         "threads": torch.get_num_threads(),
+        "seeds_batched": seeds,
         "plan_s": round(t1 - t0, 4),
         "fit_s": round(t2 - t1, 4),
         "eval_s": round(t3 - t2, 4),
         "wall_s": round(t3 - t0, 4),
         "peak_rss_mib": round(rss.mib(), 1),
-        "peak_rss_scope": rss.scope,
+        "peak_rss_scope": "seeds" if seeds > 1 and rss.scope == "cell" else rss.scope,
         "cuda_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -505,6 +679,7 @@ def run_bench(
     eval_rows: int | None = 8192,
     jobs: int = 1,
     executor: Executor | None = None,
+    batch_seeds: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every cell of ``config`` not yet in ``out_jsonl``; return the rows of all its cells.
 
@@ -538,6 +713,12 @@ def run_bench(
             dies is run again on another actor (at most ``max_retries`` times) and gives one
             row; rows equal a local run's except timings, ``threads``, ``jobs`` and
             ``executor``.
+        batch_seeds: cells that differ only in seed run together, their methods fitted as one
+            batched model where the method supports it (``Method.batches_seeds``: stacked
+            parameters, each seed with its own random streams; :func:`seed_batches`,
+            :func:`run_seed_batch`); each row then equals the row of its cell run alone
+            except the timings and memory, and records ``seeds_batched``. ``False``: every
+            cell runs alone. A resumed run batches the seeds still to run.
 
     Returns:
         One row per cell of ``config`` that has a result, in ``config.cells()`` order
@@ -628,14 +809,15 @@ def run_bench(
                     failures += [(c, e) for c in group]
                     bar.update(len(group))
                     continue
+                units = seed_batches(group, batch_seeds=batch_seeds)
                 if ray_executor is not None:
                     outcomes = _ray_outcomes(
-                        group, prepared, config.device, eval_rows, ray_executor
+                        units, prepared, config.device, eval_rows, ray_executor
                     )
                 elif jobs == 1:
-                    outcomes = _serial_outcomes(group, prepared, config.device, eval_rows, bar)
+                    outcomes = _serial_outcomes(units, prepared, config.device, eval_rows, bar)
                 else:
-                    outcomes = _parallel_outcomes(group, prepared, config.device, eval_rows, jobs)
+                    outcomes = _parallel_outcomes(units, prepared, config.device, eval_rows, jobs)
                 # closing: an error to raise or Ctrl-C stops the workers at once
                 with contextlib.closing(outcomes):
                     for cell, outcome in outcomes:
@@ -654,7 +836,7 @@ def run_bench(
                         else:
                             outcome["executor"] = "ray" if ray_executor else "local"
                             outcome["jobs"] = (
-                                _ray_pool_size(ray_executor, len(group), config.device)
+                                _ray_pool_size(ray_executor, len(units), config.device)
                                 if ray_executor
                                 else jobs
                             )
@@ -680,22 +862,25 @@ def run_bench(
 
 
 def _serial_outcomes(
-    cells: Sequence[Cell], prepared: Prepared, device: str, eval_rows: int | None, bar: Any
+    units: Sequence[Sequence[Cell]],
+    prepared: Prepared,
+    device: str,
+    eval_rows: int | None,
+    bar: Any,
 ) -> _Outcomes:
-    """Each cell's row, or the exception it raised, running in this process."""
-    for cell in cells:
+    """Each cell's row, or the exception it raised, running unit by unit in this process."""
+    for unit in units:
+        cell = unit[0]
+        seeds = ",".join(str(c.seed) for c in unit)
         bar.set_postfix_str(
-            f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} seed={cell.seed}",
+            f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} seed={seeds}",
             refresh=True,
         )
-        try:
-            yield cell, run_cell(cell, prepared, device=device, eval_rows=eval_rows)
-        except Exception as e:
-            yield cell, e
+        yield from _run_unit(unit, prepared, device, eval_rows)
 
 
-#: What forked workers read: (cells, prepared, device, eval_rows), set only while a pool runs.
-_FORKED: tuple[Sequence[Cell], Prepared, str, int | None] | None = None
+#: What forked workers read: (units, prepared, device, eval_rows), set only while a pool runs.
+_FORKED: tuple[Sequence[Sequence[Cell]], Prepared, str, int | None] | None = None
 
 
 def _init_worker(parent: int) -> None:
@@ -718,49 +903,62 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _run_forked_cell(i: int) -> tuple[int, dict[str, Any] | BaseException]:
+def _run_forked_unit(i: int) -> tuple[int, list[tuple[int, dict[str, Any] | Exception]]]:
     assert _FORKED is not None, "a bench worker was started outside run_bench"
-    cells, prepared, device, eval_rows = _FORKED
-    try:
-        return i, run_cell(cells[i], prepared, device=device, eval_rows=eval_rows)
-    except Exception as e:
-        try:  # the exception travels back pickled; some cannot be rebuilt on the other side
-            pickle.loads(pickle.dumps(e))
-        except Exception:
-            return i, RuntimeError(f"{type(e).__name__}: {e}")
-        return i, e
+    units, prepared, device, eval_rows = _FORKED
+    out: list[tuple[int, dict[str, Any] | Exception]] = []
+    for j, (_, outcome) in enumerate(_run_unit(units[i], prepared, device, eval_rows)):
+        if isinstance(outcome, Exception):
+            try:  # the exception travels back pickled; some cannot be rebuilt on the other side
+                pickle.loads(pickle.dumps(outcome))
+            except Exception:
+                outcome = RuntimeError(f"{type(outcome).__name__}: {outcome}")
+        out.append((j, outcome))
+    return i, out
+
+
+def _longest_first(units: Sequence[Sequence[Cell]]) -> list[int]:
+    """Unit indices by decreasing shots, then decreasing seeds fitted together (stable): the
+    longest work first keeps the workers evenly loaded."""
+    return sorted(range(len(units)), key=lambda i: (-units[i][0].shots, -len(units[i])))
 
 
 def _parallel_outcomes(
-    cells: Sequence[Cell], prepared: Prepared, device: str, eval_rows: int | None, jobs: int
+    units: Sequence[Sequence[Cell]],
+    prepared: Prepared,
+    device: str,
+    eval_rows: int | None,
+    jobs: int,
 ) -> _Outcomes:
-    """Each cell's row, or its exception, from ``jobs`` forked workers, in completion order.
+    """Each cell's row, or its exception, from ``jobs`` forked workers that each run a unit
+    (one cell or a seed batch), in completion order.
 
-    The cells with the most shots go first (longest first keeps the workers evenly loaded).
-    If the generator is closed early (an error to raise, Ctrl-C), unstarted cells are dropped
+    The units with the most shots go first (longest first keeps the workers evenly loaded).
+    If the generator is closed early (an error to raise, Ctrl-C), unstarted units are dropped
     and the workers are killed.
     """
     global _FORKED
-    order = sorted(range(len(cells)), key=lambda i: -cells[i].shots)  # stable
-    _FORKED = (cells, prepared, device, eval_rows)
+    order = _longest_first(units)
+    _FORKED = (units, prepared, device, eval_rows)
     pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(cells)),
+        max_workers=min(jobs, len(units)),
         mp_context=multiprocessing.get_context("fork"),
         initializer=_init_worker,
         initargs=(os.getpid(),),
     )
     clean = False
     try:
-        futures = [pool.submit(_run_forked_cell, i) for i in order]
+        futures = [pool.submit(_run_forked_unit, i) for i in order]
         for future in as_completed(futures):
             try:
-                i, outcome = future.result()
+                i, outcomes = future.result()
             except BrokenProcessPool as e:
                 raise BenchError(
                     f"a bench worker process died ({e}); the cells it was running are not "
                     "recorded (out of memory? try fewer jobs); a later run retries them"
                 ) from None
-            yield cells[i], outcome
+            for j, outcome in outcomes:
+                yield units[i][j], outcome
         clean = True
     finally:
         if not clean:
@@ -770,13 +968,17 @@ def _parallel_outcomes(
         _FORKED = None
 
 
-def _ray_setup(payload: tuple[Sequence[Cell], Prepared, str, int | None]) -> Any:
+def _ray_setup(
+    payload: tuple[Sequence[Sequence[Cell]], Prepared, str, int | None],
+) -> Any:
     return payload
 
 
-def _ray_run_cell(payload: tuple[Sequence[Cell], Prepared, str, int | None], i: int) -> Any:
-    cells, prepared, device, eval_rows = payload
-    return run_cell(cells[i], prepared, device=device, eval_rows=eval_rows)
+def _ray_run_unit(
+    payload: tuple[Sequence[Sequence[Cell]], Prepared, str, int | None], i: int
+) -> Any:
+    units, prepared, device, eval_rows = payload
+    return [outcome for _, outcome in _run_unit(units[i], prepared, device, eval_rows)]
 
 
 def _gpus_per_worker(device: str) -> float:
@@ -788,26 +990,33 @@ def _ray_pool_size(executor: RayExecutor, n_cells: int, device: str) -> int:
 
 
 def _ray_outcomes(
-    cells: Sequence[Cell],
+    units: Sequence[Sequence[Cell]],
     prepared: Prepared,
     device: str,
     eval_rows: int | None,
     executor: RayExecutor,
 ) -> _Outcomes:
-    """Each cell's row, or its exception, from a pool of Ray actors, in completion order
-    (most shots first, as with local jobs). A cell's exception comes back as its outcome; a
-    worker's death makes the executor run the cell again elsewhere."""
-    order = sorted(range(len(cells)), key=lambda i: -cells[i].shots)  # stable
+    """Each cell's row, or its exception, from a pool of Ray actors that each run a unit (one
+    cell or a seed batch), in completion order (most shots first, as with local jobs). A
+    cell's exception comes back as its outcome; a worker's death makes the executor run the
+    unit again elsewhere."""
+    order = _longest_first(units)
     results = executor.map(
         _ray_setup,
-        (cells, prepared, device, eval_rows),
-        _ray_run_cell,
+        (units, prepared, device, eval_rows),
+        _ray_run_unit,
         order,
         gpus_per_worker=_gpus_per_worker(device),
     )
     with contextlib.closing(results):
-        for k, outcome in results:
-            yield cells[order[k]], outcome
+        for k, outcomes in results:
+            unit = units[order[k]]
+            if isinstance(outcomes, BaseException):
+                for cell in unit:
+                    yield cell, outcomes
+                continue
+            for cell, outcome in zip(unit, outcomes, strict=True):
+                yield cell, outcome
 
 
 def completed_rows(config: BenchConfig, out_jsonl: str | os.PathLike[str]) -> list[dict[str, Any]]:

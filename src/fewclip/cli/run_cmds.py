@@ -38,6 +38,16 @@ JOBS_HELP = (
     "number of cores)."
 )
 
+BATCH_SEEDS_OPTION = typer.Option(
+    True,
+    "--batch-seeds/--no-batch-seeds",
+    help=(
+        "Fit cells that differ only in seed as one batched model where the method supports it "
+        "(clip-adapter, tip-adapter-f); each row records seeds_batched. --no-batch-seeds fits "
+        "every cell alone."
+    ),
+)
+
 #: What a bench / reproduce / demo run writes into its --out folder (file names or patterns): an
 #: unmarked folder holding only these (from an older fewclip) is adopted; anything else is refused.
 BENCH_FILES = (
@@ -382,6 +392,7 @@ def bench(
     executor: str = EXECUTOR_OPTION,
     ray_address: str | None = RAY_ADDRESS_OPTION,
     ray_workers: int | None = RAY_WORKERS_OPTION,
+    batch_seeds: bool = BATCH_SEEDS_OPTION,
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -457,6 +468,7 @@ def bench(
             progress=not quiet,
             on_error="skip" if keep_going else "raise",
             executor=runner,
+            batch_seeds=batch_seeds,
         )
     summary = _report(rows, list(cfg.methods), out, as_json)  # -q still prints the table
     _plot(summary, out / "accuracy_vs_shots", quiet)
@@ -489,6 +501,7 @@ def reproduce(
     executor: str = EXECUTOR_OPTION,
     ray_address: str | None = RAY_ADDRESS_OPTION,
     ray_workers: int | None = RAY_WORKERS_OPTION,
+    batch_seeds: bool = BATCH_SEEDS_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Reproduce Tip-Adapter / CLIP-Adapter on the 11 datasets and print paper vs ours.
@@ -552,7 +565,13 @@ def reproduce(
                 progress=False if quiet else None,
             )
             all_rows += run_bench(
-                c, prepare, out / "results.jsonl", quiet=quiet, progress=not quiet, executor=runner
+                c,
+                prepare,
+                out / "results.jsonl",
+                quiet=quiet,
+                progress=not quiet,
+                executor=runner,
+                batch_seeds=batch_seeds,
             )
     summary = _report(all_rows, list(cfg_all.methods), out, True)
     _plot(summary, out / "accuracy_vs_shots", quiet)
