@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_speed [--methods all] [--datasets imagenet,dtd] [--shots 1,16]
                                      [--seeds 1,2,3] [--threads 1] [--jobs 2]
-                                     [--no-batch-seeds]
+                                     [--batch-seeds auto|always|never]
                                      [--out /tmp/fewclip-bench-speed/results.jsonl]
 
 Grid (defaults): the 11 few-shot benchmarks with their real class counts and train/val/test
@@ -17,9 +17,10 @@ Tip-Adapter accuracies are RN50's published ones, the rest is free; docs/benchma
 generated lazily, only for the rows a plan asks for, so the grid measures the methods, the
 search and the protocol, not the image encoder.
 
-Cells that differ only in seed are fitted as one batched model where the method supports it
-(``run_bench(batch_seeds=True)``; ``--no-batch-seeds`` fits every cell alone); each row
-records ``seeds_batched`` and its share of the batched fit's time.
+``--batch-seeds always`` fits the cells that differ only in seed as one batched model wherever
+the method can (``auto``, the default: where the method says it is faster, which is not on a
+CPU; ``never``: every cell alone); each row records ``seeds_batched`` and its share of the
+batched fit's time.
 
 ``--jobs N`` runs N cells at once, each in a worker process with one torch thread
 (``run_bench(jobs=N)``): on an N-core machine the whole grid in one command.
@@ -183,10 +184,12 @@ def main(argv: list[str] | None = None) -> None:
         "number of cores); --threads then applies to this process only",
     )
     ap.add_argument(
-        "--no-batch-seeds",
-        action="store_true",
-        help="fit every cell alone (default: cells that differ only in seed are fitted as one "
-        "batched model where the method supports it, run_bench(batch_seeds=True))",
+        "--batch-seeds",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="cells that differ only in seed fitted as one batched model: where the method says "
+        "it is faster (auto: not on a CPU), wherever it can (always) or never "
+        "(run_bench(batch_seeds=...))",
     )
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             quiet=args.quiet,
             on_error="skip",
             jobs=args.jobs,
-            batch_seeds=not args.no_batch_seeds,
+            batch_seeds=args.batch_seeds,
         )
     elapsed = time.perf_counter() - t0
 

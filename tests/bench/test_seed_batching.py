@@ -1,6 +1,8 @@
-"""run_bench with seed batching (the default): cells that differ only in seed fit as one batched
-model, and every row equals the row of its cell run alone except timings and memory, serially,
-with forked workers and when resuming a half-finished batch."""
+"""run_bench with seed batching: cells that differ only in seed fit as one batched model
+(``batch_seeds="always"``; ``"auto"``, the default, batches only where the method says it is
+faster, which is not on a CPU), and every row equals the row of its cell run alone except
+timings and memory, serially, with forked workers, on Ray and when resuming a half-finished
+batch."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 
 from fewclip.bench import read_rows, run_bench
 from fewclip.bench.runner import run_cell, run_seed_batch, seed_batches
+from fewclip.errors import InvalidValueError
 from fewclip.methods.clip_adapter import CLIPAdapter
 
 from .conftest import FAST, CountingPrepare, tiny_config
@@ -50,7 +53,7 @@ def _assert_rows_equal(batched, alone):
 
 def test_seed_batches_group_cells_that_differ_only_in_seed():
     cells = list(_config().cells())
-    units = seed_batches(cells)
+    units = seed_batches(cells, batch_seeds="always")
     assert sum(len(u) for u in units) == len(cells)
     assert sorted(c.hash for u in units for c in u) == sorted(c.hash for c in cells)
     for unit in units:
@@ -64,20 +67,22 @@ def test_seed_batches_group_cells_that_differ_only_in_seed():
     # order of the first cell of each unit: the config's
     firsts = [u[0] for u in units]
     assert firsts == sorted(firsts, key=cells.index)
-    assert all(len(u) == 1 for u in seed_batches(cells, batch_seeds=False))
+    assert all(len(u) == 1 for u in seed_batches(cells, batch_seeds="never"))
     # other parameters, shots or datasets are other units
     assert len([u for u in units if u[0].method == "clip-adapter"]) == 2 * 2  # 2 datasets x 2 K
 
 
 def test_generalisation_protocols_run_cells_alone():
     cells = list(_config(protocol="base-to-new").cells())
-    assert all(len(u) == 1 for u in seed_batches(cells))
+    assert all(len(u) == 1 for u in seed_batches(cells, batch_seeds="always"))
 
 
 def test_batched_rows_equal_the_rows_of_cells_run_alone(tmp_path):
     cfg = _config()
-    batched = run_bench(cfg, CountingPrepare(), tmp_path / "b.jsonl", quiet=True)
-    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds=False)
+    batched = run_bench(
+        cfg, CountingPrepare(), tmp_path / "b.jsonl", quiet=True, batch_seeds="always"
+    )
+    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds="never")
     _assert_rows_equal(batched, alone)
     on_disk = {r["hash"]: r for r in read_rows(tmp_path / "b.jsonl")}
     assert [on_disk[r["hash"]] for r in batched] == batched
@@ -102,7 +107,7 @@ def test_a_seed_batch_gives_the_rows_of_run_cell():
     cfg = _config(datasets=("alpha",), shots=(3,), methods=("tip-adapter-f",))
     prepared = CountingPrepare()("alpha", "toy")
     cells = list(cfg.cells())
-    together = run_seed_batch(cells, prepared)
+    together = run_seed_batch(cells, prepared, force=True)
     assert [c for c, _ in together] == cells
     for cell, row in together:
         assert isinstance(row, dict)
@@ -110,7 +115,7 @@ def test_a_seed_batch_gives_the_rows_of_run_cell():
         assert _what(row) == _what(run_cell(cell, prepared))
     # given out of order, each cell still gets its own row
     shuffled = [cells[2], cells[0], cells[1]]
-    for cell, row in run_seed_batch(shuffled, prepared):
+    for cell, row in run_seed_batch(shuffled, prepared, force=True):
         assert isinstance(row, dict)
         assert row["seed"] == cell.seed
         assert _what(row) == _what(dict(together)[cell])
@@ -118,8 +123,10 @@ def test_a_seed_batch_gives_the_rows_of_run_cell():
 
 def test_parallel_batched_rows_equal_the_rows_of_cells_run_alone(tmp_path):
     cfg = _config()
-    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds=False)
-    parallel = run_bench(cfg, CountingPrepare(), tmp_path / "p.jsonl", quiet=True, jobs=2)
+    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds="never")
+    parallel = run_bench(
+        cfg, CountingPrepare(), tmp_path / "p.jsonl", quiet=True, jobs=2, batch_seeds="always"
+    )
     _assert_rows_equal(parallel, alone)
     assert all(r["jobs"] == 2 and r["threads"] == 1 for r in parallel)
     assert {r["seeds_batched"] for r in parallel if r["method"] in BATCHED} == {3}
@@ -134,9 +141,9 @@ def test_a_half_finished_batch_resumes_with_the_seeds_left(tmp_path, jobs):
     together and leaves seed 2's row as it was."""
     cfg = _config()
     out = tmp_path / "r.jsonl"
-    first = run_bench(_config(seeds=(2,)), CountingPrepare(), out, quiet=True, batch_seeds=False)
-    rows = run_bench(cfg, CountingPrepare(), out, quiet=True, jobs=jobs)
-    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds=False)
+    first = run_bench(_config(seeds=(2,)), CountingPrepare(), out, quiet=True, batch_seeds="never")
+    rows = run_bench(cfg, CountingPrepare(), out, quiet=True, jobs=jobs, batch_seeds="always")
+    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds="never")
     _assert_rows_equal(rows, alone)
     assert [r for r in rows if r["seed"] == 2] == first
     for r in rows:
@@ -152,21 +159,25 @@ def test_a_failing_batched_fit_fails_its_cells_only(tmp_path, monkeypatch):
     monkeypatch.setattr(CLIPAdapter, "_fit_seeds", classmethod(broken))
     cfg = _config(datasets=("alpha",), shots=(1,))
     with pytest.raises(RuntimeError, match="broken batch"):
-        run_bench(cfg, CountingPrepare(), tmp_path / "raise.jsonl", quiet=True)
+        run_bench(
+            cfg, CountingPrepare(), tmp_path / "raise.jsonl", quiet=True, batch_seeds="always"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = run_bench(
-            cfg, CountingPrepare(), tmp_path / "skip.jsonl", quiet=True, on_error="skip"
-        )
+            cfg, CountingPrepare(), tmp_path / "skip.jsonl", quiet=True, on_error="skip",
+            batch_seeds="always",
+        )  # fmt: skip
     assert sorted({r["method"] for r in rows}) == ["tip-adapter-f", "zero-shot"]
     failed = [str(w.message) for w in caught if "broken batch" in str(w.message)]
     assert len(failed) == 3
     assert all("clip-adapter" in m for m in failed)
-    # --no-batch-seeds does not touch the batched fit
-    rows = run_bench(
-        cfg, CountingPrepare(), tmp_path / "alone.jsonl", quiet=True, batch_seeds=False
-    )
-    assert len(rows) == cfg.n_cells
+    # neither "never" nor "auto" on a CPU touches the batched fit
+    for mode in ("never", "auto"):
+        rows = run_bench(
+            cfg, CountingPrepare(), tmp_path / f"{mode}.jsonl", quiet=True, batch_seeds=mode
+        )
+        assert len(rows) == cfg.n_cells
 
 
 def test_a_seed_whose_plan_fails_leaves_the_others_batched(tmp_path):
@@ -178,7 +189,7 @@ def test_a_seed_whose_plan_fails_leaves_the_others_batched(tmp_path):
     cells = list(cfg.cells())
     bad = _config(datasets=("alpha",), shots=(500,), methods=("clip-adapter",))
     broken = next(iter(bad.cells()))
-    out = run_seed_batch([cells[0], broken, cells[1]], prepared)
+    out = run_seed_batch([cells[0], broken, cells[1]], prepared, force=True)
     assert isinstance(out[1][1], Exception)
     for cell, row in (out[0], out[2]):
         assert isinstance(row, dict)
@@ -207,11 +218,32 @@ def test_units_on_ray_actors_give_each_cell_its_row():
     cfg = _config(datasets=("alpha",), shots=(3,))
     prepared = CountingPrepare()("alpha", "toy")
     cells = list(cfg.cells())
-    units = seed_batches(cells)
-    got = dict(_ray_outcomes(units, prepared, "cpu", 8192, _InlineRay()))  # type: ignore[arg-type]
+    units = seed_batches(cells, batch_seeds="always")
+    got = dict(_ray_outcomes(units, prepared, "cpu", 8192, _InlineRay(), True))  # type: ignore[arg-type]
     assert sorted(c.hash for c in got) == sorted(c.hash for c in cells)
     for cell in cells:
         row = got[cell]
         assert isinstance(row, dict)
         assert row["seeds_batched"] == (3 if cell.method in BATCHED else 1)
         assert _what(row) == _what(run_cell(cell, prepared))
+
+
+def test_auto_batches_where_the_method_says_it_pays(tmp_path):
+    """The default: not on a CPU (each cell alone, as before), on an accelerator yes; a bad
+    mode is named."""
+    cfg = _config(datasets=("alpha",), shots=(1,))
+    cells = list(cfg.cells())
+    assert all(len(u) == 1 for u in seed_batches(cells))
+    assert all(len(u) == 1 for u in seed_batches(cells, device="cpu", batch_seeds="auto"))
+    on_gpu = seed_batches(cells, device="cuda")
+    assert sorted(len(u) for u in on_gpu) == [1, 1, 1, 3, 3]
+    rows = run_bench(cfg, CountingPrepare(), tmp_path / "auto.jsonl", quiet=True)
+    alone = run_bench(
+        cfg, CountingPrepare(), tmp_path / "never.jsonl", quiet=True, batch_seeds="never"
+    )
+    assert {r["seeds_batched"] for r in rows} == {1}
+    _assert_rows_equal(rows, alone)
+    with pytest.raises(InvalidValueError, match="batch_seeds: expected one of auto"):
+        run_bench(cfg, CountingPrepare(), tmp_path / "bad.jsonl", batch_seeds="yes")
+    with pytest.raises(InvalidValueError, match="batch_seeds"):
+        seed_batches(cells, batch_seeds=True)  # type: ignore[arg-type]

@@ -72,9 +72,10 @@ def test_keep_going_exit_code_does_not_depend_on_json(opt_data: Path, tmp_path: 
     assert json.loads(res.stdout)["groups"]  # the summary is still printed, as valid JSON
 
 
-def test_batch_seeds_and_no_batch_seeds(opt_data: Path, tmp_path: Path) -> None:
-    """Two seeds of CLIP-Adapter: fitted as one batched model by default (and with
-    --batch-seeds), one by one with --no-batch-seeds; the rows agree but for the record."""
+def test_batch_seeds(opt_data: Path, tmp_path: Path) -> None:
+    """Two seeds of CLIP-Adapter: one by one by default on the CPU (auto) and with
+    --batch-seeds never, as one batched model with --batch-seeds always; the rows agree but for
+    the record. Another value is a usage error."""
     cfg = tmp_path / "grid.yaml"
     cfg.write_text(
         f"methods: [clip-adapter]\ndatasets: [{opt_data}]\nshots: [2]\nseeds: [1, 2]\n"
@@ -83,18 +84,25 @@ def test_batch_seeds_and_no_batch_seeds(opt_data: Path, tmp_path: Path) -> None:
     )
     store = tmp_path / "store"
     rows = {}
-    for name, flags in (("default", []), ("on", ["--batch-seeds"]), ("off", ["--no-batch-seeds"])):
+    for name, flags in (
+        ("default", []),
+        ("always", ["--batch-seeds", "always"]),
+        ("never", ["--batch-seeds", "never"]),
+    ):
         out = tmp_path / name
         res = run_fewclip("bench", cfg, "-o", out, "-q", *flags, store=store)
         assert res.returncode == 0, res.stderr
         rows[name] = _rows(out)
-    assert [r["seeds_batched"] for r in rows["default"]] == [2, 2]
-    assert [r["seeds_batched"] for r in rows["on"]] == [2, 2]
-    assert [r["seeds_batched"] for r in rows["off"]] == [1, 1]
-    for name in ("default", "on"):
-        for a, b in zip(rows[name], rows["off"], strict=True):
+    assert [r["seeds_batched"] for r in rows["default"]] == [1, 1]
+    assert [r["seeds_batched"] for r in rows["always"]] == [2, 2]
+    assert [r["seeds_batched"] for r in rows["never"]] == [1, 1]
+    for name in ("default", "always"):
+        for a, b in zip(rows[name], rows["never"], strict=True):
             assert (a["hash"], a["accuracy"], a["fitted"]) == (
                 b["hash"],
                 b["accuracy"],
                 b["fitted"],
             )
+    res = run_fewclip("bench", cfg, "-o", tmp_path / "bad", "--batch-seeds", "yes", store=store)
+    assert res.returncode == 2
+    assert "expected auto, always or never" in res.stderr

@@ -1,6 +1,7 @@
 """Seeds fitted as one batched model (``fewclip.methods.fit_seeds``): each seed of a batch ends
 as its solo fit (fitted tensors, chosen values, validation history, logits), whatever the
-shots, dtype and seed order; what cannot be batched is fitted alone, with the same results."""
+shots, dtype and seed order; what cannot be batched is fitted alone, with the same results.
+On a CPU the built-in methods batch only when forced (``force=True``: slower there)."""
 
 import pytest
 import torch
@@ -82,8 +83,8 @@ def test_each_seed_of_a_batch_equals_its_solo_fit(one_thread, name, shots, dtype
     dname = str(dtype).removeprefix("torch.")
     solo = [_create(name, s, dname).fit(t) for s, t in zip(seeds, tasks, strict=True)]
     batch = [_create(name, s, dname) for s in seeds]
-    assert methods.seeds_batchable(batch, tasks)
-    assert methods.fit_seeds(batch, tasks) == 3
+    assert methods.seeds_batchable(batch, tasks, force=True)
+    assert methods.fit_seeds(batch, tasks, force=True) == 3
     for s, b, ref in zip(seeds, batch, solo, strict=True):
         _assert_same(b, ref, dtype, f"{name} seed {s}, {shots} shots, {dtype}")
     # the check can fail: the seeds' fits differ from one another
@@ -97,7 +98,7 @@ def test_float16_seeds_batch_as_they_fit_alone(one_thread, name):
     tasks = _tasks(seeds)
     solo = [_create(name, s, "float16").fit(t) for s, t in zip(seeds, tasks, strict=True)]
     batch = [_create(name, s, "float16") for s in seeds]
-    assert methods.fit_seeds(batch, tasks) == 2
+    assert methods.fit_seeds(batch, tasks, force=True) == 2
     for b, ref in zip(batch, solo, strict=True):
         _assert_same(b, ref, torch.float16, f"{name} float16")
 
@@ -115,14 +116,14 @@ def test_seeds_keep_their_own_streams_and_tasks(one_thread, name):
     assert not torch.allclose(logits[0], logits[1])
     assert not torch.allclose(logits[1], logits[2])
     batch = [_create(name, s) for s in seeds]
-    assert methods.fit_seeds(batch, [task] * 3) == 3
+    assert methods.fit_seeds(batch, [task] * 3, force=True) == 3
     for s, b in zip(seeds, batch, strict=True):
         _assert_same(b, solo[s], torch.float32, f"{name} seed {s} on one task")
 
     tasks = _tasks((1, 2, 3))
     solo_tasks = [_create(name, 5).fit(t) for t in tasks]
     batch = [_create(name, 5) for _ in tasks]
-    assert methods.fit_seeds(batch, tasks) == 3
+    assert methods.fit_seeds(batch, tasks, force=True) == 3
     for i, (b, ref) in enumerate(zip(batch, solo_tasks, strict=True)):
         _assert_same(b, ref, torch.float32, f"{name} task {i}, one seed")
 
@@ -135,7 +136,7 @@ def test_tip_adapter_f_seeds_choose_their_own_epochs(one_thread):
     params = {"epochs": 12, "lr": 0.02}
     solo = [_create("tip-adapter-f", s, **params).fit(t) for s, t in zip(seeds, tasks, strict=True)]
     batch = [_create("tip-adapter-f", s, **params) for s in seeds]
-    assert methods.fit_seeds(batch, tasks) == 3
+    assert methods.fit_seeds(batch, tasks, force=True) == 3
     histories = [m._val_history for m in solo]
     assert len(histories[0]) == 12
     assert histories[0] != histories[1] != histories[2]
@@ -152,7 +153,7 @@ def test_without_validation_and_untrained(one_thread, name):
         extra = {} if epochs is None else {"epochs": epochs}
         solo = [_create(name, s, **extra).fit(t) for s, t in zip(seeds, tasks, strict=True)]
         batch = [_create(name, s, **extra) for s in seeds]
-        assert methods.fit_seeds(batch, tasks) == 2
+        assert methods.fit_seeds(batch, tasks, force=True) == 2
         for b, ref in zip(batch, solo, strict=True):
             _assert_same(b, ref, torch.float32, f"{name} val={val} epochs={epochs}")
 
@@ -172,8 +173,8 @@ def test_what_cannot_batch_fits_alone(one_thread, name, params, shots, why):
     tasks = [_tasks((s,), k)[0] for s, k in zip((1, 2), shots, strict=True)]
     solo = [_create(name, s, **p).fit(t) for s, p, t in zip((1, 2), params, tasks, strict=True)]
     batch = [_create(name, s, **p) for s, p in zip((1, 2), params, strict=True)]
-    assert not methods.seeds_batchable(batch, tasks), why
-    assert methods.fit_seeds(batch, tasks) == 1, why
+    assert not methods.seeds_batchable(batch, tasks, force=True), why
+    assert methods.fit_seeds(batch, tasks, force=True) == 1, why
     x = _queries()
     for b, ref in zip(batch, solo, strict=True):
         assert torch.equal(b.logits(x), ref.logits(x)), why
@@ -182,15 +183,15 @@ def test_what_cannot_batch_fits_alone(one_thread, name, params, shots, why):
 def test_batching_needs_the_same_validation_shape_and_a_batching_method(one_thread):
     with_val, without = _tasks((1,))[0], _tasks((2,), val=False)[0]
     pair = [_create("tip-adapter-f", 1), _create("tip-adapter-f", 2)]
-    assert not methods.seeds_batchable(pair, [with_val, without])
+    assert not methods.seeds_batchable(pair, [with_val, without], force=True)
     lp = [methods.create("linear-probe", Cs=(1.0,)) for _ in range(2)]
-    assert not methods.seeds_batchable(lp, _tasks((1, 2)))
-    assert methods.fit_seeds(lp, _tasks((1, 2))) == 1
+    assert not methods.seeds_batchable(lp, _tasks((1, 2)), force=True)
+    assert methods.fit_seeds(lp, _tasks((1, 2)), force=True) == 1
     assert lp[0].coef_.shape == (5, 16)
     one = [_create("clip-adapter", 1)]
-    assert not methods.seeds_batchable(one, _tasks((1,)))
+    assert not methods.seeds_batchable(one, _tasks((1,)), force=True)
     mixed = [_create("clip-adapter", 1), _create("tip-adapter-f", 2)]
-    assert not methods.seeds_batchable(mixed, _tasks((1, 2)))
+    assert not methods.seeds_batchable(mixed, _tasks((1, 2)), force=True)
     assert methods.get("clip-adapter").batches_seeds
     assert methods.get("tip-adapter-f").batches_seeds
     assert not methods.get("tip-adapter").batches_seeds
@@ -206,7 +207,28 @@ def test_fit_seeds_checks_its_inputs():
 def test_a_bad_hyper_parameter_fails_the_batch_as_it_fails_one_fit():
     batch = [_create("clip-adapter", s, ratio=1.5) for s in (1, 2)]
     with pytest.raises(InvalidValueError, match="ratio"):
-        methods.fit_seeds(batch, _tasks((1, 2)))
+        methods.fit_seeds(batch, _tasks((1, 2)), force=True)
     batch = [_create("tip-adapter-f", s, batch_size=0) for s in (1, 2)]
     with pytest.raises(InvalidValueError, match="batch_size"):
-        methods.fit_seeds(batch, _tasks((1, 2)))
+        methods.fit_seeds(batch, _tasks((1, 2)), force=True)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_on_a_cpu_seeds_batch_only_when_forced(one_thread, name, monkeypatch):
+    """Batching is slower on a CPU (docs/performance.md): without ``force`` the copies fit one
+    by one there; a method that says batching pays on the device batches them unforced."""
+    seeds = (1, 2)
+    tasks = _tasks(seeds)
+    solo = [_create(name, s).fit(t) for s, t in zip(seeds, tasks, strict=True)]
+    cls = methods.get(name)
+    assert not cls._seeds_pay("cpu")
+    assert cls._seeds_pay("cuda")
+    batch = [_create(name, s) for s in seeds]
+    assert not methods.seeds_batchable(batch, tasks)
+    assert methods.fit_seeds(batch, tasks) == 1
+    monkeypatch.setattr(cls, "_seeds_pay", classmethod(lambda c, kind: True))
+    paid = [_create(name, s) for s in seeds]
+    assert methods.fit_seeds(paid, tasks) == 2
+    for a, b, ref in zip(batch, paid, solo, strict=True):
+        _assert_same(a, ref, torch.float32, f"{name} alone")
+        _assert_same(b, ref, torch.float32, f"{name} batched, unforced")

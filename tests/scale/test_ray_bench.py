@@ -110,9 +110,10 @@ def test_seed_batches_on_ray_give_the_rows_of_cells_run_alone(ray_local, tmp_pat
         methods=("clip-adapter",), seeds=(1, 2, 3), params={"clip-adapter": {"epochs": 2}}
     )
     rows = run_bench(
-        cfg, CountingPrepare(), tmp_path / "r.jsonl", quiet=True, executor=RayExecutor(workers=2)
-    )
-    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds=False)
+        cfg, CountingPrepare(), tmp_path / "r.jsonl", quiet=True,
+        executor=RayExecutor(workers=2), batch_seeds="always",
+    )  # fmt: skip
+    alone = run_bench(cfg, CountingPrepare(), tmp_path / "a.jsonl", quiet=True, batch_seeds="never")
     assert [_result(r) for r in rows] == [_result(r) for r in alone]
     assert {r["seeds_batched"] for r in rows} == {3}
 

@@ -49,6 +49,7 @@ from fewclip.task import FeatureSet
 from fewclip.text_tower import TextTower
 
 __all__ = [
+    "BATCH_SEEDS",
     "BenchError",
     "Prepared",
     "completed_rows",
@@ -456,31 +457,49 @@ def _evaluate(
 
 
 # -- cells that differ only in seed -------------------------------------------------------
-def seed_batches(cells: Sequence[Cell], *, batch_seeds: bool = True) -> list[list[Cell]]:
+#: ``run_bench(batch_seeds=...)``: where cells that differ only in seed fit as one model.
+BATCH_SEEDS = ("auto", "always", "never")
+
+
+def seed_batches(
+    cells: Sequence[Cell], *, batch_seeds: str = "auto", device: str = "cpu"
+) -> list[list[Cell]]:
     """The units ``run_bench`` runs: cells that differ only in ``seed`` (same method, dataset,
-    backbone, shots, protocol, parameters, views and prompts) together, when ``batch_seeds``
-    and their method batches seeds (``Method.batches_seeds``; standard protocols only); every
-    other cell alone. Units come in the order of their first cell, cells within a unit in the
-    given order."""
+    backbone, shots, protocol, parameters, views and prompts) together, when their method
+    batches seeds (``Method.batches_seeds``; standard protocols only) and ``batch_seeds`` is
+    ``"always"``, or ``"auto"`` and the method says batching is faster on the cells' device
+    (``Method._seeds_pay``); every other cell alone. Units come in the order of their first
+    cell, cells within a unit in the given order."""
     from fewclip import methods
     from fewclip.generalisation import GENERALISATION_PROTOCOLS
 
+    if batch_seeds not in BATCH_SEEDS:
+        raise InvalidValueError(
+            f"batch_seeds: expected one of {', '.join(BATCH_SEEDS)}, found {batch_seeds!r}"
+        )
     units: dict[str, list[Cell]] = {}
     for cell in cells:
         key = cell.hash
-        if batch_seeds and cell.protocol not in GENERALISATION_PROTOCOLS:
+        if batch_seeds != "never" and cell.protocol not in GENERALISATION_PROTOCOLS:
             try:
-                batches = methods.get(cell.method).batches_seeds
-            except FewclipError:  # an unknown method fails in its own cell
-                batches = False
-            if batches:
+                cls = methods.get(cell.method)
+                params = methods.run_params(cell.method, cell.params, seed=cell.seed, device=device)
+                kind = torch.device(str(params.get("device", "cpu"))).type
+            except (FewclipError, RuntimeError):  # an unknown method or device fails in its cell
+                cls, kind = None, "cpu"
+            pays = batch_seeds == "always" or (cls is not None and cls._seeds_pay(kind))
+            if cls is not None and cls.batches_seeds and pays:
                 key = canonical_json({**cell.to_dict(), "seed": None})
         units.setdefault(key, []).append(cell)
     return list(units.values())
 
 
 def _run_unit(
-    cells: Sequence[Cell], prepared: Prepared, device: str, eval_rows: int | None
+    cells: Sequence[Cell],
+    prepared: Prepared,
+    device: str,
+    eval_rows: int | None,
+    force: bool = False,
 ) -> list[tuple[Cell, dict[str, Any] | Exception]]:
     """Each cell's row, or the exception it raised: one cell through :func:`run_cell`, a seed
     batch through :func:`run_seed_batch`."""
@@ -489,7 +508,7 @@ def _run_unit(
             return [(cells[0], run_cell(cells[0], prepared, device=device, eval_rows=eval_rows))]
         except Exception as e:
             return [(cells[0], e)]
-    return run_seed_batch(cells, prepared, device=device, eval_rows=eval_rows)
+    return run_seed_batch(cells, prepared, device=device, eval_rows=eval_rows, force=force)
 
 
 def run_seed_batch(
@@ -498,10 +517,12 @@ def run_seed_batch(
     *,
     device: str = "cpu",
     eval_rows: int | None = 8192,
+    force: bool = False,
 ) -> list[tuple[Cell, dict[str, Any] | Exception]]:
     """Run cells that differ only in seed, fitting their methods as one batched model
-    (:func:`fewclip.methods.fit_seeds`), and return each cell's row or the exception it
-    raised, in the order of ``cells``.
+    (:func:`fewclip.methods.fit_seeds`; ``force``: even where the method says batching is
+    slower on the device), and return each cell's row or the exception it raised, in the
+    order of ``cells``.
 
     Each cell is planned, its task built and its model evaluated as :func:`run_cell` does; the
     rows equal :func:`run_cell`'s except the timings and memory: ``seeds_batched`` is the
@@ -534,11 +555,11 @@ def run_seed_batch(
             continue
         ready.append(_Seed(i, cell, source, meta, plan, task, model, time.perf_counter() - t0))
     models, tasks = [r.model for r in ready], [r.task for r in ready]
-    together = methods.seeds_batchable(models, tasks)
+    together = methods.seeds_batchable(models, tasks, force=force)
     if together:
         t0 = _sync_time(cuda)
         try:
-            methods.fit_seeds(models, tasks)
+            methods.fit_seeds(models, tasks, force=force)
         except Exception as e:
             out.update((r.index, e) for r in ready)
             ready = []
@@ -679,7 +700,7 @@ def run_bench(
     eval_rows: int | None = 8192,
     jobs: int = 1,
     executor: Executor | None = None,
-    batch_seeds: bool = True,
+    batch_seeds: str = "auto",
 ) -> list[dict[str, Any]]:
     """Run every cell of ``config`` not yet in ``out_jsonl``; return the rows of all its cells.
 
@@ -713,12 +734,14 @@ def run_bench(
             dies is run again on another actor (at most ``max_retries`` times) and gives one
             row; rows equal a local run's except timings, ``threads``, ``jobs`` and
             ``executor``.
-        batch_seeds: cells that differ only in seed run together, their methods fitted as one
-            batched model where the method supports it (``Method.batches_seeds``: stacked
-            parameters, each seed with its own random streams; :func:`seed_batches`,
-            :func:`run_seed_batch`); each row then equals the row of its cell run alone
-            except the timings and memory, and records ``seeds_batched``. ``False``: every
-            cell runs alone. A resumed run batches the seeds still to run.
+        batch_seeds: ``"auto"`` (default): cells that differ only in seed run together, their
+            methods fitted as one batched model (stacked parameters, each seed with its own
+            random streams; :func:`seed_batches`, :func:`run_seed_batch`), where the method
+            supports it (``Method.batches_seeds``) and says it is faster on the device
+            (``Method._seeds_pay``: not on a CPU for the built-in methods); ``"always"``:
+            wherever the method supports it; ``"never"``: every cell alone. A batched row
+            equals the row of its cell run alone except the timings and memory, and every row
+            records ``seeds_batched``. A resumed run batches the seeds still to run.
 
     Returns:
         One row per cell of ``config`` that has a result, in ``config.cells()`` order
@@ -748,6 +771,10 @@ def run_bench(
     if eval_rows is not None and eval_rows < 1:
         raise InvalidValueError(
             f"eval_rows: expected a positive integer or None, found {eval_rows}"
+        )
+    if batch_seeds not in BATCH_SEEDS:
+        raise InvalidValueError(
+            f"batch_seeds: expected one of {', '.join(BATCH_SEEDS)}, found {batch_seeds!r}"
         )
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise InvalidValueError(f"jobs: expected a positive integer, found {jobs!r}")
@@ -809,15 +836,20 @@ def run_bench(
                     failures += [(c, e) for c in group]
                     bar.update(len(group))
                     continue
-                units = seed_batches(group, batch_seeds=batch_seeds)
+                units = seed_batches(group, batch_seeds=batch_seeds, device=config.device)
+                force = batch_seeds == "always"
                 if ray_executor is not None:
                     outcomes = _ray_outcomes(
-                        units, prepared, config.device, eval_rows, ray_executor
+                        units, prepared, config.device, eval_rows, ray_executor, force
                     )
                 elif jobs == 1:
-                    outcomes = _serial_outcomes(units, prepared, config.device, eval_rows, bar)
+                    outcomes = _serial_outcomes(
+                        units, prepared, config.device, eval_rows, bar, force
+                    )
                 else:
-                    outcomes = _parallel_outcomes(units, prepared, config.device, eval_rows, jobs)
+                    outcomes = _parallel_outcomes(
+                        units, prepared, config.device, eval_rows, jobs, force
+                    )
                 # closing: an error to raise or Ctrl-C stops the workers at once
                 with contextlib.closing(outcomes):
                     for cell, outcome in outcomes:
@@ -867,6 +899,7 @@ def _serial_outcomes(
     device: str,
     eval_rows: int | None,
     bar: Any,
+    force: bool = False,
 ) -> _Outcomes:
     """Each cell's row, or the exception it raised, running unit by unit in this process."""
     for unit in units:
@@ -876,11 +909,12 @@ def _serial_outcomes(
             f"{cell.dataset}/{cell.backbone} {cell.method} K={cell.shots} seed={seeds}",
             refresh=True,
         )
-        yield from _run_unit(unit, prepared, device, eval_rows)
+        yield from _run_unit(unit, prepared, device, eval_rows, force)
 
 
-#: What forked workers read: (units, prepared, device, eval_rows), set only while a pool runs.
-_FORKED: tuple[Sequence[Sequence[Cell]], Prepared, str, int | None] | None = None
+#: What forked workers read: (units, prepared, device, eval_rows, force), set only while a
+#: pool runs.
+_FORKED: tuple[Sequence[Sequence[Cell]], Prepared, str, int | None, bool] | None = None
 
 
 def _init_worker(parent: int) -> None:
@@ -905,9 +939,9 @@ def _die_with_parent(parent: int) -> None:
 
 def _run_forked_unit(i: int) -> tuple[int, list[tuple[int, dict[str, Any] | Exception]]]:
     assert _FORKED is not None, "a bench worker was started outside run_bench"
-    units, prepared, device, eval_rows = _FORKED
+    units, prepared, device, eval_rows, force = _FORKED
     out: list[tuple[int, dict[str, Any] | Exception]] = []
-    for j, (_, outcome) in enumerate(_run_unit(units[i], prepared, device, eval_rows)):
+    for j, (_, outcome) in enumerate(_run_unit(units[i], prepared, device, eval_rows, force)):
         if isinstance(outcome, Exception):
             try:  # the exception travels back pickled; some cannot be rebuilt on the other side
                 pickle.loads(pickle.dumps(outcome))
@@ -929,6 +963,7 @@ def _parallel_outcomes(
     device: str,
     eval_rows: int | None,
     jobs: int,
+    force: bool = False,
 ) -> _Outcomes:
     """Each cell's row, or its exception, from ``jobs`` forked workers that each run a unit
     (one cell or a seed batch), in completion order.
@@ -939,7 +974,7 @@ def _parallel_outcomes(
     """
     global _FORKED
     order = _longest_first(units)
-    _FORKED = (units, prepared, device, eval_rows)
+    _FORKED = (units, prepared, device, eval_rows, force)
     pool = ProcessPoolExecutor(
         max_workers=min(jobs, len(units)),
         mp_context=multiprocessing.get_context("fork"),
@@ -968,17 +1003,16 @@ def _parallel_outcomes(
         _FORKED = None
 
 
-def _ray_setup(
-    payload: tuple[Sequence[Sequence[Cell]], Prepared, str, int | None],
-) -> Any:
+_RayPayload = tuple[Sequence[Sequence[Cell]], Prepared, str, "int | None", bool]
+
+
+def _ray_setup(payload: _RayPayload) -> Any:
     return payload
 
 
-def _ray_run_unit(
-    payload: tuple[Sequence[Sequence[Cell]], Prepared, str, int | None], i: int
-) -> Any:
-    units, prepared, device, eval_rows = payload
-    return [outcome for _, outcome in _run_unit(units[i], prepared, device, eval_rows)]
+def _ray_run_unit(payload: _RayPayload, i: int) -> Any:
+    units, prepared, device, eval_rows, force = payload
+    return [outcome for _, outcome in _run_unit(units[i], prepared, device, eval_rows, force)]
 
 
 def _gpus_per_worker(device: str) -> float:
@@ -995,6 +1029,7 @@ def _ray_outcomes(
     device: str,
     eval_rows: int | None,
     executor: RayExecutor,
+    force: bool = False,
 ) -> _Outcomes:
     """Each cell's row, or its exception, from a pool of Ray actors that each run a unit (one
     cell or a seed batch), in completion order (most shots first, as with local jobs). A
@@ -1003,7 +1038,7 @@ def _ray_outcomes(
     order = _longest_first(units)
     results = executor.map(
         _ray_setup,
-        (units, prepared, device, eval_rows),
+        (units, prepared, device, eval_rows, force),
         _ray_run_unit,
         order,
         gpus_per_worker=_gpus_per_worker(device),

@@ -193,11 +193,15 @@ def run_params(
 _SEED_PARAMS = frozenset({"seed", "progress"})
 
 
-def seeds_batchable(models: Sequence[Method], tasks: Sequence[Task]) -> bool:
+def seeds_batchable(
+    models: Sequence[Method], tasks: Sequence[Task], *, force: bool = False
+) -> bool:
     """Whether :func:`fit_seeds` fits ``models[i]`` on ``tasks[i]`` as one batched model: at
     least two copies of one class with ``batches_seeds``, their parameters equal except
     ``seed`` (and ``progress``), tasks that agree in shape (classes, D, support size and
-    views, validation size or none), and the method's own conditions (``_seeds_batchable``).
+    views, validation size or none), the method's own conditions (``_seeds_batchable``), and,
+    unless ``force``, a device where the method says batching is faster (``_seeds_pay``: not
+    on a CPU for the built-in methods).
     """
     models, tasks = list(models), list(tasks)
     if len(models) != len(tasks):
@@ -214,25 +218,26 @@ def seeds_batchable(models: Sequence[Method], tasks: Sequence[Task]) -> bool:
         cls.batches_seeds
         and all(type(m) is cls for m in models)
         and _same_but_seed(models)
+        and (force or cls._seeds_pay(models[0]._device.type))
         and all(isinstance(t, Task) for t in tasks)
         and len({_task_shape(t) for t in tasks}) == 1
         and cls._seeds_batchable(models, tasks)
     )
 
 
-def fit_seeds(models: Sequence[Method], tasks: Sequence[Task]) -> int:
+def fit_seeds(models: Sequence[Method], tasks: Sequence[Task], *, force: bool = False) -> int:
     """Fit ``models[i]`` on ``tasks[i]`` for every ``i``; return how many were fitted together
     (``len(models)``, or 1 when each was fitted on its own).
 
-    When :func:`seeds_batchable` says so, the copies are fitted as one batched model: stacked
-    parameters, each seed keeping its own initialisation and data-order random streams, its
-    own task and its own validation choices. Each model then ends as its own
-    ``fit(task)`` would leave it, within float tolerance: a batched product may sum in another
-    order than a single one (bit for bit on the CPUs we measured). Otherwise each model is
-    fitted on its own, in order.
+    When :func:`seeds_batchable` says so (``force``: even on a device where the method says
+    batching is slower), the copies are fitted as one batched model: stacked parameters, each
+    seed keeping its own initialisation and data-order random streams, its own task and its
+    own validation choices. Each model then ends as its own ``fit(task)`` would leave it,
+    within float tolerance: a batched product may sum in another order than a single one (bit
+    for bit on the CPUs we measured). Otherwise each model is fitted on its own, in order.
     """
     models, tasks = list(models), list(tasks)
-    if not seeds_batchable(models, tasks):
+    if not seeds_batchable(models, tasks, force=force):
         for m, t in zip(models, tasks, strict=True):
             m.fit(t)
         return 1
@@ -439,9 +444,10 @@ class Method(EstimatorParams):
         "its classifier is fitted row by row for the training classes; it has none for others"
     )
     #: Copies that differ only in ``seed``, fitted on tasks of one shape (the draws of one
-    #: grid cell at several seeds), train as one batched model (:func:`fit_seeds`): stacked
-    #: parameters, each seed with its own initialisation and data order, each result equal to
-    #: its own ``fit`` within float tolerance. Such a method implements ``_fit_seeds``.
+    #: grid cell at several seeds), can train as one batched model (:func:`fit_seeds`):
+    #: stacked parameters, each seed with its own initialisation and data order, each result
+    #: equal to its own ``fit`` within float tolerance. Such a method implements
+    #: ``_fit_seeds``, and says with ``_seeds_pay`` on which devices batching is faster.
     batches_seeds: ClassVar[bool] = False
     _state_tensors: ClassVar[tuple[str, ...]] = ()
     _state_values: ClassVar[tuple[str, ...]] = ()
@@ -477,6 +483,17 @@ class Method(EstimatorParams):
         tasks of one shape). A method adds its own conditions (a branch it batches, equal
         cache labels)."""
         return cls.batches_seeds
+
+    @classmethod
+    def _seeds_pay(cls, device_type: str) -> bool:
+        """Whether a batched fit is expected to be faster than fits one by one on a device of
+        this type (``"cpu"``, ``"cuda"``, ...). The default: not on a CPU, where a training
+        step of the batched methods is bound by its matrix products, which batching does not
+        shrink, and the seeds' interleaved working sets cost cache (measured 4–17% slower for
+        CLIP-Adapter, 8% slower for Tip-Adapter-F at ImageNet scale; docs/performance.md);
+        elsewhere yes, where each step's many small kernels then launch once for all seeds
+        (expected, not measured on a GPU yet)."""
+        return device_type != "cpu"
 
     @classmethod
     def _fit_seeds(cls, models: Sequence[Method], tasks: Sequence[Task]) -> None:

@@ -527,7 +527,8 @@ def check_new_classes(cls: type[Method], params: Mapping[str, Any]) -> None:
 def check_seed_batching(cls: type[Method], params: Mapping[str, Any]) -> None:
     """``fewclip.methods.fit_seeds`` of copies that differ only in seed, on tasks of one shape,
     leaves each copy as its own ``fit`` does (the same logits within float tolerance, seed by
-    seed: a mix-up of seeds or tasks shows); a method with ``batches_seeds`` batches them."""
+    seed: a mix-up of seeds or tasks shows); a method with ``batches_seeds`` batches them
+    (forced: on a CPU the built-in methods would not)."""
     from fewclip.methods.base import fit_seeds
 
     seeds, x = (3, 1, 2), _queries()
@@ -539,10 +540,11 @@ def check_seed_batching(cls: type[Method], params: Mapping[str, Any]) -> None:
 
     solo = [create(s).fit(t).logits(x) for s, t in zip(seeds, tasks, strict=True)]
     copies = [create(s) for s in seeds]
-    together = fit_seeds(copies, tasks)
+    together = fit_seeds(copies, tasks, force=True)
     if cls.batches_seeds:
         assert together == len(seeds), (
-            f"{cls.__name__} sets batches_seeds, but fit_seeds fitted its quick copies one by one"
+            f"{cls.__name__} sets batches_seeds, but fit_seeds(force=True) fitted its quick "
+            "copies one by one"
         )
     for s, copy_, ref in zip(seeds, copies, solo, strict=True):
         torch.testing.assert_close(
