@@ -489,8 +489,8 @@ class Method(EstimatorParams):
         """Whether a batched fit is expected to be faster than fits one by one on a device of
         this type (``"cpu"``, ``"cuda"``, ...). The default: not on a CPU, where a training
         step of the batched methods is bound by its matrix products, which batching does not
-        shrink, and the seeds' interleaved working sets cost cache (measured 4–17% slower for
-        CLIP-Adapter, 8% slower for Tip-Adapter-F at ImageNet scale; docs/performance.md);
+        shrink, and the seeds' interleaved working sets cost cache (measured 14–25% slower for
+        CLIP-Adapter, 9% slower for Tip-Adapter-F at ImageNet scale; docs/performance.md);
         elsewhere yes, where each step's many small kernels then launch once for all seeds
         (expected, not measured on a GPU yet)."""
         return device_type != "cpu"
