@@ -150,8 +150,17 @@ def test_new_classes_are_scored_with_their_own_prompts(backbone, tmp_path):
     # without a tower argument, the tower it holds builds the prompts
     torch.testing.assert_close(m.for_classes(names, weights).logits(x), got)
     m.save(tmp_path / "cc")
-    with pytest.raises(InvalidValueError, match=r"text_tower=backbone.text_tower\(\)"):
+    with pytest.raises(InvalidValueError) as e:
         methods.load(tmp_path / "cc").for_classes(names, weights)  # loaded: no tower yet
+    assert str(e.value) == (
+        "text_tower: cocoop builds the new classes' prompts through the text encoder; pass "
+        "text_tower=backbone.text_tower() (the backbone it was fitted with)"
+    )
+    # a loaded method given the tower scores the new classes as the fitted one does
+    loaded_new = methods.load(tmp_path / "cc").for_classes(
+        names, weights, text_tower=backbone.text_tower()
+    )
+    torch.testing.assert_close(loaded_new.logits(x), got)
 
 
 def test_a_loaded_method_scores_once_its_tower_is_attached(backbone, tmp_path):
@@ -172,6 +181,47 @@ def test_a_loaded_method_scores_once_its_tower_is_attached(backbone, tmp_path):
     assert loaded.attach_text_tower(backbone.text_tower()) is loaded
     assert loaded.can_score
     assert torch.equal(loaded.logits(x), m.logits(x))
+
+
+def _rewrite_state(folder, **changes):
+    """Replace tensors in a saved method's state and record the new checksum, as a folder
+    written by another (buggy) program would look: only the shape checks can catch it."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "state.safetensors"
+    tensors = {**load_file(str(path)), **changes}
+    save_file(tensors, str(path), metadata={"method": "cocoop"})
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["state_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "expected"),
+    [
+        ("meta_b1_", (3,), "meta_b1_: shape (3,) does not fit a CoCoOp on 64 features"),
+        ("ctx_", (32,), "ctx_: shape (32,) does not fit a CoCoOp on 64 features"),
+        ("meta_w2_", (32, 3), "meta_w2_: shape (32, 3) does not fit a CoCoOp on 64 features"),
+    ],
+)
+def test_a_saved_state_with_wrong_shapes_is_refused_on_load(
+    backbone, tmp_path, name, shape, expected
+):
+    """CoCoOp is loaded without a tower, so no probe query can run: its tensors' shapes are
+    checked against each other and the feature size, and a wrong one names itself."""
+    from fewclip.errors import DamagedFileError
+    from fewclip.methods.base import REFIT_HINT
+
+    m = CoCoOp(epochs=1, batch_size=64).fit(make_task(backbone))
+    assert getattr(m, name).shape != shape  # ctx_ (4, 32), meta_b1_ (4,), meta_w2_ (32, 4)
+    m.save(tmp_path / "cc")
+    _rewrite_state(tmp_path / "cc", **{name: torch.zeros(shape)})
+    with pytest.raises(DamagedFileError) as e:
+        methods.load(tmp_path / "cc")
+    assert str(e.value) == f"{expected}; {REFIT_HINT}"
 
 
 def test_export_is_refused_with_the_reason():

@@ -64,11 +64,19 @@ def test_coop_builds_the_new_prompts_with_its_context() -> None:
     with torch.no_grad():
         text = l2_normalize(tower.encode(prompts.assemble(m.ctx_), prompts.eot))
     torch.testing.assert_close(new.logits(x), m.scale_ * l2_normalize(x) @ text.T)
-    with pytest.raises(InvalidValueError, match="text_tower"):
+    with pytest.raises(InvalidValueError) as e:
         m.for_classes(other.classnames, other.text_weights)  # no tower: no prompts
+    assert str(e.value) == (
+        "text_tower: coop builds the new classes' prompts through the text encoder; pass "
+        "text_tower=backbone.text_tower() (the backbone it was fitted with)"
+    )
     csc = methods.create("coop", epochs=1, n_ctx=4, csc=True).fit(task)
-    with pytest.raises(NewClassesError, match="class-specific contexts"):
+    with pytest.raises(NewClassesError) as refused:
         csc.for_classes(other.classnames, other.text_weights, text_tower=task.text_tower)
+    assert str(refused.value) == (
+        "coop with csc=True cannot score classes it was not fitted on: its class-specific "
+        "contexts exist for the training classes only"
+    )
 
 
 @pytest.mark.parametrize(
