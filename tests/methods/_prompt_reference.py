@@ -65,3 +65,37 @@ def sgd(params: Tensor, grad: Tensor, *, lr: float, wd: float = 5e-4, momentum_b
     d = grad + wd * params
     buf = d if momentum_buf is None else 0.9 * momentum_buf + d
     return params - lr * buf, buf
+
+
+#: Every CoOp setting KgCoOp and ProGrad pass on, each away from all three methods' defaults.
+COOP_SETTINGS = {
+    "n_ctx": 5,
+    "ctx_init": "",
+    "csc": True,
+    "class_token_position": "middle",
+    "epochs": 3,
+    "lr": 3e-3,
+    "momentum": 0.5,
+    "weight_decay": 1e-3,
+    "batch_size": 4,
+    "warmup_epochs": 2,
+    "warmup_lr": 1e-3,
+    "scale": 50.0,
+    "seed": 3,
+}
+
+
+def assert_trains_as_coop(task: Task, make) -> None:
+    """``make(**settings)`` (a CoOp variant with its own term switched off) trains exactly as
+    CoOp with ``COOP_SETTINGS``; leaving out any one setting (the variant's default) changes
+    the result, so a setting dropped on its way to CoOp would show."""
+    from fewclip.methods.coop import CoOp
+
+    x = task.support.features
+    coop = CoOp(**COOP_SETTINGS).fit(task)
+    variant = make(**COOP_SETTINGS).fit(task)
+    assert torch.equal(variant.ctx_, coop.ctx_)
+    assert torch.equal(variant.logits(x), coop.logits(x))
+    for name in COOP_SETTINGS:
+        left_out = make(**{k: v for k, v in COOP_SETTINGS.items() if k != name}).fit(task)
+        assert not torch.equal(left_out.logits(x), coop.logits(x)), name

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from tests.methods._prompt_reference import (
     CLASSES,
+    assert_trains_as_coop,
     coop_logits,
     make_task,
     phrase_vectors,
@@ -125,35 +126,8 @@ def test_bad_parameters_are_named(backbone, params, message):
         KgCoOp(epochs=1, **params).fit(make_task(backbone))
 
 
-#: Every CoOp setting KgCoOp passes on, each away from both methods' defaults.
-COOP_SETTINGS = {
-    "n_ctx": 3,
-    "ctx_init": "",
-    "csc": True,
-    "class_token_position": "middle",
-    "epochs": 3,
-    "lr": 3e-3,
-    "momentum": 0.5,
-    "weight_decay": 1e-3,
-    "batch_size": 4,
-    "warmup_epochs": 2,
-    "warmup_lr": 1e-3,
-    "scale": 50.0,
-    "seed": 3,
-}
-
-
 def test_without_its_distance_term_it_is_coop_with_the_same_settings(backbone):
     """At weight 0 the knowledge term adds nothing, so KgCoOp given any CoOp setting must
     train exactly as CoOp given it: a setting KgCoOp dropped on its way to CoOp would make
     the two differ (each setting at KgCoOp's default is checked to change the result here)."""
-    task = make_task(backbone)
-    x = task.support.features
-    coop = CoOp(**COOP_SETTINGS).fit(task)
-    kg = KgCoOp(weight=0.0, **COOP_SETTINGS).fit(task)
-    assert torch.equal(kg.ctx_, coop.ctx_)
-    assert torch.equal(kg.logits(x), coop.logits(x))
-    for name in COOP_SETTINGS:
-        others = {k: v for k, v in COOP_SETTINGS.items() if k != name}
-        left_out = KgCoOp(weight=0.0, **others).fit(task)  # that setting at KgCoOp's default
-        assert not torch.equal(left_out.logits(x), coop.logits(x)), name
+    assert_trains_as_coop(make_task(backbone), lambda **kw: KgCoOp(weight=0.0, **kw))

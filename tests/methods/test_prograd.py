@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tests.methods._prompt_reference import (
+    assert_trains_as_coop,
     coop_logits,
     make_task,
     phrase_vectors,
@@ -165,35 +166,8 @@ def test_bad_parameters_are_named(backbone, params, message):
         ProGrad(**{"epochs": 1, **params}).fit(make_task(backbone))
 
 
-#: Every CoOp setting ProGrad passes on, each away from both methods' defaults.
-COOP_SETTINGS = {
-    "n_ctx": 5,
-    "ctx_init": "",
-    "csc": True,
-    "class_token_position": "middle",
-    "epochs": 3,
-    "lr": 3e-3,
-    "momentum": 0.5,
-    "weight_decay": 1e-3,
-    "batch_size": 4,
-    "warmup_epochs": 2,
-    "warmup_lr": 1e-3,
-    "scale": 50.0,
-    "seed": 3,
-}
-
-
 def test_without_its_projection_it_is_coop_with_the_same_settings(backbone):
     """At λ = 0 the projection removes nothing, so ProGrad given any CoOp setting must train
     exactly as CoOp given it: a setting ProGrad dropped on its way to CoOp would make the two
     differ (each setting at ProGrad's default is checked to change the result here)."""
-    task = make_task(backbone)
-    x = task.support.features
-    coop = CoOp(**COOP_SETTINGS).fit(task)
-    pg = ProGrad(lam=0.0, **COOP_SETTINGS).fit(task)
-    assert torch.equal(pg.ctx_, coop.ctx_)
-    assert torch.equal(pg.logits(x), coop.logits(x))
-    for name in COOP_SETTINGS:
-        others = {k: v for k, v in COOP_SETTINGS.items() if k != name}
-        left_out = ProGrad(lam=0.0, **others).fit(task)  # that setting at ProGrad's default
-        assert not torch.equal(left_out.logits(x), coop.logits(x)), name
+    assert_trains_as_coop(make_task(backbone), lambda **kw: ProGrad(lam=0.0, **kw))
