@@ -1,6 +1,6 @@
 """Print the changed lines of surviving mutmut mutants, fast (no ``mutmut show`` per mutant).
 
-    python scripts/mutation_diffs.py [--mutants mutants] [--equivalent]
+    python scripts/mutation_diffs.py [--mutants mutants] [--only cocoop] [--equivalent]
 
 Reads the ``mutants/**/*.py`` files mutmut 3 writes (each mutant is a function
 ``x_name__mutmut_N`` beside ``x_name__mutmut_orig``) and the ``.meta`` exit codes, and prints
@@ -90,8 +90,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutants", type=Path, default=Path("mutants"))
     ap.add_argument("--equivalent", action="store_true")
+    ap.add_argument(
+        "--only", action="append", default=[], help="file stem to read (repeatable); default all"
+    )
     args = ap.parse_args()
     for meta in sorted(args.mutants.rglob("*.py.meta")):
+        if args.only and meta.name.removesuffix(".py.meta") not in args.only:
+            continue
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         funcs = _functions(meta.with_suffix(""))
         for name, code in codes.items():

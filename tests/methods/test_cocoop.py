@@ -20,8 +20,10 @@ from tests.methods._prompt_reference import (
 import fewclip.backbones as fb
 from fewclip import methods
 from fewclip.errors import InvalidTypeError, InvalidValueError
+from fewclip.functional import l2_normalize
 from fewclip.methods._training import dassl_epoch
 from fewclip.methods.cocoop import CoCoOp
+from fewclip.task import FeatureSet, Task
 from fewclip.testing.text_tower import ToyTextTower
 
 NAMES = ("ctx_", "meta_w1_", "meta_b1_", "meta_w2_", "meta_b2_")
@@ -65,9 +67,28 @@ def test_the_start_is_the_phrase_and_a_default_initialised_meta_net(backbone):
     torch.testing.assert_close(ctx, phrase_vectors(backbone, "a photo of a"))
     d, w = backbone.embed_dim, 32
     assert (w1.shape, b1.shape, w2.shape, b2.shape) == ((d // 16, d), (d // 16,), (w, 4), (w,))
-    for t, fan_in in ((w1, d), (b1, d), (w2, d // 16), (b2, d // 16)):
-        assert float(t.abs().max()) <= 1 / math.sqrt(fan_in)  # nn.Linear's bound
-        assert float(t.abs().max()) > 0.5 / math.sqrt(fan_in)
+    for group, fan_in in (((w1, b1), d), ((w2, b2), d // 16)):
+        values, bound = torch.cat([t.flatten() for t in group]), 1 / math.sqrt(fan_in)
+        assert float(values.abs().max()) <= bound  # nn.Linear's bound, ±1/√fan_in
+        # uniform over the whole interval: both ends are reached, the middle is zero
+        assert float(values.min()) < -0.8 * bound
+        assert float(values.max()) > 0.8 * bound
+        assert abs(float(values.mean())) < 0.2 * bound
+
+
+def test_the_meta_net_s_hidden_layer_is_a_sixteenth_of_the_features():
+    """H = D // 16 as in the reference (D = 64 gives 4); at D = 16, H = 1."""
+    tower = ToyTextTower(16, width=8)
+    names = ["red circle", "blue square"]
+    g = torch.Generator().manual_seed(0)
+    task = Task(
+        names,
+        l2_normalize(tower.encode_texts([f"a photo of a {n}." for n in names])),
+        FeatureSet(torch.randn(4, 16, generator=g), torch.tensor([0, 0, 1, 1])),
+        text_tower=tower,
+    )
+    m = CoCoOp(epochs=0).fit(task)
+    assert (m.meta_w1_.shape, m.meta_w2_.shape) == ((1, 16), (8, 1))
 
 
 def test_one_step_is_sgd_on_every_image_s_own_prompts(backbone):
@@ -172,15 +193,36 @@ def test_a_loaded_method_scores_once_its_tower_is_attached(backbone, tmp_path):
     assert loaded.get_params() == m.get_params()
     assert not loaded.can_score
     x = task.support.features
-    with pytest.raises(InvalidValueError, match=r"attach_text_tower\(backbone.text_tower\(\)\)"):
+    with pytest.raises(InvalidValueError) as e:
         loaded.logits(x)
-    with pytest.raises(InvalidTypeError, match="tower: expected a fewclip.text_tower.TextTower"):
+    assert str(e.value) == (
+        "cocoop scores each image through the text tower, and this one has none: call "
+        "attach_text_tower(backbone.text_tower()) with the backbone it was fitted on "
+        "(fewclip.Adapter.load_backbone does it)"
+    )
+    with pytest.raises(InvalidTypeError) as e:
         loaded.attach_text_tower(backbone)
-    with pytest.raises(InvalidValueError, match="features of dimension 16 and token width 16"):
-        loaded.attach_text_tower(ToyTextTower(16))
+    assert str(e.value) == (
+        "tower: expected a fewclip.text_tower.TextTower (backbone.text_tower()), found "
+        f"{type(backbone).__name__}"
+    )
+    # another feature size, or the same feature size with another token width
+    for tower, dim, width in ((ToyTextTower(16), 16, 16), (ToyTextTower(64, width=16), 64, 16)):
+        with pytest.raises(InvalidValueError) as e:
+            loaded.attach_text_tower(tower)
+        assert str(e.value) == (
+            f"tower: features of dimension {dim} and token width {width}, but cocoop was "
+            "fitted with 64 and 32 (a tower of another backbone?)"
+        )
+    shorter = methods.load(tmp_path / "cc").set_params(ctx_init="a photo of")
+    with pytest.raises(InvalidValueError) as e:
+        shorter.attach_text_tower(backbone.text_tower())
+    assert str(e.value) == "tower: its prompts hold 3 context vectors, the fitted context 4"
     assert loaded.attach_text_tower(backbone.text_tower()) is loaded
     assert loaded.can_score
     assert torch.equal(loaded.logits(x), m.logits(x))
+    empty = loaded.logits(x[:0].double())
+    assert (empty.shape, empty.dtype) == ((0, 3), torch.float32)
 
 
 def _rewrite_state(folder, **changes):

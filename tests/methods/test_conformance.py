@@ -83,9 +83,17 @@ class _WrongDtype(ZeroShot):
         return super()._logits(x).float()
 
 
+class _DropsAKeyword(ZeroShot):
+    """Takes ``scale`` but keeps 100 whatever it is given (a keyword not passed on)."""
+
+    def __init__(self, *, scale: float = 100.0, dtype: str = "float32", device: str = "cpu"):
+        super().__init__(dtype=dtype, device=device)
+
+
 @pytest.mark.parametrize(
     ("cls", "failing_check"),
     [
+        (_DropsAKeyword, "check_params_and_clone"),
         (_ForgetsOnSave, "check_save_load"),
         (_PeeksAtValidation, "check_validation_trait"),
         (_Noisy, "check_deterministic"),

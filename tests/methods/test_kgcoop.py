@@ -114,6 +114,7 @@ def test_save_and_load_keep_the_prompts_and_parameters(backbone, tmp_path):
         ({"weight": -1.0}, "weight: expected a non-negative number, found -1.0"),
         ({"weight": float("nan")}, "weight: expected a non-negative number, found nan"),
         ({"weight": "8"}, "weight: expected a non-negative number, found '8'"),
+        ({"weight": float("inf")}, "weight: expected a non-negative number, found inf"),
         ({"template": "a photo"}, "template: expected None or a text with one '{}'"),
         ({"template": "{} and {}"}, "template: expected None or a text with one '{}'"),
         ({"n_ctx": 0, "ctx_init": ""}, "n_ctx: expected a positive integer"),

@@ -266,11 +266,12 @@ class CoCoOp(CoOp):
             )
         on = {"device": tower.device, "dtype": torch.float32}
         params = [getattr(self, k).to(**on) for k in self._state_tensors]
+        if not len(x):  # split() of no rows still gives one empty part
+            return self._to(x.new_zeros(0, len(self.classnames_)))
         per_pass = max(1, int(self.prompt_batch) // len(self.classnames_))
         with torch.no_grad():
             parts = [
                 self._scores(tower, self._prompts, params, part)
                 for part in x.to(**on).split(per_pass)
             ]
-        out = torch.cat(parts) if parts else x.new_zeros(0, len(self.classnames_), **on)
-        return self._to(out)
+        return self._to(torch.cat(parts))

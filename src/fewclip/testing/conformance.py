@@ -220,9 +220,10 @@ def check_fit_and_predict(cls: type[Method], params: Mapping[str, Any]) -> None:
 
 
 def check_extreme_queries(cls: type[Method], params: Mapping[str, Any]) -> None:
-    """A zero row gets finite scores; rows scaled by 1e±30 (float32) or 1e±300 (float64) get
-    finite scores and the predictions of the same rows at unit norm (every method scores the
-    direction of a query: CLIP features are compared by cosine)."""
+    """No rows get a (0, C) answer in the logits' dtype; a zero row gets finite scores; rows
+    scaled by 1e±30 (float32) or 1e±300 (float64) get finite scores and the predictions of
+    the same rows at unit norm (every method scores the direction of a query: CLIP features
+    are compared by cosine)."""
     task = make_task()
     m = _create(cls, params).fit(task)
     for dtype, scales in ((torch.float32, (1e-30, 1e30)), (torch.float64, (1e-300, 1e300))):
@@ -230,6 +231,10 @@ def check_extreme_queries(cls: type[Method], params: Mapping[str, Any]) -> None:
         unit = m.predict(x / x.norm(dim=1, keepdim=True))
         zero = m.logits(torch.zeros(2, task.dim, dtype=dtype))
         assert torch.isfinite(zero).all(), f"non-finite logits for a zero {dtype} row"
+        none = m.logits(torch.zeros(0, task.dim, dtype=dtype))
+        assert none.shape == (0, task.n_classes), f"no {dtype} rows: logits {none.shape}"
+        assert none.dtype == zero.dtype, f"no {dtype} rows: logits in {none.dtype}"
+        assert m.predict(torch.zeros(0, task.dim, dtype=dtype)).shape == (0,), "no rows: predict"
         for s in scales:
             logits = m.logits(x * s)
             assert torch.isfinite(logits).all(), f"non-finite logits for {dtype} rows × {s:g}"
@@ -335,9 +340,22 @@ def check_bad_input(cls: type[Method], params: Mapping[str, Any]) -> None:
     )
 
 
+class _Marker:
+    """A value no constructor could produce itself: ``cls(**{k: _Marker(k)})`` must give each
+    marker back from ``get_params`` (scikit-learn's rule: ``__init__`` stores, ``fit``
+    validates), so a keyword a subclass forgets to pass on to its base is caught."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
 def check_params_and_clone(cls: type[Method], params: Mapping[str, Any]) -> None:
-    """get_params lists the constructor's keywords; set_params round-trips; unknown names are
-    refused; scikit-learn's clone and is_classifier work (when scikit-learn is installed)."""
+    """get_params lists the constructor's keywords and gives back each one as passed;
+    set_params round-trips; unknown names are refused; scikit-learn's clone and
+    is_classifier work (when scikit-learn is installed)."""
     m = _create(cls, params)
     got = m.get_params()
     sig = inspect.signature(cls.__init__).parameters
@@ -345,6 +363,10 @@ def check_params_and_clone(cls: type[Method], params: Mapping[str, Any]) -> None
     assert {"dtype", "device"} <= set(got), "every method takes dtype and device"
     assert m.set_params(**got) is m, "set_params must return self"
     assert m.get_params() == got, "set_params(**get_params()) must change nothing"
+    marks = {k: _Marker(k) for k in got}
+    kept = cls(**marks).get_params()
+    lost = [k for k in marks if kept[k] is not marks[k]]
+    assert not lost, f"the constructor must store every keyword as given; it lost {lost}"
     _expect(UnknownParameterError, "unknown parameter", lambda: m.set_params(nope=1), "set_params")
     assert repr(m).startswith(cls.__name__ + "(")
     try:
