@@ -138,6 +138,18 @@ def test_zero_lambda_is_coop(backbone):
     torch.testing.assert_close(a.ctx_, b.ctx_, rtol=1e-6, atol=1e-8)
 
 
+def test_a_template_makes_the_teacher_from_the_tower(backbone):
+    """With ``template`` the teacher is the tower's features of the filled template, whatever
+    the task's own zero-shot weights: the same fit as a task whose weights are those."""
+    task = make_task(backbone)
+    texts = [f"a {n.replace('_', ' ')} shape." for n in task.classnames]
+    weights = F.normalize(backbone.encode_texts(texts), dim=-1)
+    own = Task(task.classnames, weights, task.support, text_tower=task.text_tower)
+    with_template = ProGrad(epochs=2, template="a {} shape.").fit(task)
+    torch.testing.assert_close(with_template.ctx_, ProGrad(epochs=2).fit(own).ctx_)
+    assert not torch.allclose(with_template.ctx_, ProGrad(epochs=2).fit(task).ctx_)
+
+
 def test_save_and_load_keep_the_prompts_and_parameters(backbone, tmp_path):
     task = make_task(backbone)
     m = ProGrad(epochs=2, n_ctx=6, lam=0.8, temperature=2.0, template="a {} shape.").fit(task)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -199,11 +200,14 @@ def check_traits(cls: type[Method], params: Mapping[str, Any]) -> None:
 
 
 def check_fit_and_predict(cls: type[Method], params: Mapping[str, Any]) -> None:
-    """``fit`` returns self; logits (N, C) finite; predict, predict_proba and score agree."""
+    """``fit`` returns self; logits (N, C) finite; predict, predict_proba and score agree;
+    neither fit nor logits warns on this ordinary task (a warning is for the user to act on)."""
     task, x = make_task(), _queries()
     m = _create(cls, params)
-    assert m.fit(task) is m, "fit must return self"
-    logits = m.logits(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert m.fit(task) is m, "fit must return self"
+        logits = m.logits(x)
     assert logits.shape == (9, task.n_classes), f"logits shape {tuple(logits.shape)}"
     assert logits.dtype == torch.float32, f"logits are {logits.dtype}"
     assert torch.isfinite(logits).all(), "non-finite logits"
