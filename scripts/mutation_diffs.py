@@ -33,10 +33,12 @@ DEVICE = r"(?:dev|device|self\._device|[\w.]+\.device)"
 
 def _functions(path: Path) -> dict[str, str]:
     text = path.read_text()
+    lines = text.splitlines()
     out = {}
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.FunctionDef) and "__mutmut_" in node.name:
-            out[node.name] = ast.get_source_segment(text, node) or ""
+            # by line numbers: ast.get_source_segment rescans the file for every node
+            out[node.name] = "\n".join(lines[node.lineno - 1 : node.end_lineno])
     return out
 
 

@@ -42,3 +42,20 @@ def test_progress_bar_only_when_asked(
     err = capfd.readouterr().err
     assert f"{bar}: 100%" in err
     assert f" {length}/{length} " in err
+
+
+@pytest.mark.parametrize("name", ["clip-adapter", "tip-adapter-f"])
+def test_seeds_fitted_together_show_one_bar_only_when_asked(
+    task: Any, capfd: pytest.CaptureFixture[str], name: str
+) -> None:
+    """``fit_seeds`` of copies that batch: one bar for the batch, named after the method."""
+    for progress in (False, True):
+        copies = [methods.create(name, epochs=2, seed=s, progress=progress) for s in (1, 2)]
+        assert methods.fit_seeds(copies, [task, task], force=True) == 2
+        err = capfd.readouterr().err
+        if progress:
+            assert err.count(f"{name}:   0%") == 1, err  # one bar starts
+            assert f"{name}: 100%" in err
+            assert " 2/2 " in err
+        else:
+            assert err == ""

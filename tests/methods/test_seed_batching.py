@@ -232,3 +232,16 @@ def test_on_a_cpu_seeds_batch_only_when_forced(one_thread, name, monkeypatch):
     for a, b, ref in zip(batch, paid, solo, strict=True):
         _assert_same(a, ref, torch.float32, f"{name} alone")
         _assert_same(b, ref, torch.float32, f"{name} batched, unforced")
+
+
+def test_tip_adapter_f_batches_only_caches_with_the_same_class_counts(one_thread):
+    """Tip-Adapter-F's batched cache sums each class's keys with one reshape for every seed,
+    so the seeds' supports must hold the same number of images of each class: 35 images as
+    7 a class, or as 8, 6, 7, 7, 7, are not batched, wherever the odd one is in the list."""
+    even = _tasks((1, 2, 3))
+    odd = make_shuffled_task(c=5, d=16, seed=104, per=[8, 6, 7, 7, 7])
+    assert odd.support.n == even[0].support.n
+    models = [_create("tip-adapter-f", s) for s in (1, 2, 3)]
+    assert methods.seeds_batchable(models, even, force=True)
+    for tasks in ([odd, *even[1:]], [even[0], odd], [*even[:2], odd]):
+        assert not methods.seeds_batchable(models[: len(tasks)], tasks, force=True)
