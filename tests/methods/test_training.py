@@ -219,7 +219,7 @@ def test_endless_shuffle_serves_whole_passes_across_batches() -> None:
 @pytest.mark.parametrize(
     ("sizes", "takes", "steps"),
     [((7, 3), (2, 2), 30), ((50, 4), (16, 16), 40), ((5, 4), (4, 0), 9), ((3, 5), (7, 1), 11),
-     ((6, 6), (3, 3), 0), ((10,), (10,), 5), ((4, 9, 2), (3, 9, 5), 13)],
+     ((6, 6), (3, 3), 0), ((10,), (10,), 5), ((4, 9, 2), (3, 9, 5), 13), ((1, 3), (1, 2), 4)],
 )  # fmt: skip
 def test_endless_shuffles_serve_what_a_loop_of_streams_serves(
     sizes: tuple[int, ...], takes: tuple[int, ...], steps: int
@@ -239,6 +239,14 @@ def test_endless_shuffles_serve_what_a_loop_of_streams_serves(
         expected = torch.stack(served[i]) if served[i] else torch.empty(steps, k, dtype=torch.long)
         assert torch.equal(at_once[i], expected)
     assert torch.equal(torch.randperm(50, generator=g), torch.randperm(50, generator=g2))
+
+
+def test_endless_shuffles_refuse_an_empty_stream() -> None:
+    from fewclip.errors import InvalidValueError
+
+    with pytest.raises(InvalidValueError) as e:
+        endless_shuffles((3, 0), (1, 1), 2, torch.Generator())
+    assert str(e.value) == "sizes: expected positive stream sizes, found (3, 0)"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
