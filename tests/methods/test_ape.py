@@ -11,6 +11,7 @@ from tests.methods._helpers import one_view_task
 
 from fewclip import functional as F
 from fewclip import methods
+from fewclip.methods import ape as ape_module
 from fewclip.methods.ape import ape_criterion, ape_zero_shot_kl
 from fewclip.task import FeatureSet, Task
 
@@ -143,14 +144,33 @@ def test_ape_t_trains_residual_on_the_selected_channels(task64):
     assert last.best_epoch_ == 4
 
 
-def test_ape_t_affinity_table_gives_the_per_step_training(task64, monkeypatch):
+@pytest.mark.parametrize("bank_dtype", [torch.float64, torch.float32])
+def test_ape_t_affinity_table_gives_the_per_step_training(monkeypatch, bank_dtype):
     """With more epochs than views, APE-T computes each stored view's cache affinity once
     (products of batch_size rows, a shorter last batch on its own); the trained residual and
-    value weights are those of the per-step computation (the table disabled)."""
+    value weights are those of the per-step computation (the table disabled), also when the
+    stored views are float32 and the method float64. The affinity products are counted, so
+    the test knows which path each fit took."""
+    task = make_task(c=4, shots=3, d=8, views=3, seed=2, dtype=bank_dtype)
     params = dict(epochs=5, batch_size=5, channels=3, search=False, dtype="float64")
-    table = methods.create("ape-t", **params).fit(task64)
+    calls = []
+    real = ape_module.tip_affinity
+
+    def counted(x, keys, **kw):
+        calls.append(len(x))
+        return real(x, keys, **kw)
+
+    monkeypatch.setattr(ape_module, "tip_affinity", counted)
+    table = methods.create("ape-t", **params).fit(task)
+    # a table of 3 views × 12 images = 36 rows in 8 products of 5 rows (the last overlapping);
+    # an epoch draws one view of each image (batches of 5, 5, 2), and only the short batch
+    # of each epoch is computed in the steps
+    assert calls[:8] == [5] * 8
+    assert calls[8:] == [2] * 5
     monkeypatch.setattr("fewclip.methods.ape._TABLE_BYTES", 0)
-    per_step = methods.create("ape-t", **params).fit(task64)
+    calls.clear()
+    per_step = methods.create("ape-t", **params).fit(task)
+    assert calls == [5, 5, 2] * 5  # every batch of every epoch
     assert torch.equal(table.residual_, per_step.residual_)
     assert torch.equal(table.value_weights_, per_step.value_weights_)
     assert torch.count_nonzero(table.residual_) > 0

@@ -74,6 +74,8 @@ def test_the_start_is_the_phrase_and_a_default_initialised_meta_net(backbone):
         assert float(values.min()) < -0.8 * bound
         assert float(values.max()) > 0.8 * bound
         assert abs(float(values.mean())) < 0.2 * bound
+        for t in group:  # the biases too
+            assert float(t.min()) < 0 < float(t.max())
 
 
 def test_the_meta_net_s_hidden_layer_is_a_sixteenth_of_the_features():

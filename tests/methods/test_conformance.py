@@ -90,9 +90,18 @@ class _DropsAKeyword(ZeroShot):
         super().__init__(dtype=dtype, device=device)
 
 
+class _NormalisesInPlace(ZeroShot):
+    """Normalises the user's support features in place while fitting."""
+
+    def _fit(self, task):
+        task.support.features.div_(task.support.features.norm(dim=1, keepdim=True))
+        super()._fit(task)
+
+
 @pytest.mark.parametrize(
     ("cls", "failing_check"),
     [
+        (_NormalisesInPlace, "check_fit_and_predict"),
         (_DropsAKeyword, "check_params_and_clone"),
         (_ForgetsOnSave, "check_save_load"),
         (_PeeksAtValidation, "check_validation_trait"),

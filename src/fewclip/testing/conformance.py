@@ -199,15 +199,32 @@ def check_traits(cls: type[Method], params: Mapping[str, Any]) -> None:
     )
 
 
+def _task_tensors(task: Task) -> dict[str, Tensor]:
+    """Copies of every tensor a task holds, by name."""
+    out = {"text_weights": task.text_weights.clone()}
+    for split, fs in (("support", task.support), ("val", task.val)):
+        if fs is None:
+            continue
+        out[f"{split}.features"], out[f"{split}.labels"] = fs.features.clone(), fs.labels.clone()
+        if fs.views is not None:
+            out[f"{split}.views"] = fs.views.clone()
+    return out
+
+
 def check_fit_and_predict(cls: type[Method], params: Mapping[str, Any]) -> None:
     """``fit`` returns self; logits (N, C) finite; predict, predict_proba and score agree;
-    neither fit nor logits warns on this ordinary task (a warning is for the user to act on)."""
+    neither fit nor logits warns on this ordinary task (a warning is for the user to act on)
+    or changes the tensors it was given (the user's features, views, labels, text weights)."""
     task, x = make_task(), _queries()
     m = _create(cls, params)
+    before = _task_tensors(task)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert m.fit(task) is m, "fit must return self"
         logits = m.logits(x)
+    for name, t in _task_tensors(task).items():
+        assert torch.equal(t, before[name]), f"fit changed the task's {name} in place"
+    assert torch.equal(x, _queries()), "logits changed the queries in place"
     assert logits.shape == (9, task.n_classes), f"logits shape {tuple(logits.shape)}"
     assert logits.dtype == torch.float32, f"logits are {logits.dtype}"
     assert torch.isfinite(logits).all(), "non-finite logits"
