@@ -470,7 +470,7 @@ class Method(EstimatorParams):
             raise InvalidValueError(
                 f"task.text_tower: {self.name} learns prompt vectors inside the text encoder, "
                 "but the task has none; build it with text_tower=backbone.text_tower() (an "
-                "open_clip backbone)"
+                "open_clip or transformers CLIP backbone)"
             )
         self.classnames_ = list(task.classnames)
         self.classes_ = list(range(task.n_classes))
