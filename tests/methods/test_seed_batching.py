@@ -204,13 +204,43 @@ def test_fit_seeds_checks_its_inputs():
         methods.fit_seeds(["clip-adapter"], _tasks((1,)))  # type: ignore[list-item]
 
 
-def test_a_bad_hyper_parameter_fails_the_batch_as_it_fails_one_fit():
-    batch = [_create("clip-adapter", s, ratio=1.5) for s in (1, 2)]
-    with pytest.raises(InvalidValueError, match="ratio"):
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("clip-adapter", {"ratio": 1.5}),
+        ("tip-adapter-f", {"batch_size": 0}),
+        ("tip-adapter-f", {"epochs": -1}),
+        ("tip-adapter-f", {"lr": -0.1}),
+    ],
+)
+def test_a_bad_hyper_parameter_fails_the_batch_as_it_fails_one_fit(name, bad):
+    with pytest.raises(InvalidValueError) as alone:
+        _create(name, 1, **bad).fit(_tasks((1,))[0])
+    batch = [_create(name, s, **bad) for s in (1, 2)]
+    with pytest.raises(InvalidValueError) as together:
         methods.fit_seeds(batch, _tasks((1, 2)), force=True)
-    batch = [_create("tip-adapter-f", s, batch_size=0) for s in (1, 2)]
-    with pytest.raises(InvalidValueError, match="batch_size"):
-        methods.fit_seeds(batch, _tasks((1, 2)), force=True)
+    assert str(together.value) == str(alone.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("clip-adapter", {"epochs": 1}),
+        ("tip-adapter-f", {"epochs": 1}),
+        ("tip-adapter-f", {"weight_decay": 20.0}),
+    ],
+)
+def test_one_epoch_and_other_settings_batch_as_they_fit_alone(one_thread, name, extra):
+    seeds = (1, 2)
+    tasks = _tasks(seeds)
+    solo = [_create(name, s, **extra).fit(t) for s, t in zip(seeds, tasks, strict=True)]
+    batch = [_create(name, s, **extra) for s in seeds]
+    assert methods.fit_seeds(batch, tasks, force=True) == 2
+    for b, ref in zip(batch, solo, strict=True):
+        _assert_same(b, ref, torch.float32, f"{name} {extra}")
+    # the setting matters well above the tolerance: the default gives other scores
+    other = _create(name, 1).fit(tasks[0])
+    assert (other.logits(_queries()) - solo[0].logits(_queries())).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
