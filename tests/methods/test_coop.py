@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.methods._prompt_reference import phrase_vectors
 
 import fewclip.backbones as fb
 from fewclip.functional import l2_normalize
@@ -118,6 +119,24 @@ def test_the_class_name_sits_where_the_position_says(backbone, position, layout)
     assert torch.equal(got, want)
 
 
+def test_a_kept_context_pads_the_phrase_with_x_and_reads_underscores_as_spaces(backbone):
+    """With ``keep_n_ctx`` (ProGrad), M = 6 context vectors around a 4-word phrase: the
+    prompts are "X X a photo of a {name}." (the pads' vectors start at zero, the phrase's at
+    its embeddings), and the phrase "a_photo_of_a" is read as "a photo of a", as the
+    reference does."""
+    tower = backbone.text_tower()
+    prompts = PromptContext(
+        tower, CLASSES, n_ctx=6, init="a_photo_of_a", position="end", keep_n_ctx=True
+    )
+    texts = [f"X X a photo of a {n.replace('_', ' ')}." for n in CLASSES]
+    tokens = tower.tokenize(texts)
+    assert torch.equal(prompts.eot, tower.eot_index(tokens))
+    want = tower.embed(tokens)
+    assert torch.equal(prompts.assemble(want[0, 1:7]), want)
+    phrase = phrase_vectors(backbone, "a photo of a")
+    assert torch.equal(prompts.init_vectors, torch.cat([torch.zeros(2, 32), phrase]))
+
+
 def test_class_specific_contexts_have_one_per_class(backbone):
     task = _task(backbone)
     m = CoOp(n_ctx=2, csc=True, epochs=1, batch_size=64, warmup_epochs=0).fit(task)
@@ -144,7 +163,8 @@ def test_trimming_gives_the_untrimmed_training(backbone):
 
 
 def test_epochs_follow_the_released_schedule():
-    assert [coop_epochs(k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    # 50 at 1 shot, 100 at 2 and 4, 200 past 4 (8 and 16 in the released scripts)
+    assert [coop_epochs(k) for k in (1, 2, 4, 5, 8, 16)] == [50, 100, 100, 200, 200, 200]
 
 
 def test_without_a_text_tower_the_error_says_how_to_get_one(backbone):

@@ -13,7 +13,6 @@ from tests.methods._helpers import make_clustered_task
 from fewclip import methods
 from fewclip.errors import InvalidTypeError, InvalidValueError, UnknownNameError
 from fewclip.methods.base import NotFittedError
-from fewclip.methods.coop import coop_epochs
 from fewclip.methods.zero_shot import ZeroShot
 from fewclip.task import Task
 
@@ -79,11 +78,6 @@ def test_built_in_methods_are_imported_on_first_use() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["TipAdapter", "CoOp"]
-
-
-def test_coop_s_epochs_follow_the_released_schedule() -> None:
-    """COOP.md: 50 epochs at 1 shot, 100 at 2 and 4, 200 at 8 and 16 (and past 4 shots)."""
-    assert [coop_epochs(k) for k in (1, 2, 4, 5, 8, 16)] == [50, 100, 100, 200, 200, 200]
 
 
 def test_coop_accepts_any_positive_logit_scale() -> None:
