@@ -88,3 +88,42 @@ def test_coop_accepts_any_positive_logit_scale() -> None:
     task: Task = make_task(fb.load("fewclip-tiny-vit"))
     m = methods.create("coop", epochs=0, scale=0.5).fit(task)
     assert m.scale_ == 0.5
+
+
+def _rewrite_state(folder, **changes):
+    """Replace tensors in a saved method's state and record the new checksum, as a folder
+    written by another (buggy) program would look: only the load-time probe can catch it."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "state.safetensors"
+    tensors = {**load_file(str(path)), **changes}
+    save_file(tensors, str(path), metadata={"method": "zero-shot"})
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["state_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_a_loaded_state_that_does_not_score_its_classes_is_named(tmp_path) -> None:
+    """The probe query on load: one finite score per class name, or a message that says what
+    the tensors give instead (torch's own first line when they cannot be multiplied)."""
+    from fewclip.errors import DamagedFileError
+    from fewclip.methods.base import REFIT_HINT
+
+    m = ZeroShot().fit(make_clustered_task())  # 5 classes, 16 features
+    cases = {
+        "rows": (torch.randn(6, 16), "the fitted tensors give 6 class scores, but config.json "
+                 "names 5 classes"),
+        "huge": (torch.full((5, 16), 3e38), "the fitted tensors give non-finite scores"),
+        "dim": (torch.randn(5, 3), "the fitted tensors do not fit config.json (5 class names, "
+                "16 features): mat1 and mat2 shapes cannot be multiplied (1x16 and 3x5)"),
+    }  # fmt: skip
+    for name, (weights, message) in cases.items():
+        folder = tmp_path / name
+        m.save(folder)
+        _rewrite_state(folder, text_weights_=weights)
+        with pytest.raises(DamagedFileError) as e:
+            methods.load(folder)
+        assert str(e.value) == f"{folder}: {message}; {REFIT_HINT}", name
