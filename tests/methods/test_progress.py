@@ -18,6 +18,7 @@ CASES: list[tuple[str, dict[str, Any], str, int]] = [
     ("clip-adapter", {"epochs": 2}, "clip-adapter", 2),
     ("clip-adapter", {"epochs": 2, "branch": "text"}, "clip-adapter", 2),
     ("cross-modal-lp", {"iters": 6, "eval_every": 3}, "cross-modal-lp", 6),
+    ("cross-modal-lp", {"iters": 40, "eval_every": 20}, "cross-modal-lp", 40),  # 2 blocks
     ("lp++", {"epochs": 3}, "lp++", 3),
     ("taskres", {"epochs": 2}, "taskres", 2),
     ("coop", {"epochs": 2, "n_ctx": 2}, "coop", 2),
