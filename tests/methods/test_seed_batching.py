@@ -200,8 +200,9 @@ def test_batching_needs_the_same_validation_shape_and_a_batching_method(one_thre
 def test_fit_seeds_checks_its_inputs():
     with pytest.raises(InvalidValueError, match="one task per model"):
         methods.fit_seeds([_create("clip-adapter", 1)], _tasks((1, 2)))
-    with pytest.raises(InvalidTypeError, match="expected fewclip methods"):
+    with pytest.raises(InvalidTypeError) as e:
         methods.fit_seeds(["clip-adapter"], _tasks((1,)))  # type: ignore[list-item]
+    assert str(e.value) == "models: expected fewclip methods, found str"
 
 
 @pytest.mark.parametrize(
