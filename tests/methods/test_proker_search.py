@@ -313,3 +313,19 @@ def test_a_single_validation_image_scores_0_or_100_percent():
     )  # a support image itself: some grid point classifies it right
     pk = methods.create("proker", betas=(1.0, 4.0), lams=(0.1, 1.0)).fit(one)
     assert pk.val_accuracy_ == 100.0
+
+
+def test_a_one_image_validation_set_is_searched_like_any_other():
+    """The eigh search with one validation image: its accuracy is 0 or 100 %, and the chosen
+    point's coefficients are that point's solve (also when one correct image is the best
+    count there is)."""
+    task = _task64()
+    x, y = task.val.features[:1], task.val.labels[:1]
+    one = Task(task.classnames, task.text_weights, task.support, FeatureSet(x, y))
+    m = methods.create("proker", solver="eigh", dtype="float64").fit(one)
+    assert m.val_accuracy_ in (0.0, 100.0)
+    fixed = methods.create("proker", solver="eigh", beta=m.beta_, lam=m.lam_, dtype="float64")
+    fixed.fit(one)
+    torch.testing.assert_close(m.dual_coef_, fixed.dual_coef_)
+    if m.val_accuracy_ == 100.0:
+        assert bool(m.predict(x) == y)
