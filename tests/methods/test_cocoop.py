@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.methods._helpers import rewrite_state
 from tests.methods._prompt_reference import (
     make_task,
     open_clip_text,
@@ -227,22 +228,6 @@ def test_a_loaded_method_scores_once_its_tower_is_attached(backbone, tmp_path):
     assert (empty.shape, empty.dtype) == ((0, 3), torch.float32)
 
 
-def _rewrite_state(folder, **changes):
-    """Replace tensors in a saved method's state and record the new checksum, as a folder
-    written by another (buggy) program would look: only the shape checks can catch it."""
-    import hashlib
-    import json
-
-    from safetensors.torch import load_file, save_file
-
-    path = folder / "state.safetensors"
-    tensors = {**load_file(str(path)), **changes}
-    save_file(tensors, str(path), metadata={"method": "cocoop"})
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["state_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (folder / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize(
     ("name", "shape", "expected"),
     [
@@ -262,7 +247,7 @@ def test_a_saved_state_with_wrong_shapes_is_refused_on_load(
     m = CoCoOp(epochs=1, batch_size=64).fit(make_task(backbone))
     assert getattr(m, name).shape != shape  # ctx_ (4, 32), meta_b1_ (4,), meta_w2_ (32, 4)
     m.save(tmp_path / "cc")
-    _rewrite_state(tmp_path / "cc", **{name: torch.zeros(shape)})
+    rewrite_state(tmp_path / "cc", "cocoop", **{name: torch.zeros(shape)})
     with pytest.raises(DamagedFileError) as e:
         methods.load(tmp_path / "cc")
     assert str(e.value) == f"{expected}; {REFIT_HINT}"

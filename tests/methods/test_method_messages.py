@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from tests.methods._helpers import make_clustered_task
+from tests.methods._helpers import make_clustered_task, rewrite_state
 
 from fewclip import methods
 from fewclip.errors import InvalidTypeError, InvalidValueError, UnknownNameError
@@ -90,22 +90,6 @@ def test_coop_accepts_any_positive_logit_scale() -> None:
     assert m.scale_ == 0.5
 
 
-def _rewrite_state(folder, **changes):
-    """Replace tensors in a saved method's state and record the new checksum, as a folder
-    written by another (buggy) program would look: only the load-time probe can catch it."""
-    import hashlib
-    import json
-
-    from safetensors.torch import load_file, save_file
-
-    path = folder / "state.safetensors"
-    tensors = {**load_file(str(path)), **changes}
-    save_file(tensors, str(path), metadata={"method": "zero-shot"})
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["state_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (folder / "config.json").write_text(json.dumps(cfg))
-
-
 def test_a_loaded_state_that_does_not_score_its_classes_is_named(tmp_path) -> None:
     """The probe query on load: one finite score per class name, or a message that says what
     the tensors give instead (torch's own first line when they cannot be multiplied)."""
@@ -123,7 +107,7 @@ def test_a_loaded_state_that_does_not_score_its_classes_is_named(tmp_path) -> No
     for name, (weights, message) in cases.items():
         folder = tmp_path / name
         m.save(folder)
-        _rewrite_state(folder, text_weights_=weights)
+        rewrite_state(folder, "zero-shot", text_weights_=weights)
         with pytest.raises(DamagedFileError) as e:
             methods.load(folder)
         assert str(e.value) == f"{folder}: {message}; {REFIT_HINT}", name
