@@ -14,6 +14,14 @@ if "HF_DATASETS_CACHE" not in os.environ:
     os.environ["HF_DATASETS_CACHE"] = _hf_cache
     atexit.register(shutil.rmtree, _hf_cache, ignore_errors=True)
 
+# Under pytest-xdist the workers share the cores: the processes the tests start (the installed
+# `fewclip` command, bench workers, docs examples) take one torch thread each too. Two workers'
+# subprocesses with two threads each on two cores spin-wait on each other (measured: the CLI
+# tests took 1.5x as long).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 from typing import Any
 
 import pytest
