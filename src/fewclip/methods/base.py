@@ -781,8 +781,12 @@ def _check_config(path: Path, cfg: dict[str, Any]) -> tuple[list[str], int]:
         raise DamagedFileError(
             f"{where}: 'n_features_in' is {dim!r}, expected a positive integer; {REFIT_HINT}"
         )
-    for key in ("params", "state_values"):
-        if not isinstance(cfg.get(key, {}), dict):
+    # every save writes "params"; "state_values" may be absent (folders of older versions)
+    for key, value in (
+        ("params", cfg.get("params")),
+        ("state_values", cfg.get("state_values", {})),
+    ):
+        if not isinstance(value, dict):
             raise DamagedFileError(f"{where}: {key!r} is not a JSON object; {REFIT_HINT}")
     return list(names), dim
 

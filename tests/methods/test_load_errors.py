@@ -1,0 +1,213 @@
+"""What ``fewclip.methods.load`` says about a folder it cannot load, word for word.
+
+Each case is a folder (or a file) a user could hand it: a pickle or ``torch.save`` file, some
+other file, a config edited by hand or by another program, a state file that is not
+safetensors or holds NaNs. The folders are written by ``save`` and then edited; state edits
+record the new checksum (``rewrite_state``), so only the check under test can catch them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+from tests.methods._helpers import make_clustered_task, rewrite_state
+
+from fewclip import methods
+from fewclip.errors import DamagedFileError, InvalidValueError
+from fewclip.methods.base import REFIT_HINT
+from fewclip.methods.clip_adapter import CLIPAdapter
+from fewclip.methods.zero_shot import ZeroShot
+
+EXPECTED = "Expected a folder with config.json and state.safetensors written by Method.save"
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    """A zero-shot method of 5 classes and 16 features, saved."""
+    folder = tmp_path / "zs"
+    ZeroShot().fit(make_clustered_task()).save(folder)
+    return folder
+
+
+def _edit_config(folder: Path, **changes: Any) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            del cfg[key]
+        else:
+            cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+_DROP = object()
+
+
+def _load_error(folder: Path, kind: type[Exception] = DamagedFileError) -> str:
+    with pytest.raises(kind) as e:
+        methods.load(folder)
+    return str(e.value)
+
+
+# -- a file instead of a folder ---------------------------------------------------------------
+def test_a_pickle_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({"weights": [1, 2]}, protocol=4))  # starts with 0x80
+    message = _load_error(path, InvalidValueError)
+    assert message == (
+        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. {EXPECTED}"
+    )
+
+
+def test_a_torch_save_zip_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    with zipfile.ZipFile(path, "w") as z:  # torch.save's format: a zip archive, "PK" first
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    assert path.read_bytes()[:2] == b"PK"
+    message = _load_error(path, InvalidValueError)
+    assert message == (
+        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. {EXPECTED}"
+    )
+
+
+@pytest.mark.parametrize("content", [b"P", b"pk notes", b"x\x80", b""])
+def test_any_other_file_is_named_as_a_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    message = _load_error(path, InvalidValueError)
+    assert message == (
+        f"{path}: expected a method folder with config.json and state.safetensors, found a file"
+    )
+
+
+# -- config.json ------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", [[1, 2], {"format": "fewclip-method/0", "method": "zero-shot"}])
+def test_a_config_of_another_format_is_refused(saved: Path, config: object) -> None:
+    (saved / "config.json").write_text(json.dumps(config))
+    message = _load_error(saved, InvalidValueError)
+    assert message == (
+        f"{saved / 'config.json'}: not a fewclip method config (expected format 'fewclip-method/1')"
+    )
+
+
+@pytest.mark.parametrize("names", [[], ["cat", 3], "cat", None, _DROP])
+def test_class_names_must_be_a_non_empty_list_of_strings(saved: Path, names: object) -> None:
+    _edit_config(saved, classnames=names)
+    assert _load_error(saved) == (
+        f"{saved / 'config.json'}: 'classnames' is not a non-empty list of names; {REFIT_HINT}"
+    )
+
+
+@pytest.mark.parametrize("dim", [0, -3, True, False, "16", 16.0, None])
+def test_the_feature_dimension_must_be_a_positive_integer(saved: Path, dim: object) -> None:
+    _edit_config(saved, n_features_in=dim)
+    assert _load_error(saved) == (
+        f"{saved / 'config.json'}: 'n_features_in' is {dim!r}, expected a positive integer; "
+        f"{REFIT_HINT}"
+    )
+
+
+def test_one_feature_is_a_valid_dimension(tmp_path: Path) -> None:
+    task = make_clustered_task(d=1)
+    m = ZeroShot().fit(task)
+    m.save(tmp_path / "one")
+    loaded = methods.load(tmp_path / "one")
+    assert loaded.n_features_in_ == 1
+    x = torch.linspace(-1, 1, 7).unsqueeze(1)
+    assert torch.equal(loaded.logits(x), m.logits(x))
+
+
+@pytest.mark.parametrize("key", ["params", "state_values"])
+@pytest.mark.parametrize("value", [[1, 2], "lr=0.1", 3])
+def test_params_and_state_values_must_be_objects(saved: Path, key: str, value: object) -> None:
+    _edit_config(saved, **{key: value})
+    assert _load_error(saved) == (
+        f"{saved / 'config.json'}: {key!r} is not a JSON object; {REFIT_HINT}"
+    )
+
+
+def test_missing_params_is_a_damaged_config(saved: Path) -> None:
+    _edit_config(saved, params=_DROP)
+    assert _load_error(saved) == (
+        f"{saved / 'config.json'}: 'params' is not a JSON object; {REFIT_HINT}"
+    )
+
+
+def test_a_config_without_state_values_loads(tmp_path: Path) -> None:
+    """Folders of older versions have no ``state_values``: a method whose fit records only
+    tensors loads from them as before."""
+    m = ZeroShot().fit(make_clustered_task())
+    m.save(tmp_path / "old")
+    _edit_config(tmp_path / "old", state_values=_DROP)
+    loaded = methods.load(tmp_path / "old")
+    x = torch.randn(4, 16)
+    assert torch.equal(loaded.logits(x), m.logits(x))
+
+
+def test_loaded_methods_number_their_classes(saved: Path) -> None:
+    loaded = methods.load(saved)
+    assert loaded.classes_ == [0, 1, 2, 3, 4]
+    assert loaded.classnames_ == [f"class {i}" for i in range(5)]
+
+
+# -- state.safetensors ------------------------------------------------------------------------
+def _replace_state(folder: Path, data: bytes) -> None:
+    """Write ``data`` as the state file and record its checksum, as another program would."""
+    (folder / "state.safetensors").write_bytes(data)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["state_sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    "data", [b"not safetensors at all", b"\x10\x00\x00\x00\x00\x00\x00\x00{}", b"\xff" * 3]
+)
+def test_an_unreadable_state_names_the_reader_s_reason(saved: Path, data: bytes) -> None:
+    with pytest.raises(SafetensorError) as e:  # the reason, as the reader gives it
+        load_safetensors(data)
+    reason = str(e.value).splitlines()[0]
+    assert reason
+    _replace_state(saved, data)
+    assert _load_error(saved) == (
+        f"{saved / 'state.safetensors'}: not a readable safetensors file ({reason}); {REFIT_HINT}"
+    )
+
+
+def test_a_missing_fitted_tensor_is_named(saved: Path) -> None:
+    path = saved / "state.safetensors"
+    save_file({"other": torch.zeros(2)}, str(path), metadata={"method": "zero-shot"})
+    _replace_state(saved, path.read_bytes())
+    assert _load_error(saved) == (f"{path}: missing fitted tensors ['text_weights_']; {REFIT_HINT}")
+
+
+@pytest.mark.parametrize("bad", [1, 3, 80])
+def test_non_finite_fitted_values_are_counted(saved: Path, bad: int) -> None:
+    weights = torch.randn(5, 16)
+    weights.view(-1)[:bad] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(bad)[
+        :bad
+    ]
+    rewrite_state(saved, "zero-shot", text_weights_=weights)
+    assert _load_error(saved) == (
+        f"{saved / 'state.safetensors'}: fitted tensor 'text_weights_' holds {bad} non-finite "
+        f"values (NaN or inf); {REFIT_HINT}"
+    )
+
+
+def test_extra_state_comes_back(tmp_path: Path) -> None:
+    """A method that saves more than its declared tensors (CLIP-Adapter's adapter weights)
+    scores the same after loading."""
+    task = make_clustered_task()
+    m = CLIPAdapter(epochs=2, batch_size=8).fit(task)
+    m.save(tmp_path / "ca")
+    loaded = methods.load(tmp_path / "ca")
+    x = torch.randn(6, 16)
+    assert torch.equal(loaded.logits(x), m.logits(x))
