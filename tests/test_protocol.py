@@ -21,6 +21,7 @@ from fewclip.data import (
     sample_few_shot,
     save_plan,
 )
+from fewclip.errors import InvalidValueError
 from fewclip.protocol import (
     LEAKY,
     PROTOCOLS,
@@ -314,6 +315,59 @@ def test_evaluate_refuses_logits_for_other_classes() -> None:
     assert sub.accuracy == pytest.approx(1 / 3)  # all-zero rows: argmax 0, one label is 0
     with pytest.raises(ValueError, match="the split has 3 classes but the model scores 4"):
         evaluate(TenClasses(), src, plan, class_index=[0, 1, 2, 3], n_classes=3)
+
+
+def test_the_class_count_error_says_what_to_do() -> None:
+    class TenClasses:
+        def logits(self, x: Tensor) -> Tensor:
+            return torch.zeros(len(x), 10)
+
+    src = InMemorySource(test=FeatureSet(torch.randn(3, D), torch.tensor([0, 1, 3])))
+    plan = SplitPlan("val-free", 1, 1, SplitRef("train", (0,)), None, False)
+    with pytest.raises(InvalidValueError) as e:
+        evaluate(TenClasses(), src, plan, n_classes=4)
+    assert str(e.value) == (
+        "test: the split has 4 classes but the model scores 10 (was it fitted on other "
+        "classes? Methods that can name new classes build a model for them with for_classes; "
+        "pass class_index for a subset)"
+    )
+
+
+def test_run_checks_the_model_scores_every_class_of_the_split(world: SyntheticWorld) -> None:
+    """``run`` evaluates with the class count of its class names: an estimator that scores
+    one class too many is refused, not scored over the wrong columns."""
+
+    class OneTooMany:
+        def fit(self, task: object) -> OneTooMany:
+            return self
+
+        def logits(self, x: Tensor) -> Tensor:
+            out = torch.zeros(len(x), C + 1)
+            out[:, 0] = 1.0
+            return out
+
+    src = InMemorySource(_splits(world))
+    with pytest.raises(ValueError, match=f"the split has {C} classes but the model scores {C + 1}"):
+        run(
+            OneTooMany(),
+            src,
+            classnames=world.classnames,
+            text_weights=world.text_weights,
+            shots=2,
+            seed=1,
+            protocol="val-free",
+        )
+
+
+def test_build_task_hands_the_text_tower_to_the_task(world: SyntheticWorld) -> None:
+    from fewclip.testing.text_tower import ToyTextTower
+
+    src = InMemorySource(_splits(world))
+    plan = Protocol("val-free").plan_source(src, shots=1, seed=1, classnames=world.classnames)
+    tower = ToyTextTower(D, seed=0)
+    kw = dict(classnames=world.classnames, text_weights=world.text_weights)
+    assert build_task(plan, src, text_tower=tower, **kw).text_tower is tower
+    assert build_task(plan, src, **kw).text_tower is None
 
 
 def test_plan_save_writes_split_json(tmp_path: Path, world: SyntheticWorld) -> None:

@@ -464,3 +464,34 @@ def test_coop_draws_do_not_suggest_repeat() -> None:
     assert "--repeat" not in message
     assert "--allow-fewer" in message
     assert "a smaller -k" in message
+
+
+#: The ways out of CoOp's draw: all but --repeat.
+WAYS_COOP = WAYS.replace(
+    "--repeat (sample with replacement, Tip-Adapter's choice; Python: repeat=True), ", ""
+)
+
+
+def test_coop_messages_word_for_word_for_both_splits() -> None:
+    with pytest.raises(NotEnoughImagesError) as e:
+        draw_coop([0] * 3 + [1] * 3, [0, 1] * 4, 4, seed=0)
+    assert str(e.value) == (
+        "train: 2 of 2 classes have fewer images than 4 shots: class 0 has 3 images; class 1 "
+        f"has 3 images. The largest -k every class can give is 3. {WAYS_COOP}"
+    )
+    with pytest.raises(NotEnoughImagesError) as e:  # the val split: min(K, 4) a class
+        draw_coop([0] * 5 + [1] * 5, [0, 1, 1], 2, seed=0)
+    assert str(e.value) == (
+        "val: 1 of 2 classes have fewer images than 2 shots: class 0 has 1 images. "
+        f"The largest -k every class can give is 1. {WAYS_COOP}"
+    )
+
+
+def test_check_shots_suggests_k_for_four_validation_images_by_default() -> None:
+    """A class of 9 images holds K = 5 with min(5, 4) = 4 validation images (5 + 4 = 9)."""
+    with pytest.raises(NotEnoughImagesError) as e:
+        check_shots([0] * 9 + [1] * 12, 8, reserve=4)
+    assert str(e.value) == (
+        "train: 1 of 2 classes have fewer images than 8 shots + 4 validation images: class 0 "
+        f"has 9 images. The largest -k every class can give is 5. {WAYS_VAL}"
+    )

@@ -288,7 +288,7 @@ def check_shots(
         )
 
 
-def _largest_fitting_shots(n: int, reserve: int, val_shots: int = 4) -> int:
+def _largest_fitting_shots(n: int, reserve: int, val_shots: int) -> int:
     """The largest K with K + min(K, val_shots) ≤ n when validation images are held out
     (``reserve`` > 0), or K ≤ n without a reserve."""
     if not reserve:
@@ -366,7 +366,6 @@ def draw_fewshot_val(
         shots,
         classnames=classnames,
         where=where,
-        repeat=repeat,
         allow_fewer=allow_fewer,
         reserve=k,
         val_shots=val_shots,
