@@ -1,10 +1,12 @@
 """Print the changed lines of surviving mutmut mutants, fast (no ``mutmut show`` per mutant).
 
     python scripts/mutation_diffs.py [--mutants mutants] [--only cocoop] [--equivalent]
+                                     [--timeouts]
 
 Reads the ``mutants/**/*.py`` files mutmut 3 writes (each mutant is a function
 ``x_name__mutmut_N`` beside ``x_name__mutmut_orig``) and the ``.meta`` exit codes, and prints
-one line per survivor: its name, the original line and the mutated line. ``--equivalent``
+one line per survivor: its name, the original line and the mutated line (``--timeouts``: the
+mutants that timed out instead, which mutmut counts as killed). ``--equivalent``
 prints, as candidate lines for ``tests/mutation_equivalent.txt``, only the survivors of three
 classes that change nothing observable on the CPU the tests run on:
 
@@ -28,6 +30,8 @@ from pathlib import Path
 
 from mutation_report import survived  # scripts/ is sys.path[0] when run as a script
 
+#: mutmut 3's exit code of a mutant whose tests ran past its time limit
+TIMEOUT = -24
 DEVICE = r"(?:dev|device|self\._device|[\w.]+\.device)"
 
 
@@ -92,6 +96,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutants", type=Path, default=Path("mutants"))
     ap.add_argument("--equivalent", action="store_true")
+    ap.add_argument("--timeouts", action="store_true", help="the timed-out mutants instead")
     ap.add_argument(
         "--only", action="append", default=[], help="file stem to read (repeatable); default all"
     )
@@ -102,7 +107,7 @@ def main() -> int:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         funcs = _functions(meta.with_suffix(""))
         for name, code in codes.items():
-            if not survived(code):
+            if (code != TIMEOUT) if args.timeouts else not survived(code):
                 continue
             short = name.split(".")[-1]
             orig = funcs.get(short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")

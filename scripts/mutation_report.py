@@ -4,7 +4,10 @@
 
 Reads the ``mutants/**/*.py.meta`` files that ``mutmut run`` writes (exit code per mutant:
 1 or 3 killed, 0 survived, 33 no test reaches it (counted as a survivor), 36/24/... timeout,
-37 caught by the type checker). Mutants listed
+37 caught by the type checker). A timeout counts as killed but is shown apart: it is either a
+mutant that makes a test hang (an endless loop: killed) or one whose tests all passed until
+time ran out (a survivor). Run timed-out mutants by hand (``MUTANT_UNDER_TEST``) before
+trusting them; ``scripts/mutation_diffs.py --timeouts`` lists them. Mutants listed
 in the equivalent-mutants file (one ``mutant_name  reason`` per line) count as killed only if
 they survived, and are reported apart. Targets: at least 90 % killed in ``functional``,
 ``protocol`` and ``sampling``, at least 80 % in ``methods/``. Prints a Markdown table and the
@@ -20,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 KILLED = {1, 3, 24, -24, 36, 152, 255, 37}  # a failing test, a timeout or the type checker
+TIMEOUTS = {24, -24, 36, 152}  # mutmut's codes for a run stopped at its time limit
 
 
 def survived(code: int | None) -> bool:
@@ -56,6 +60,7 @@ def main() -> int:
     equivalent = read_equivalent(args.equivalent)
     totals: Counter[str] = Counter()
     killed: Counter[str] = Counter()
+    timeouts: Counter[str] = Counter()
     explained: Counter[str] = Counter()
     survivors: list[str] = []
     metas = sorted(args.mutants.rglob("*.py.meta"))
@@ -72,13 +77,14 @@ def main() -> int:
             totals[g] += 1
             if not survived(code):
                 killed[g] += 1
+                timeouts[g] += code in TIMEOUTS
             elif name in equivalent:
                 explained[g] += 1
             else:  # survived, or no test reaches it (33): both count against the score
                 why = "no test reaches it" if code == 33 else f"exit {code}"
                 survivors.append(f"{name}  ({why})")
-    print("| module | mutants | killed | equivalent | score | target | met |")
-    print("|---|---|---|---|---|---|---|")
+    print("| module | mutants | killed | of them timeouts | equivalent | score | target | met |")
+    print("|---|---|---|---|---|---|---|---|")
     ok = True
     for g in sorted(totals):
         score = (killed[g] + explained[g]) / totals[g]
@@ -87,7 +93,8 @@ def main() -> int:
         ok = ok and (target is None or score >= target)
         shown = "" if target is None else f"{target:.0%}"
         print(
-            f"| {g} | {totals[g]} | {killed[g]} | {explained[g]} | {score:.1%} | {shown} | {met} |"
+            f"| {g} | {totals[g]} | {killed[g]} | {timeouts[g]} | {explained[g]} | {score:.1%} "
+            f"| {shown} | {met} |"
         )
     if survivors:
         print(f"\n{len(survivors)} survivors not listed as equivalent:")
