@@ -264,3 +264,23 @@ def test_search_tip_half_precision_uses_the_given_scale() -> None:
     assert ref[2] > 0
     assert ref != ref_default  # the scale matters here
     assert F.search_tip(x, y, keys, labels, w, search_step=(12, 6), scale=10.0) == ref
+
+
+@pytest.mark.parametrize("n_classes", [3, 4])  # 4: the last class has no key
+def test_class_sum_traced_serves_any_batch_size(n_classes: int) -> None:
+    """Under ``torch.jit.trace`` (what ``fewclip.export`` records) the class sum of uneven,
+    unsorted labels is the product with the one-hot matrix, so the recorded graph serves a
+    batch of another size with the same sums as the eager ``index_add``."""
+    labels = torch.tensor([2, 0, 1, 2, 2, 0])
+    with warnings.catch_warnings():  # trace's deprecation and its data-dependent-branch notes
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(lambda v: F.class_sum(v, labels, n_classes), torch.rand(4, 6))
+    for rows in (1, 4, 9):
+        values = torch.rand(rows, 6, dtype=torch.float64).float()
+        out = traced(values)
+        assert out.dtype == values.dtype
+        expected = torch.stack(
+            [values[:, labels == c].sum(dim=1) for c in range(n_classes)], dim=1
+        )  # by definition
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(out, F.class_sum(values, labels, n_classes))
