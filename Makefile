@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/fewclip demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist worksteal tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
