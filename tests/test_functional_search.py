@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fewclip import functional as F
+from fewclip.errors import InvalidValueError
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +152,20 @@ def test_cache_grid_counts_bad_input():
         F.cache_grid_counts(
             x, y, keys, labels, base, [1.0], [1.0], extra=torch.ones(4, 2), gammas=(0.0, 1.0)
         )
+
+
+def test_cache_grid_counts_empty_grids_and_mismatched_rows_are_named():
+    x, keys = F.l2_normalize(torch.randn(4, 3)), F.l2_normalize(torch.randn(6, 3))
+    labels, y, base = torch.arange(3).repeat(2), torch.zeros(4, dtype=torch.long), torch.zeros(4, 3)
+    empty = "betas, alphas and gammas: expected at least one value each"
+    for grids in (([], [1.0], (0.0,)), ([1.0], [], (0.0,)), ([1.0], [1.0], ())):
+        betas, alphas, gammas = grids
+        with pytest.raises(InvalidValueError) as e:
+            F.cache_grid_counts(x, y, keys, labels, base, betas, alphas, gammas=gammas)
+        assert str(e.value) == empty
+    with pytest.raises(InvalidValueError) as e:  # 3 query rows against a base of 4
+        F.cache_grid_counts(x[:3], y[:3], keys, labels, base, [1.0], [1.0])
+    assert str(e.value) == "x_val/y_val: expected 4 rows (as base), found (3, 3) and (3,)"
+    with pytest.raises(InvalidValueError) as e:  # the labels alone are short
+        F.cache_grid_counts(x, y[:3], keys, labels, base, [1.0], [1.0])
+    assert str(e.value) == "x_val/y_val: expected 4 rows (as base), found (4, 3) and (3,)"
