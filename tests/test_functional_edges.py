@@ -284,3 +284,29 @@ def test_class_sum_traced_serves_any_batch_size(n_classes: int) -> None:
         )  # by definition
         torch.testing.assert_close(out, expected)
         torch.testing.assert_close(out, F.class_sum(values, labels, n_classes))
+
+
+@pytest.mark.parametrize(
+    ("values", "step"),
+    [
+        ([1.0, 2.0, 3.0], 1.0),  # three values are enough
+        ([0.5, 2.0, 3.5, 5.0], 1.5),
+        ([1.0, 2.0], None),  # two are not a sequence worth a multiplicative update
+        ([3.0, 2.0, 1.0], None),  # decreasing
+        ([2.0, 2.0, 2.0], None),  # no step
+        ([1.0, 2.0, 4.0], None),
+        # within the relative tolerance 1e-9·max(|first|, |last|, 1)
+        ([1000.0, 2000.0000025, 3000.0], 1000.0),
+        ([-3000.0, -2000.0000025, -1000.0], 1000.0),
+        ([0.0, 1e-3, 2e-3 + 5e-10], (2e-3 + 5e-10) / 2),  # 2.5e-10 off the line
+        ([0.0, 1e-3, 2e-3 + 3e-9], None),  # 1.5e-9 off the line: beyond 1e-9
+    ],
+)
+def test_arithmetic_step_of_the_beta_grid(values: list[float], step: float | None) -> None:
+    """The β grids the searches take the multiplicative path for: increasing arithmetic
+    sequences of at least three values, up to a relative 1e-9."""
+    got = F._arithmetic_step(values)
+    if step is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(step, rel=1e-12)
