@@ -169,3 +169,27 @@ def test_cache_grid_counts_empty_grids_and_mismatched_rows_are_named():
     with pytest.raises(InvalidValueError) as e:  # the labels alone are short
         F.cache_grid_counts(x, y[:3], keys, labels, base, [1.0], [1.0])
     assert str(e.value) == "x_val/y_val: expected 4 rows (as base), found (4, 3) and (3,)"
+
+
+def test_cache_grid_counts_one_thread_counts_all_rows_in_one_group(monkeypatch):
+    """On one intra-op thread there is one row group (no Python threads), the counts are the
+    brute-force ones, and the caller keeps its one thread."""
+    g = torch.Generator().manual_seed(11)
+    n, c, d = 203, 7, 12
+    labels = torch.arange(c).repeat_interleave(3)
+    keys = F.l2_normalize(torch.randn(len(labels), d, generator=g, dtype=torch.float64))
+    x = F.l2_normalize(torch.randn(n, d, generator=g, dtype=torch.float64))
+    y = torch.randint(c, (n,), generator=g)
+    base = 10 * x @ F.l2_normalize(torch.randn(c, d, generator=g, dtype=torch.float64)).T
+    betas, alphas = F.reference_grid(7, 40), F.reference_grid(3, 8)
+    monkeypatch.setattr(F, "_GRID_BLOCK_BYTES", 6 * len(labels) * 8)  # 34 blocks of 6 rows
+    calls = []
+    real = F._grid_rows_counts
+    monkeypatch.setattr(
+        F, "_grid_rows_counts", lambda s, *a, **k: calls.append(s.shape[0]) or real(s, *a, **k)
+    )
+    assert torch.get_num_threads() == 1
+    counts = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas)
+    assert calls == [n]
+    assert torch.get_num_threads() == 1
+    assert torch.equal(counts, _brute_counts(x, y, keys, labels, base, betas, alphas))
