@@ -77,11 +77,10 @@ def test_cache_grid_counts_equals_brute_force(variant, dtype):
     assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("variant", ["plain", "both"])
-def test_cache_grid_counts_row_groups_on_two_threads(monkeypatch, variant):
-    """With two intra-op threads the counting stage splits the rows into groups that run in
-    parallel Python threads; the counts must not change, and the caller's thread count must be
-    restored (also the one new threads start with)."""
+def _row_group_case(monkeypatch, variant="plain"):
+    """203 query rows over 7 classes × 3 keys in 34 cache blocks of 6 rows (float64):
+    ``(args, kwargs)`` of ``cache_grid_counts``; ``variant="both"`` adds key weights and an
+    extra term over 4 γ."""
     g = torch.Generator().manual_seed(11)
     n, c, d = 203, 7, 12
     labels = torch.arange(c).repeat_interleave(3)
@@ -98,23 +97,40 @@ def test_cache_grid_counts_row_groups_on_two_threads(monkeypatch, variant):
         gammas = [0.3 * i for i in range(4)]
     # 6 rows per cache block, so 203 rows make 34 blocks and, on two threads, two row groups
     monkeypatch.setattr(F, "_GRID_BLOCK_BYTES", 6 * len(labels) * 8)
-    kwargs = dict(key_weights=kw, extra=extra, gammas=gammas)
-    assert torch.get_num_threads() == 1
-    one = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas, **kwargs)
+    return (x, y, keys, labels, base, betas, alphas), dict(
+        key_weights=kw, extra=extra, gammas=gammas
+    )
+
+
+def _record_row_groups(monkeypatch):
+    """The number of rows of every row group counted from now on."""
     calls = []
     real = F._grid_rows_counts
     monkeypatch.setattr(
         F, "_grid_rows_counts", lambda s, *a, **k: calls.append(s.shape[0]) or real(s, *a, **k)
     )
+    return calls
+
+
+@pytest.mark.parametrize("variant", ["plain", "both"])
+def test_cache_grid_counts_row_groups_on_two_threads(monkeypatch, variant):
+    """With two intra-op threads the counting stage splits the rows into groups that run in
+    parallel Python threads; the counts must not change, and the caller's thread count must be
+    restored (also the one new threads start with)."""
+    args, kwargs = _row_group_case(monkeypatch, variant)
+    assert torch.get_num_threads() == 1
+    one = F.cache_grid_counts(*args, **kwargs)
+    calls = _record_row_groups(monkeypatch)
     torch.set_num_threads(2)
-    two = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas, **kwargs)
+    two = F.cache_grid_counts(*args, **kwargs)
     assert torch.get_num_threads() == 2
     with ThreadPoolExecutor(1) as pool:  # a fresh thread starts with the caller's count
         assert pool.submit(torch.get_num_threads).result() == 2
     assert sorted(calls) == [101, 102]
     assert torch.equal(two, one)
     assert torch.equal(
-        one, _brute_counts(x, y, keys, labels, base, betas, alphas, kw, extra, gammas)
+        one,
+        _brute_counts(*args, kwargs["key_weights"], kwargs["extra"], kwargs["gammas"]),
     )
 
 
@@ -174,22 +190,10 @@ def test_cache_grid_counts_empty_grids_and_mismatched_rows_are_named():
 def test_cache_grid_counts_one_thread_counts_all_rows_in_one_group(monkeypatch):
     """On one intra-op thread there is one row group (no Python threads), the counts are the
     brute-force ones, and the caller keeps its one thread."""
-    g = torch.Generator().manual_seed(11)
-    n, c, d = 203, 7, 12
-    labels = torch.arange(c).repeat_interleave(3)
-    keys = F.l2_normalize(torch.randn(len(labels), d, generator=g, dtype=torch.float64))
-    x = F.l2_normalize(torch.randn(n, d, generator=g, dtype=torch.float64))
-    y = torch.randint(c, (n,), generator=g)
-    base = 10 * x @ F.l2_normalize(torch.randn(c, d, generator=g, dtype=torch.float64)).T
-    betas, alphas = F.reference_grid(7, 40), F.reference_grid(3, 8)
-    monkeypatch.setattr(F, "_GRID_BLOCK_BYTES", 6 * len(labels) * 8)  # 34 blocks of 6 rows
-    calls = []
-    real = F._grid_rows_counts
-    monkeypatch.setattr(
-        F, "_grid_rows_counts", lambda s, *a, **k: calls.append(s.shape[0]) or real(s, *a, **k)
-    )
+    args, _ = _row_group_case(monkeypatch)
+    calls = _record_row_groups(monkeypatch)
     assert torch.get_num_threads() == 1
-    counts = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas)
-    assert calls == [n]
+    counts = F.cache_grid_counts(*args)
+    assert calls == [203]
     assert torch.get_num_threads() == 1
-    assert torch.equal(counts, _brute_counts(x, y, keys, labels, base, betas, alphas))
+    assert torch.equal(counts, _brute_counts(*args))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
+from tests.methods._helpers import resign_state
 
 import fewclip
 from fewclip.errors import DamagedFileError, FewclipError
@@ -98,9 +99,7 @@ def resign(folder: Path) -> None:
     them: what is left to catch the edit is the validation of the content."""
     from fewclip.adapter import _record_digest
 
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["state_sha256"] = hashlib.sha256((folder / "state.safetensors").read_bytes()).hexdigest()
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    resign_state(folder)
     rec = json.loads((folder / "adapter.json").read_text())
     rec["checksums"]["config.json"] = hashlib.sha256(
         (folder / "config.json").read_bytes()

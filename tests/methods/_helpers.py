@@ -89,18 +89,24 @@ GDA_PROKER_LPPP_CLAP = ["gda", "proker", "lp++", "zs-lp", "clap"]
 TASKRES_APE_TIPX_CMLP = ["taskres", "ape", "ape-t", "tip-x", "cross-modal-lp"]
 
 
+def resign_state(folder):
+    """Record the checksum of ``folder``'s current ``state.safetensors`` in its config.json,
+    as a buggy writer would have: only the checks of the content can catch an edit then."""
+    import hashlib
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["state_sha256"] = hashlib.sha256((folder / "state.safetensors").read_bytes()).hexdigest()
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
 def rewrite_state(folder, method, **changes):
     """Replace tensors in the state of a ``method`` saved in ``folder`` and record the new
     checksum, as a folder written by another (buggy) program would look: only the checks of
     the content (shapes, the load-time probe) can catch it."""
-    import hashlib
-    import json
-
     from safetensors.torch import load_file, save_file
 
     path = folder / "state.safetensors"
     tensors = {**load_file(str(path)), **changes}
     save_file(tensors, str(path), metadata={"method": method})
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["state_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (folder / "config.json").write_text(json.dumps(cfg))
+    resign_state(folder)

@@ -8,7 +8,6 @@ record the new checksum (``rewrite_state``), so only the check under test can ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import zipfile
@@ -20,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
-from tests.methods._helpers import make_clustered_task, rewrite_state
+from tests.methods._helpers import make_clustered_task, resign_state, rewrite_state
 
 from fewclip import methods
 from fewclip.errors import DamagedFileError, InvalidValueError
@@ -39,6 +38,10 @@ def saved(tmp_path: Path) -> Path:
     return folder
 
 
+#: ``_edit_config(folder, key=_DROP)`` deletes the key
+_DROP = object()
+
+
 def _edit_config(folder: Path, **changes: Any) -> None:
     cfg = json.loads((folder / "config.json").read_text())
     for key, value in changes.items():
@@ -47,9 +50,6 @@ def _edit_config(folder: Path, **changes: Any) -> None:
         else:
             cfg[key] = value
     (folder / "config.json").write_text(json.dumps(cfg))
-
-
-_DROP = object()
 
 
 def _load_error(folder: Path, kind: type[Exception] = DamagedFileError) -> str:
@@ -160,14 +160,6 @@ def test_loaded_methods_number_their_classes(saved: Path) -> None:
 
 
 # -- state.safetensors ------------------------------------------------------------------------
-def _replace_state(folder: Path, data: bytes) -> None:
-    """Write ``data`` as the state file and record its checksum, as another program would."""
-    (folder / "state.safetensors").write_bytes(data)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["state_sha256"] = hashlib.sha256(data).hexdigest()
-    (folder / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize(
     "data", [b"not safetensors at all", b"\x10\x00\x00\x00\x00\x00\x00\x00{}", b"\xff" * 3]
 )
@@ -176,7 +168,8 @@ def test_an_unreadable_state_names_the_reader_s_reason(saved: Path, data: bytes)
         load_safetensors(data)
     reason = str(e.value).splitlines()[0]
     assert reason
-    _replace_state(saved, data)
+    (saved / "state.safetensors").write_bytes(data)
+    resign_state(saved)
     assert _load_error(saved) == (
         f"{saved / 'state.safetensors'}: not a readable safetensors file ({reason}); {REFIT_HINT}"
     )
@@ -185,16 +178,15 @@ def test_an_unreadable_state_names_the_reader_s_reason(saved: Path, data: bytes)
 def test_a_missing_fitted_tensor_is_named(saved: Path) -> None:
     path = saved / "state.safetensors"
     save_file({"other": torch.zeros(2)}, str(path), metadata={"method": "zero-shot"})
-    _replace_state(saved, path.read_bytes())
+    resign_state(saved)
     assert _load_error(saved) == (f"{path}: missing fitted tensors ['text_weights_']; {REFIT_HINT}")
 
 
 @pytest.mark.parametrize("bad", [1, 3, 80])
 def test_non_finite_fitted_values_are_counted(saved: Path, bad: int) -> None:
+    non_finite = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(bad)
     weights = torch.randn(5, 16)
-    weights.view(-1)[:bad] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(bad)[
-        :bad
-    ]
+    weights.view(-1)[:bad] = non_finite[:bad]
     rewrite_state(saved, "zero-shot", text_weights_=weights)
     assert _load_error(saved) == (
         f"{saved / 'state.safetensors'}: fitted tensor 'text_weights_' holds {bad} non-finite "
