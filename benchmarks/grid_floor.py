@@ -26,12 +26,11 @@ import torch
 
 from benchmarks._floors import FLOORS, Rates, Shape
 from benchmarks._util import table
+from benchmarks.bench_speed import PRESET_NAME
 from fewclip import methods as registry
 from fewclip.bench.config import load_config
 from fewclip.testing.synthetic import PRESETS
 
-#: Benchmark names of the ``tip-adapter`` preset → ``PRESETS`` names.
-PRESET_NAME = {"fgvc_aircraft": "fgvc"}
 VIEWS, DIM, VAL_SHOTS = 10, 1024, 4
 
 

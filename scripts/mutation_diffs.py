@@ -28,10 +28,8 @@ import json
 import re
 from pathlib import Path
 
-from mutation_report import survived  # scripts/ is sys.path[0] when run as a script
+from mutation_report import TIMEOUTS, survived  # scripts/ is sys.path[0] when run as a script
 
-#: mutmut 3's exit code of a mutant whose tests ran past its time limit
-TIMEOUT = -24
 DEVICE = r"(?:dev|device|self\._device|[\w.]+\.device)"
 
 
@@ -107,7 +105,7 @@ def main() -> int:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         funcs = _functions(meta.with_suffix(""))
         for name, code in codes.items():
-            if (code != TIMEOUT) if args.timeouts else not survived(code):
+            if (code not in TIMEOUTS) if args.timeouts else not survived(code):
                 continue
             short = name.split(".")[-1]
             orig = funcs.get(short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")
