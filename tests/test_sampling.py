@@ -38,6 +38,10 @@ WAYS = (
 )
 #: Under fewshot-val, --repeat alone does not help (validation images must be distinct).
 WAYS_VAL = WAYS.replace("--repeat (sample", "--repeat with --protocol val-free (sample")
+#: CoOp's draw samples without replacement: all the ways out but --repeat.
+WAYS_COOP = WAYS.replace(
+    "--repeat (sample with replacement, Tip-Adapter's choice; Python: repeat=True), ", ""
+)
 
 
 def _labels(sizes: dict[Any, int], seed: int = 0) -> list[Any]:
@@ -464,12 +468,6 @@ def test_coop_draws_do_not_suggest_repeat() -> None:
     assert "--repeat" not in message
     assert "--allow-fewer" in message
     assert "a smaller -k" in message
-
-
-#: The ways out of CoOp's draw: all but --repeat.
-WAYS_COOP = WAYS.replace(
-    "--repeat (sample with replacement, Tip-Adapter's choice; Python: repeat=True), ", ""
-)
 
 
 def test_coop_messages_word_for_word_for_both_splits() -> None:
