@@ -1,5 +1,7 @@
 """The functional core against independent float64 computations and the literal reference loop."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -306,6 +308,20 @@ def test_pow2_rescale_rows_is_ldexp_on_float32_rows_of_any_magnitude():
         x[5::17, 2] = 1e-45
         _, exponent = torch.frexp(x.abs().amax(dim=-1, keepdim=True))
         assert torch.equal(F.pow2_rescale_rows(x), torch.ldexp(x, -exponent))
+
+
+def test_pow2_rescale_rows_traced_serves_rows_of_subnormal_numbers():
+    """A graph traced (as ``fewclip.export`` records it) on ordinary rows still gives ldexp's
+    numbers for rows of subnormal numbers, whose factor 2^−e is beyond float32's range: the
+    trace must not freeze the eager fast path's data-dependent choice."""
+    with warnings.catch_warnings():  # trace's deprecation notes
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(F.pow2_rescale_rows, torch.randn(3, 4))
+    x = torch.tensor([[1e-45, -3e-45, 0.0], [2.0, -0.5, 1.0], [7e-39, 1e-40, 0.0]])
+    _, exponent = torch.frexp(x.abs().amax(dim=-1, keepdim=True))
+    expected = torch.ldexp(x, -exponent)
+    assert bool(torch.isfinite(expected).all())
+    assert torch.equal(traced(x), expected)
 
 
 def test_pow2_rescale_rows_rescues_extreme_float32_rows():

@@ -197,3 +197,100 @@ def test_cache_grid_counts_one_thread_counts_all_rows_in_one_group(monkeypatch):
     assert calls == [203]
     assert torch.get_num_threads() == 1
     assert torch.equal(counts, _brute_counts(*args))
+
+
+def _parallel_keys_and_rows(n_keys, n_rows):
+    """Keys and query rows that are all the same unit vector: every affinity ``x·k`` is exactly
+    1, so every cache entry ``exp(−β(1 − x·k))`` is exactly 1 at every β and the cache term of a
+    class is the (weighted) number of its keys, in any precision."""
+    unit = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    return unit.expand(n_rows, 2).clone(), unit.expand(n_keys, 2).clone()
+
+
+def test_cache_grid_counts_float64_is_exact_to_float64_precision():
+    """A float64 search counts in float64: margins of 1e-10 and crossing points 1e-12 away from
+    a grid value decide as they do in float64 (float32 would tie them or round the grid)."""
+    labels = torch.tensor([0, 0, 1, 2])  # cache term per class: 2, 1, 1
+    x, keys = _parallel_keys_and_rows(len(labels), 3)
+    y = torch.tensor([1, 0, 2])
+    base = torch.tensor(
+        [
+            [-5.0, 1.0 + 1e-10, 1.0],  # beats class 2 by 1e-10 (1.0 in float32: a tie)
+            [0.0, 0.1 + 1e-12, -5.0],  # beats class 1 once α > 0.1 + 1e-12: not at α = 0.1
+            [-5.0, 0.3 + 1e-12, 0.0],  # beats class 1 once γ > 0.3 + 1e-12: not at γ = 0.3
+        ],
+        dtype=torch.float64,
+    )
+    extra = torch.zeros(3, 3, dtype=torch.float64)
+    extra[2, 2] = 1.0
+    betas, alphas, gammas = [1.0, 2.0, 3.0, 5.0], [0.0, 0.1, 0.2], [0.0, 0.3, 0.6]
+    got = F.cache_grid_counts(x, y, keys, labels, base, betas, alphas, extra=extra, gammas=gammas)
+    by_alpha = torch.tensor([0, 0, 1]).view(1, 3)  # row 1
+    by_gamma = torch.tensor([0, 0, 1]).view(3, 1)  # row 2
+    expected = (1 + by_alpha + by_gamma).expand(len(betas), 1, 3, 3)
+    assert torch.equal(got, expected)
+    assert torch.equal(
+        got, _brute_counts(x, y, keys, labels, base, betas, alphas, None, extra, gammas)
+    )
+
+    # per-key value weights are applied in float64 too: 0.1 − 1e-12 stays below 0.1
+    labels = torch.tensor([0, 1])
+    x, keys = _parallel_keys_and_rows(2, 1)
+    weights = torch.tensor([[0.1 - 1e-12, 0.0]], dtype=torch.float64)
+    base = torch.tensor([[0.0, 0.1]], dtype=torch.float64)
+    y = torch.tensor([0])
+    got = F.cache_grid_counts(x, y, keys, labels, base, [1.0], [0.0, 1.0, 2.0], key_weights=weights)
+    assert got.view(-1).tolist() == [0, 0, 1]
+
+
+def test_cache_grid_counts_searches_half_precision_in_float32():
+    """Float16 inputs (features, base, extra, a given affinity) are searched in float32: the
+    counts are those of the same numbers passed as float32."""
+    g = torch.Generator().manual_seed(5)
+    n, c, d = 60, 5, 8
+    labels = torch.arange(c).repeat_interleave(3)
+    keys = F.l2_normalize(torch.randn(len(labels), d, generator=g)).half()
+    x = F.l2_normalize(torch.randn(n, d, generator=g)).half()
+    y = torch.randint(c, (n,), generator=g)
+    # logits of both signs near zero: their float16 differences are not all float16 numbers
+    base = (2 * torch.randn(n, c, generator=g)).half()
+    extra = torch.randn(n, c, generator=g).half()
+    grid = dict(
+        betas=F.reference_grid(7, 20),
+        alphas=F.reference_grid(3, 30),
+        gammas=[0.1 * i for i in range(11)],
+    )
+    for affinity in (None, x @ keys.T):
+        half = F.cache_grid_counts(x, y, keys, labels, base, extra=extra, affinity=affinity, **grid)
+        single = F.cache_grid_counts(
+            x.float(), y, keys.float(), labels, base.float(), extra=extra.float(),
+            affinity=None if affinity is None else affinity.float(), **grid,
+        )  # fmt: skip
+        assert torch.equal(half, single)
+        assert 0 < int(single.min()) < int(single.max()) < n  # the grid matters here
+
+
+def test_cache_grid_counts_rows_counted_in_many_groups(monkeypatch):
+    """With a small budget for the margins counted together, one thread counts the rows in
+    groups of one cache block each, within chunks of 48 rows; every row is counted once."""
+    args, kwargs = _row_group_case(monkeypatch, "both")
+    monkeypatch.setattr(F, "_COUNT_BYTES", 1)
+    calls = _record_row_groups(monkeypatch)
+    row_bytes = 7 * 3 * 8  # 7 classes × 3 keys of float64 affinities
+    counts = F.cache_grid_counts(*args, **kwargs, chunk_bytes=48 * row_bytes)
+    assert calls == [6] * 33 + [5]
+    assert torch.equal(
+        counts, _brute_counts(*args, kwargs["key_weights"], kwargs["extra"], kwargs["gammas"])
+    )
+
+
+def test_cache_grid_counts_one_class_is_always_right():
+    """With a single class there is no other class to beat: every row counts everywhere."""
+    g = torch.Generator().manual_seed(2)
+    keys = F.l2_normalize(torch.randn(4, 3, generator=g))
+    x = F.l2_normalize(torch.randn(7, 3, generator=g))
+    labels, y = torch.zeros(4, dtype=torch.long), torch.zeros(7, dtype=torch.long)
+    got = F.cache_grid_counts(
+        x, y, keys, labels, torch.randn(7, 1, generator=g), [1.0, 2.0], [0.0, 1.0]
+    )
+    assert torch.equal(got, torch.full((2, 1, 1, 2), 7))

@@ -321,6 +321,51 @@ def test_cache_grid_counts_exact_with_ties(problem, grid, n_weights, gammas, see
     assert torch.equal(got, want)
 
 
+@settings(max_examples=300, **_SETTINGS)
+@given(
+    n=st.integers(1, 4),
+    c=st.integers(2, 4),
+    n_slices=st.integers(1, 3),
+    n_var=st.integers(1, 2),
+    alphas=st.lists(_dyadic, min_size=1, max_size=5),
+    gammas=st.one_of(st.none(), st.lists(_dyadic, min_size=1, max_size=7)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_interval_counts_exact_on_integer_margins(n, c, n_slices, n_var, alphas, gammas, seed):
+    """The engine of the cache searches counts, for every (slice, variant, γ, α), the rows whose
+    margin ``d_base + α·d_cache + γ·d_extra`` against every other class is strictly positive.
+    Integer margins in [−2, 2] and quarter-step α, γ make every margin exact and zero slopes,
+    zero margins and classes that win on only part of the grid frequent, so each pruning rule
+    and each bound (a slope of 0, a margin of 0 at a corner) is reached."""
+    g = _gen(seed)
+    labels = torch.randint(c, (n,), generator=g)
+    d_base = torch.randint(-2, 3, (n, c), generator=g).double()
+    d_cache = torch.randint(-2, 3, (n_slices, n_var, n, c), generator=g).double()
+    d_extra = None if gammas is None else torch.randint(-2, 3, (n, c), generator=g).double()
+    gam = [0.0] if gammas is None else gammas
+    for t in (d_base, d_cache, d_extra):  # a margin against the label itself is 0
+        if t is not None:
+            t.scatter_(-1, labels.view(n, 1).expand_as(t[..., :1]), 0.0)
+    got = F._interval_counts(
+        d_base,
+        d_cache,
+        d_extra,
+        labels,
+        torch.tensor(alphas, dtype=torch.float64),
+        torch.tensor(gam, dtype=torch.float64),
+    )
+    want = torch.zeros(n_slices, n_var, len(gam), len(alphas), dtype=torch.long)
+    others = torch.ones(n, c, dtype=torch.bool).scatter_(1, labels.view(n, 1), False)
+    for b, v, (gi, gamma), (ai, alpha) in itertools.product(
+        range(n_slices), range(n_var), enumerate(gam), enumerate(alphas)
+    ):
+        margin = d_base + alpha * d_cache[b, v]
+        if d_extra is not None:
+            margin = margin + gamma * d_extra
+        want[b, v, gi, ai] = int(((margin > 0) | ~others).all(dim=1).sum())
+    assert torch.equal(got, want)
+
+
 # -- 2. few-shot draws ------------------------------------------------------------------------
 
 
