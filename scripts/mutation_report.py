@@ -63,6 +63,7 @@ def main() -> int:
     timeouts: Counter[str] = Counter()
     explained: Counter[str] = Counter()
     survivors: list[str] = []
+    seen: dict[str, int] = {}  # every mutant that ran: name → exit code
     metas = sorted(args.mutants.rglob("*.py.meta"))
     if not metas:
         print(f"no mutmut results under {args.mutants}/: run `make mutation`", file=sys.stderr)
@@ -75,6 +76,7 @@ def main() -> int:
             if code is None or code in (5, 34):  # not run yet, or skipped
                 continue
             totals[g] += 1
+            seen[name] = code
             if not survived(code):
                 killed[g] += 1
                 timeouts[g] += code in TIMEOUTS
@@ -99,6 +101,14 @@ def main() -> int:
     if survivors:
         print(f"\n{len(survivors)} survivors not listed as equivalent:")
         print("\n".join(f"- {s}" for s in survivors))
+    stale = [
+        f"{name}  ({'killed' if name in seen else 'not in this run'})"
+        for name in equivalent
+        if name not in seen or not survived(seen[name])
+    ]
+    if stale:  # a line for a killed mutant, or a name from an older numbering of its function
+        print(f"\n{len(stale)} lines of {args.equivalent} name no survivor of this run:")
+        print("\n".join(f"- {s}" for s in stale))
     return 0 if ok else 1
 
 

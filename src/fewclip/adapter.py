@@ -43,6 +43,7 @@ from fewclip.methods.base import (
     REFIT_HINT,
     Method,
     describe_saved,
+    file_not_folder_message,
 )
 from fewclip.metrics import classification_report
 from fewclip.outputs import check_folder
@@ -215,6 +216,12 @@ class Adapter:
         if not p.exists():
             raise MissingFileError(f"{p}: no such adapter folder")
         rec_path = p / ADAPTER_FILE
+        if p.is_file():
+            raise AdapterError(
+                file_not_folder_message(
+                    p, f"an adapter folder (with {ADAPTER_FILE}) written by `fewclip fit`"
+                )
+            )
         if not rec_path.is_file():
             raise AdapterError(
                 f"{p}: no {ADAPTER_FILE}; this is not an adapter folder written by `fewclip fit` "

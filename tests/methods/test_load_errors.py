@@ -27,7 +27,7 @@ from fewclip.methods.base import REFIT_HINT
 from fewclip.methods.clip_adapter import CLIPAdapter
 from fewclip.methods.zero_shot import ZeroShot
 
-EXPECTED = "Expected a folder with config.json and state.safetensors written by Method.save"
+EXPECTED = "a method folder with config.json and state.safetensors written by Method.save"
 
 
 @pytest.fixture
@@ -64,7 +64,8 @@ def test_a_pickle_file_is_refused_unread(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"weights": [1, 2]}, protocol=4))  # starts with 0x80
     message = _load_error(path, InvalidValueError)
     assert message == (
-        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. {EXPECTED}"
+        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
+        f"Expected {EXPECTED}"
     )
 
 
@@ -75,7 +76,8 @@ def test_a_torch_save_zip_file_is_refused_unread(tmp_path: Path) -> None:
     assert path.read_bytes()[:2] == b"PK"
     message = _load_error(path, InvalidValueError)
     assert message == (
-        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. {EXPECTED}"
+        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
+        f"Expected {EXPECTED}"
     )
 
 
@@ -84,9 +86,7 @@ def test_any_other_file_is_named_as_a_file(tmp_path: Path, content: bytes) -> No
     path = tmp_path / "notes.txt"
     path.write_bytes(content)
     message = _load_error(path, InvalidValueError)
-    assert message == (
-        f"{path}: expected a method folder with config.json and state.safetensors, found a file"
-    )
+    assert message == f"{path}: expected {EXPECTED}, found a file"
 
 
 # -- config.json ------------------------------------------------------------------------------

@@ -268,18 +268,27 @@ def _task_shape(task: Task) -> tuple[Any, ...]:
     )
 
 
+def file_not_folder_message(path: Path, expected: str) -> str:
+    """The error for a file given where a saved folder was expected: a pickle or ``torch.save``
+    file (a zip) is named as such, since it is what users of other libraries pass. ``expected``
+    describes the folder, e.g. ``"a folder with config.json and state.safetensors"``."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        return (
+            f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
+            f"Expected {expected}"
+        )
+    return f"{path}: expected {expected}, found a file"
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     cfg_path = path / CONFIG_FILE
     if path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head[:1] == b"\x80" or head == b"PK":
-            raise InvalidValueError(
-                f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
-                f"Expected a folder with {CONFIG_FILE} and {STATE_FILE} written by Method.save"
-            )
         raise InvalidValueError(
-            f"{path}: expected a method folder with {CONFIG_FILE} and {STATE_FILE}, found a file"
+            file_not_folder_message(
+                path, f"a method folder with {CONFIG_FILE} and {STATE_FILE} written by Method.save"
+            )
         )
     if not cfg_path.is_file():
         raise MissingFileError(f"{path}: no {CONFIG_FILE} found; expected a folder from save()")
