@@ -8,7 +8,7 @@ import inspect
 import pkgutil
 
 import fewclip
-from fewclip.errors import FewclipError
+from fewclip.errors import FewclipError, count_of
 
 
 def _fewclip_exception_classes() -> dict[str, type[BaseException]]:
@@ -83,3 +83,7 @@ def test_the_cli_reports_a_bug_in_one_line_with_exit_70(monkeypatch, capsys) -> 
     code = main(["--debug", "fit", "-m", "zero-shot", "-d", "x", "-o", "y"])
     assert code == 70
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_count_of_is_plural_unless_one() -> None:
+    assert [count_of(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]

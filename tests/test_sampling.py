@@ -268,13 +268,13 @@ def test_short_class_named_with_its_classname() -> None:
         draw_support(labels, 4, seed=1, classnames=["cat", "dog", "owl"])
     assert _message(e) == (
         "train: 2 of 3 classes have fewer images than 4 shots: class 0 ('cat') has 2 images; "
-        "class 2 ('owl') has 1 images. The largest -k every class can give is 1. " + WAYS
+        "class 2 ('owl') has 1 image. The largest -k every class can give is 1. " + WAYS
     )
 
 
 def test_label_outside_the_classnames_is_named_by_its_value() -> None:
     labels = [0] * 3 + [1] * 3 + [2] * 3 + [3] + [-1]
-    with pytest.raises(NotEnoughImagesError, match=r": class 3 has 1 images; class -1 has 1 "):
+    with pytest.raises(NotEnoughImagesError, match=r": class 3 has 1 image; class -1 has 1 "):
         check_shots(labels, 2, classnames=["a", "b", "c"])
 
 
@@ -320,7 +320,7 @@ def test_no_largest_k_suggested_when_no_k_fits() -> None:
         draw_fewshot_val([0] * 10 + [1], 1, seed=1)
     assert _message(e) == (
         "train: 1 of 2 classes have fewer images than 1 shots + 1 validation images: "
-        "class 1 has 1 images. " + WAYS_VAL
+        "class 1 has 1 image. " + WAYS_VAL
     )
 
 
@@ -480,7 +480,7 @@ def test_coop_messages_word_for_word_for_both_splits() -> None:
     with pytest.raises(NotEnoughImagesError) as e:  # the val split: min(K, 4) a class
         draw_coop([0] * 5 + [1] * 5, [0, 1, 1], 2, seed=0)
     assert str(e.value) == (
-        "val: 1 of 2 classes have fewer images than 2 shots: class 0 has 1 images. "
+        "val: 1 of 2 classes have fewer images than 2 shots: class 0 has 1 image. "
         f"The largest -k every class can give is 1. {WAYS_COOP}"
     )
 

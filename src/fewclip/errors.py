@@ -24,6 +24,7 @@ __all__ = [
     "OutputFolderError",
     "UnknownNameError",
     "UnknownParameterError",
+    "count_of",
     "did_you_mean",
 ]
 
@@ -95,3 +96,8 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(lookup[c]) for c in close) + "?)"
+
+
+def count_of(n: int, noun: str) -> str:
+    """``"1 image"``, ``"3 images"``: a count with its noun, plural unless it is one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

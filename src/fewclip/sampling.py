@@ -24,7 +24,7 @@ import re
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError
+from fewclip.errors import FewclipError, InvalidTypeError, InvalidValueError, count_of
 
 __all__ = [
     "ALL",
@@ -265,7 +265,7 @@ def check_shots(
         # repeat relaxes the support part only: validation images must be distinct and unused.
         ok = n >= shots + reserve if reserve else (n >= shots or repeat)
         if not ok:
-            short.append(f"{_name(y, classnames)} has {n} images")
+            short.append(f"{_name(y, classnames)} has {count_of(n, 'image')}")
     if short:
         what = f"{shots} shots" + (f" + {reserve} validation images" if reserve else "")
         smallest = min(len(items) for items in groups.values())

@@ -85,7 +85,7 @@ def test_flat_folder_stratified_split(tmp_path: Path, fk: Any) -> None:
 def test_stratified_split_too_small() -> None:
     parts = stratified_split([0, 0, 0, 1, 1], seed=0, classnames=["a", "b"])
     assert {k: len(v) for k, v in parts.items()} == {"train": 3, "val": 0, "test": 2}
-    with pytest.raises(DatasetError, match="class 'b' has 1 images, too few"):
+    with pytest.raises(DatasetError, match="class 'b' has 1 image, too few"):
         stratified_split([0, 0, 0, 1], seed=0, classnames=["a", "b"])
 
 

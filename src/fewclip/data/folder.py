@@ -27,7 +27,7 @@ from fewclip.data.types import (
     safe_relpath,
     spaced,
 )
-from fewclip.errors import InvalidValueError, MissingExtraError
+from fewclip.errors import InvalidValueError, MissingExtraError, count_of
 
 __all__ = ["load_folder", "load_hf", "load_manifest", "stratified_split"]
 
@@ -80,7 +80,7 @@ def stratified_split(
         if n_train < 1 or n - n_train - n_val < 1:
             cname = classnames[y] if classnames is not None else str(y)
             raise DatasetError(
-                f"{where}: class {cname!r} has {n} images, too few for a "
+                f"{where}: class {cname!r} has {count_of(n, 'image')}, too few for a "
                 f"{train_fraction:.0%}/{val_fraction:.0%}/rest split; add images or provide "
                 "train/ and test/ subfolders (or a split column)"
             )
