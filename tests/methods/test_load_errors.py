@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from tests.methods._helpers import make_clustered_task, resign_state, rewrite_state
 
 from fewclip import methods
-from fewclip.errors import DamagedFileError, InvalidValueError
+from fewclip.errors import DamagedFileError, InvalidValueError, MissingFileError
 from fewclip.methods.base import REFIT_HINT
 from fewclip.methods.clip_adapter import CLIPAdapter
 from fewclip.methods.zero_shot import ZeroShot
@@ -90,6 +90,21 @@ def test_any_other_file_is_named_as_a_file(tmp_path: Path, content: bytes) -> No
 
 
 # -- config.json ------------------------------------------------------------------------------
+def test_a_folder_without_config_is_named(saved: Path) -> None:
+    (saved / "config.json").unlink()
+    message = _load_error(saved, MissingFileError)
+    assert message == f"{saved}: no config.json found; expected a folder from save()"
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe{}"])
+def test_a_config_that_is_not_json_is_named(saved: Path, content: bytes) -> None:
+    (saved / "config.json").write_bytes(content)
+    message = _load_error(saved, InvalidValueError)
+    with pytest.raises((json.JSONDecodeError, UnicodeDecodeError)) as reason:
+        json.loads((saved / "config.json").read_text())  # the decoder's own reason
+    assert message == f"{saved / 'config.json'}: not valid JSON ({reason.value})"
+
+
 @pytest.mark.parametrize("config", [[1, 2], {"format": "fewclip-method/0", "method": "zero-shot"}])
 def test_a_config_of_another_format_is_refused(saved: Path, config: object) -> None:
     (saved / "config.json").write_text(json.dumps(config))
