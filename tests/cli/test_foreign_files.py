@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import pytest
+from tests.methods._helpers import pickle_message, write_pickle, write_torch_save
 
 from fewclip import Adapter
 from fewclip.adapter import AdapterError
@@ -17,30 +16,12 @@ from .conftest import run_fewclip
 EXPECTED = "an adapter folder (with adapter.json) written by `fewclip fit`"
 
 
-def _pickle(path: Path) -> Path:
-    path.write_bytes(pickle.dumps({"weights": [1, 2]}, protocol=4))  # 0x80 first
-    return path
-
-
-def _torch_save(path: Path) -> Path:
-    with zipfile.ZipFile(path, "w") as z:  # torch.save's format: a zip archive, "PK" first
-        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    return path
-
-
-def _pickle_message(path: Path) -> str:
-    return (
-        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
-        f"Expected {EXPECTED}"
-    )
-
-
-@pytest.mark.parametrize("write", [_pickle, _torch_save])
+@pytest.mark.parametrize("write", [write_pickle, write_torch_save])
 def test_adapter_load_names_a_pickle_file(tmp_path: Path, write) -> None:
     path = write(tmp_path / "model.pt")
     with pytest.raises(AdapterError) as e:
         Adapter.load(path)
-    assert str(e.value) == _pickle_message(path)
+    assert str(e.value) == pickle_message(path, EXPECTED)
 
 
 def test_adapter_load_names_any_other_file_and_a_folder_without_record(tmp_path: Path) -> None:
@@ -62,7 +43,7 @@ def test_adapter_load_names_any_other_file_and_a_folder_without_record(tmp_path:
 def test_the_cli_names_a_torch_save_file_in_one_line(tmp_path: Path, command: str) -> None:
     """``fewclip predict model.pt …`` / ``fewclip evaluate model.pt …`` exit 1 with one line
     that says the file is a pickle / torch.save file; the file is left as it was."""
-    path = _torch_save(tmp_path / "model.pt")
+    path = write_torch_save(tmp_path / "model.pt")
     before = path.read_bytes()
     image = tmp_path / "a.png"
     image.write_bytes(b"not read")
@@ -70,6 +51,6 @@ def test_the_cli_names_a_torch_save_file_in_one_line(tmp_path: Path, command: st
     res = run_fewclip(command, *args, store=tmp_path / "store")
     assert res.returncode == 1, res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == [f"error: {_pickle_message(path)}"]
+    assert errors == [f"error: {pickle_message(path, EXPECTED)}"]
     assert "Traceback" not in res.stderr
     assert path.read_bytes() == before

@@ -110,3 +110,30 @@ def rewrite_state(folder, method, **changes):
     tensors = {**load_file(str(path)), **changes}
     save_file(tensors, str(path), metadata={"method": method})
     resign_state(folder)
+
+
+def write_pickle(path):
+    """A pickle file at ``path`` (its first byte is 0x80), as another library would save."""
+    import pickle
+
+    path.write_bytes(pickle.dumps({"weights": [1, 2]}, protocol=4))
+    return path
+
+
+def write_torch_save(path):
+    """A file in ``torch.save``'s format at ``path``: a zip archive ("PK" first) holding a
+    pickle. Written with zipfile, so that nothing is pickled by the test itself."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    return path
+
+
+def pickle_message(path, expected):
+    """What fewclip says of a pickle or ``torch.save`` file at ``path`` where it ``expected``
+    a saved folder (``file_not_folder_message``'s words)."""
+    return (
+        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
+        f"Expected {expected}"
+    )

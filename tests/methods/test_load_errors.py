@@ -9,8 +9,6 @@ record the new checksum (``rewrite_state``), so only the check under test can ca
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
-from tests.methods._helpers import make_clustered_task, resign_state, rewrite_state
+from tests.methods._helpers import (
+    make_clustered_task,
+    pickle_message,
+    resign_state,
+    rewrite_state,
+    write_pickle,
+    write_torch_save,
+)
 
 from fewclip import methods
 from fewclip.errors import DamagedFileError, InvalidValueError, MissingFileError
@@ -60,25 +65,15 @@ def _load_error(folder: Path, kind: type[Exception] = DamagedFileError) -> str:
 
 # -- a file instead of a folder ---------------------------------------------------------------
 def test_a_pickle_file_is_refused_unread(tmp_path: Path) -> None:
-    path = tmp_path / "model.pkl"
-    path.write_bytes(pickle.dumps({"weights": [1, 2]}, protocol=4))  # starts with 0x80
-    message = _load_error(path, InvalidValueError)
-    assert message == (
-        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
-        f"Expected {EXPECTED}"
-    )
+    path = write_pickle(tmp_path / "model.pkl")
+    assert path.read_bytes()[:1] == b"\x80"
+    assert _load_error(path, InvalidValueError) == pickle_message(path, EXPECTED)
 
 
 def test_a_torch_save_zip_file_is_refused_unread(tmp_path: Path) -> None:
-    path = tmp_path / "model.pt"
-    with zipfile.ZipFile(path, "w") as z:  # torch.save's format: a zip archive, "PK" first
-        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    path = write_torch_save(tmp_path / "model.pt")
     assert path.read_bytes()[:2] == b"PK"
-    message = _load_error(path, InvalidValueError)
-    assert message == (
-        f"{path}: looks like a pickle / torch.save file; fewclip never loads pickle. "
-        f"Expected {EXPECTED}"
-    )
+    assert _load_error(path, InvalidValueError) == pickle_message(path, EXPECTED)
 
 
 @pytest.mark.parametrize("content", [b"P", b"pk notes", b"x\x80", b""])
