@@ -319,7 +319,7 @@ def test_no_largest_k_suggested_when_no_k_fits() -> None:
     with pytest.raises(NotEnoughImagesError) as e:
         draw_fewshot_val([0] * 10 + [1], 1, seed=1)
     assert _message(e) == (
-        "train: 1 of 2 classes have fewer images than 1 shots + 1 validation images: "
+        "train: 1 of 2 classes have fewer images than 1 shot + 1 validation image: "
         "class 1 has 1 image. " + WAYS_VAL
     )
 

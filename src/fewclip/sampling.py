@@ -267,7 +267,9 @@ def check_shots(
         if not ok:
             short.append(f"{_name(y, classnames)} has {count_of(n, 'image')}")
     if short:
-        what = f"{shots} shots" + (f" + {reserve} validation images" if reserve else "")
+        what = count_of(shots, "shot") + (
+            f" + {count_of(reserve, 'validation image')}" if reserve else ""
+        )
         smallest = min(len(items) for items in groups.values())
         fits = _largest_fitting_shots(smallest, reserve, val_shots)
         largest = f" The largest -k every class can give is {fits}." if fits else ""
