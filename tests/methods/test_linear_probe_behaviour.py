@@ -18,7 +18,7 @@ from tests.methods._helpers import make_shuffled_task
 
 from fewclip import methods
 from fewclip.functional import l2_normalize
-from fewclip.methods.linear_probe import SoftmaxObjective, fit_logistic_regression
+from fewclip.methods.linear_probe import SoftmaxObjective, fit_logistic_regression, path_start
 
 D64 = torch.float64
 
@@ -199,3 +199,48 @@ def test_linear_probe_sweep_warm_starts_each_fit_with_max_iter_iterations():
     _assert_same((lp.coef_, lp.intercept_), second)
     cold = _plain_lbfgs(x, y, 3, 50.0, max_iter=5)
     assert not torch.allclose(cold[0], second[0], atol=1e-3)
+
+
+def test_path_start_follows_the_secant_in_log_c_by_at_most_one_step():
+    w0, b0 = torch.tensor([[1.0, 2.0]]), torch.tensor([0.5])
+    w1, b1 = torch.tensor([[3.0, 1.0]]), torch.tensor([1.5])
+    assert path_start([], 1.0) is None
+    assert path_start([(1.0, w0, b0)], 10.0) == (w0, b0)
+    # evenly spaced in log C: one whole secant step
+    w, b = path_start([(1.0, w0, b0), (10.0, w1, b1)], 100.0)
+    torch.testing.assert_close(w, torch.tensor([[5.0, 0.0]]))
+    torch.testing.assert_close(b, torch.tensor([2.5]))
+    # log(20/10) / log(10/1) of a step
+    r = torch.log10(torch.tensor(2.0)).item()
+    w, b = path_start([(1.0, w0, b0), (10.0, w1, b1)], 20.0)
+    torch.testing.assert_close(w, w1 + r * (w1 - w0))
+    torch.testing.assert_close(b, b1 + r * (b1 - b0))
+    # a wider gap than the last one: still one step, not more
+    w, _ = path_start([(1.0, w0, b0), (10.0, w1, b1)], 1e4)
+    torch.testing.assert_close(w, torch.tensor([[5.0, 0.0]]))
+    # only the last two fits count, and a repeated C starts from the last solution
+    w, _ = path_start([(0.01, w1, b1), (1.0, w0, b0), (10.0, w1, b1)], 100.0)
+    torch.testing.assert_close(w, torch.tensor([[5.0, 0.0]]))
+    assert path_start([(1.0, w0, b0), (1.0, w1, b1)], 10.0) == (w1, b1)
+
+
+def test_linear_probe_sweep_starts_each_fit_on_the_secant_of_the_last_two():
+    """C = 0.1, 1 and 10, 5 iterations each: the third fit starts at 2·W₂ − W₁ (10 is as far
+    from 1 in log C as 1 from 0.1), wins on validation, and its weights are those of the fit
+    from that start, not of a fit started from W₂ alone."""
+    task = make_shuffled_task(c=3, d=8, views=1, seed=0, per=[8, 2, 2], dtype=D64)
+    lp = methods.create("linear-probe", Cs=(10.0, 0.1, 1.0), max_iter=5, dtype="float64")
+    lp.fit(task)
+    x, y = _support(task)
+    fits = [_plain_lbfgs(x, y, 3, 0.1, max_iter=5)]
+    fits.append(_plain_lbfgs(x, y, 3, 1.0, init=fits[0], max_iter=5))
+    start = (2 * fits[1][0] - fits[0][0], 2 * fits[1][1] - fits[0][1])
+    fits.append(_plain_lbfgs(x, y, 3, 10.0, init=start, max_iter=5))
+    xv, yv = l2_normalize(task.val.features), task.val.labels
+    acc = [100.0 * float(((xv @ w.T + b).argmax(1) == yv).double().mean()) for w, b in fits]
+    assert acc[2] > max(acc[:2])
+    assert lp.C_ == 10.0
+    assert lp.val_accuracy_ == pytest.approx(acc[2])
+    _assert_same((lp.coef_, lp.intercept_), fits[2])
+    from_last = _plain_lbfgs(x, y, 3, 10.0, init=fits[1], max_iter=5)
+    assert not torch.allclose(from_last[0], fits[2][0], atol=1e-3)
