@@ -159,6 +159,18 @@ def test_fit_logistic_regression_warm_starts_from_init():
     assert not torch.allclose(got[0], _plain_lbfgs(x, y, 3, 1.0, max_iter=2)[0])
 
 
+def test_fit_logistic_regression_accepts_a_start_that_requires_grad():
+    """A start taken from autograd code (``requires_grad=True``) gives the fit from the same
+    values; it is not differentiated through, and the result is a plain tensor."""
+    x, y = _ill_conditioned(3, 10.0)
+    start = (0.1 * torch.ones(3, 6, dtype=D64), 0.2 * torch.ones(3, dtype=D64))
+    tracked = tuple(t.clone().requires_grad_(True) for t in start)
+    got = fit_logistic_regression(x, y, 3, C=1.0, init=tracked, max_iter=3)
+    _assert_same(got, fit_logistic_regression(x, y, 3, C=1.0, init=start, max_iter=3))
+    assert not got[0].requires_grad
+    assert not got[1].requires_grad
+
+
 # -- LinearProbe --------------------------------------------------------------------------------
 
 
